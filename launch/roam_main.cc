@@ -1,0 +1,42 @@
+// roam: the command users type. Today it reports on the node (`roam info`);
+// the pool commands (run, ps, kill, migrate, ...) arrive with roamd.
+#include <cstdio>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "launch/cli.h"
+#include "launch/node_report.h"
+#include "roam/base/version.h"
+
+namespace {
+
+int RunInfo(bool json) {
+  auto report = roam::launch::BuildNodeReport();
+  if (!report) {
+    std::fprintf(stderr, "roam: info: %s\n", report.error().ToString().c_str());
+    return 1;
+  }
+  const std::string out =
+      json ? roam::launch::ToJson(*report).dump(2) + "\n" : roam::launch::ToText(*report);
+  std::fputs(out.c_str(), stdout);
+  return 0;
+}
+
+}  // namespace
+
+// CLI11 throws only for mistakes in building the command line, never for user input.
+int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
+  CLI::App app{"roam: run programs on a pool of nodes as on one machine", "roam"};
+  app.set_version_flag(
+      "--version", std::string("roam ") + ROAM_VERSION_STRING + " (git " + ROAM_GIT_DESCRIBE + ")");
+  app.require_subcommand(1);
+
+  bool json = false;
+  CLI::App* info = app.add_subcommand("info", "Show this node: topology, transports, PMIx");
+  info->add_flag("--json", json, "Print one JSON object");
+
+  if (const auto exit_code = roam::launch::ParseCommandLine(app, argc, argv)) return *exit_code;
+  if (info->parsed()) return RunInfo(json);
+  return roam::launch::kUsageError;  // unreachable: require_subcommand(1)
+}

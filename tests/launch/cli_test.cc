@@ -1,0 +1,80 @@
+// The roam and roamd programs as a user meets them: exit codes, output, and
+// one-line errors for bad input.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/support/test_util.h"
+
+namespace roam {
+namespace {
+
+using testing::BuildDir;
+using testing::RunCommand;
+
+std::string Bin(std::string_view name) { return (BuildDir() / "bin" / name).string(); }
+
+auto Lines(const std::string& text) { return std::count(text.begin(), text.end(), '\n'); }
+
+TEST(CliTest, VersionFlag) {
+  const auto r = RunCommand({Bin("roam"), "--version"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("roam 0.", 0), 0u) << r.out;
+}
+
+TEST(CliTest, InfoPrintsTheNode) {
+  const auto r = RunCommand({Bin("roam"), "info"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* key : {"roam ", "node ", "topology ", "ucx ", "rdma ", "pmix "}) {
+    EXPECT_NE(("\n" + r.out).find(std::string("\n") + key), std::string::npos)
+        << key << " missing in\n"
+        << r.out;
+  }
+}
+
+TEST(CliTest, InfoJsonIsOneParsableObject) {
+  const auto r = RunCommand({Bin("roam"), "info", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(j.is_object()) << r.out;
+  EXPECT_GE(j["topology"]["pus"].get<int>(), 1);
+  EXPECT_FALSE(j["ucx"]["resources"].empty());
+}
+
+TEST(CliTest, UnknownSubcommandIsAOneLineError) {
+  const auto r = RunCommand({Bin("roam"), "teleport"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("unknown command 'teleport'"), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
+TEST(CliTest, UnknownOptionIsAOneLineError) {
+  const auto r = RunCommand({Bin("roam"), "info", "--colour"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("--colour"), std::string::npos) << r.err;
+}
+
+TEST(CliTest, NoSubcommandSaysWhatIsMissing) {
+  const auto r = RunCommand({Bin("roam")});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("subcommand is required"), std::string::npos) << r.err;
+}
+
+TEST(CliTest, RoamdSaysPlainlyThatItCannotServeYet) {
+  const auto version = RunCommand({Bin("roamd"), "--version"});
+  EXPECT_EQ(version.exit_code, 0);
+  EXPECT_EQ(version.out.rfind("roamd 0.", 0), 0u) << version.out;
+
+  const auto serve = RunCommand({Bin("roamd")});
+  EXPECT_EQ(serve.exit_code, 2);
+  EXPECT_EQ(Lines(serve.err), 1) << serve.err;
+  EXPECT_NE(serve.err.find("not implemented"), std::string::npos) << serve.err;
+}
+
+}  // namespace
+}  // namespace roam
