@@ -43,6 +43,12 @@ if(NOT Protobuf_FOUND OR NOT Protobuf_PROTOC_EXECUTABLE)
 endif()
 roam_report_dependency("protobuf" "${Protobuf_VERSION}")
 
+pkg_check_modules(XXHASH QUIET IMPORTED_TARGET libxxhash>=0.8)
+if(NOT XXHASH_FOUND)
+  roam_dependency_missing("xxHash >= 0.8" "libxxhash-dev")
+endif()
+roam_report_dependency("xxHash" "${XXHASH_VERSION}")
+
 find_package(tl-expected CONFIG QUIET)
 if(NOT tl-expected_FOUND)
   roam_dependency_missing("tl::expected" "libexpected-dev")
