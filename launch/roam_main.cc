@@ -1,10 +1,12 @@
-// roam: the command users type. Today it reports on the node (`roam info`);
-// the pool commands (run, ps, kill, migrate, ...) arrive with roamd.
+// roam: the command users type. Today: `roam info` (this node) and
+// `roam checkpoint` / `roam restore`; the pool commands (run, ps, kill,
+// migrate, ...) arrive with roamd.
 #include <cstdio>
 #include <string>
 
 #include <CLI/CLI.hpp>
 
+#include "launch/checkpoint_cmd.h"
 #include "launch/cli.h"
 #include "launch/node_report.h"
 #include "roam/base/version.h"
@@ -35,8 +37,10 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
   bool json = false;
   CLI::App* info = app.add_subcommand("info", "Show this node: topology, transports, PMIx");
   info->add_flag("--json", json, "Print one JSON object");
+  roam::launch::AddCheckpointCommands(app);
 
   if (const auto exit_code = roam::launch::ParseCommandLine(app, argc, argv)) return *exit_code;
   if (info->parsed()) return RunInfo(json);
+  if (const int status = roam::launch::RunCheckpointCommands(app); status >= 0) return status;
   return roam::launch::kUsageError;  // unreachable: require_subcommand(1)
 }

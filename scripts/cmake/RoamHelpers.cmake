@@ -6,7 +6,8 @@
 #   roam_add_executable(NAME <n> SOURCES ... [DEPS ...])      -> build/bin/<n>
 #   roam_add_test(NAME <n> SOURCES ... LABELS unit|e2e|slow TIMEOUT <s> [DEPS ...])
 #       a GoogleTest binary in build/tests; each TEST becomes a ctest test
-#       carrying the label and timeout.
+#       carrying the label and timeout. roam::testing::BuildDir() and
+#       SourceDir() name the trees it was built from.
 #   roam_add_fuzz_target(NAME <n> SOURCES ... CORPUS <dir> [DEPS ...])
 #       libFuzzer target with ROAM_FUZZ=ON (clang); otherwise a replay binary
 #       that ctest runs over the seed corpus (label unit).
@@ -65,8 +66,7 @@ function(roam_add_test)
   gtest_discover_tests(${ARG_NAME}
     TEST_PREFIX "${ARG_NAME}."
     DISCOVERY_TIMEOUT 60
-    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
-               ENVIRONMENT "ROAM_BUILD_DIR=${PROJECT_BINARY_DIR};ROAM_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT})
 endfunction()
 
 # A ctest test that is a plain command (not a GoogleTest binary).

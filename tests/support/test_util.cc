@@ -46,8 +46,10 @@ bool IsRoot() { return geteuid() == 0; }
 
 std::filesystem::path BuildDir() {
   const char* dir = std::getenv("ROAM_BUILD_DIR");
-  return dir != nullptr ? std::filesystem::path(dir) : std::filesystem::current_path();
+  return dir != nullptr ? std::filesystem::path(dir) : std::filesystem::path(ROAM_TEST_BUILD_DIR);
 }
+
+std::filesystem::path SourceDir() { return ROAM_TEST_SOURCE_DIR; }
 
 namespace {
 

@@ -36,8 +36,10 @@ class TempDir final {
 
 bool IsRoot();
 
-// The build tree under test (ROAM_BUILD_DIR, set by ctest for every test).
+// The build tree the test was built in (ROAM_BUILD_DIR overrides it), and
+// the source tree.
 std::filesystem::path BuildDir();
+std::filesystem::path SourceDir();
 
 struct CommandResult {
   int exit_code = -1;  // 128 + signal if the program was killed

@@ -23,6 +23,14 @@ namespace roam::ckpt::arch {
 
 using Regs = struct user_regs_struct;
 
+// The kernel's struct sigaction as rt_sigaction takes it (not glibc's).
+struct KernelSigaction {
+  std::uint64_t handler;
+  std::uint64_t flags;
+  std::uint64_t restorer;
+  std::uint64_t mask;
+};
+
 inline constexpr const char* kMachine = "x86_64";
 // `syscall` followed by `int3`: the trampoline restore injects through.
 inline constexpr std::array<std::uint8_t, 3> kSyscallTrampoline = {0x0f, 0x05, 0xcc};
@@ -63,6 +71,7 @@ Regs RegsFromProto(const image::X86Core& core);
 std::vector<std::uint32_t> CpuFeatureWords();
 // XCR0: the xstate components the OS enabled.
 std::uint64_t XstateFeatures();
+
 // Words the image needs that this CPU lacks, as "word N bits 0x..." lines;
 // empty when this CPU has all of them.
 std::vector<std::string> MissingCpuFeatures(const std::vector<std::uint32_t>& image_words,

@@ -1,0 +1,521 @@
+#include "roam/ckpt/capture.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/uio.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "core/ckpt/arch/arch.h"
+#include "core/ckpt/file_identity.h"
+#include "core/ckpt/image/image.pb.h"
+#include "core/ckpt/image/image_dir.h"
+#include "core/ckpt/image/page_stream.h"
+#include "core/ckpt/inject/syscall_injector.h"
+#include "core/ckpt/procfs/procfs.h"
+#include "roam/ckpt/refusal.h"
+
+namespace roam::ckpt {
+namespace {
+
+constexpr std::size_t kReadChunk = 4 << 20;  // process_vm_readv granule
+
+std::int64_t NowNs(clockid_t clock) {
+  timespec ts{};
+  clock_gettime(clock, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+bool IsZeroPage(const std::byte* page) {
+  const auto* words = reinterpret_cast<const std::uint64_t*>(page);
+  for (std::size_t i = 0; i < kPageSize / sizeof(std::uint64_t); ++i) {
+    if (words[i] != 0) return false;
+  }
+  return true;
+}
+
+image::Vma::Kind KindOf(const procfs::Vma& v) {
+  if (v.path == "[vdso]") return image::Vma::VDSO;
+  if (v.path == "[vvar]") return image::Vma::VVAR;
+  if (v.path == "[vvar_vclock]") return image::Vma::VVAR_VCLOCK;
+  if (v.path == "[vsyscall]") return image::Vma::VSYSCALL;
+  if (!v.path.empty() && v.path[0] == '/' && v.path != "/dev/zero") {
+    // FindRefusals let through only read-only shared file mappings (glibc
+    // maps gconv-modules.cache so): the file supplies them again.
+    return v.shared ? image::Vma::FILE_SHARED : image::Vma::FILE_PRIVATE;
+  }
+  return image::Vma::ANONYMOUS;
+}
+
+// While it lives, the tracee is stopped with all signals blocked; on
+// destruction (every error path included) its registers and mask are put
+// back and it is detached, or killed if Kill() was asked for.
+class FrozenProcess {
+ public:
+  FrozenProcess(Tracee tracee, const arch::Regs& regs, std::uint64_t sigmask)
+      : tracee_(std::move(tracee)), regs_(regs), sigmask_(sigmask) {}
+  FrozenProcess(const FrozenProcess&) = delete;
+  FrozenProcess& operator=(const FrozenProcess&) = delete;
+  ~FrozenProcess() {
+    if (kill_) {
+      tracee_.Kill();
+      return;
+    }
+    (void)arch::SetRegs(tracee_.tid(), regs_);
+    (void)tracee_.SetSigmask(sigmask_);
+    (void)tracee_.Detach();
+  }
+  Tracee& tracee() { return tracee_; }
+  void KillOnRelease() { kill_ = true; }
+
+ private:
+  Tracee tracee_;
+  arch::Regs regs_;
+  std::uint64_t sigmask_;
+  bool kill_ = false;
+};
+
+// What only the process itself can tell, asked through injected syscalls.
+Status CaptureByInjection(SyscallInjector& injector, const RemoteMemory& memory, image::Image* meta,
+                          image::Thread* thread) {
+  ROAM_ASSIGN_OR_RETURN(RemoteScratch scratch, RemoteScratch::Map(injector, memory, kPageSize));
+  const std::uint64_t out = scratch.address();
+  for (int sig = 1; sig <= 64; ++sig) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    ROAM_TRY(injector.Call("rt_sigaction", SYS_rt_sigaction, sig, 0, out, 8));
+    arch::KernelSigaction act{};
+    ROAM_TRY(scratch.Read(0, WritableBytesOf(act)));
+    if (act.handler == 0 && act.flags == 0 && act.mask == 0) continue;  // SIG_DFL, untouched
+    auto* a = meta->add_sigactions();
+    a->set_signo(sig);
+    a->set_handler(act.handler);
+    a->set_flags(act.flags);
+    a->set_restorer(act.restorer);
+    a->set_mask(act.mask);
+  }
+  ROAM_ASSIGN_OR_RETURN(const long brk, injector.Call("brk", SYS_brk, 0));
+  meta->mutable_mm()->set_brk(static_cast<std::uint64_t>(brk));
+
+  ROAM_TRY(injector.Call("prctl PR_GET_TID_ADDRESS", SYS_prctl, PR_GET_TID_ADDRESS, out));
+  std::uint64_t tid_address = 0;
+  ROAM_TRY(scratch.Read(0, WritableBytesOf(tid_address)));
+  thread->set_clear_child_tid(tid_address);
+
+  ROAM_TRY(injector.Call("sigaltstack", SYS_sigaltstack, 0, out));
+  stack_t ss{};
+  ROAM_TRY(scratch.Read(0, WritableBytesOf(ss)));
+  auto* alt = thread->mutable_altstack();
+  alt->set_sp(reinterpret_cast<std::uint64_t>(ss.ss_sp));
+  alt->set_size(ss.ss_size);
+  alt->set_flags(ss.ss_flags);
+
+  for (int which : {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF}) {
+    ROAM_TRY(injector.Call("getitimer", SYS_getitimer, which, out));
+    itimerval tv{};
+    ROAM_TRY(scratch.Read(0, WritableBytesOf(tv)));
+    if (tv.it_value.tv_sec == 0 && tv.it_value.tv_usec == 0) continue;
+    auto* t = meta->add_itimers();
+    t->set_which(which);
+    t->set_interval_us(tv.it_interval.tv_sec * 1000000 + tv.it_interval.tv_usec);
+    t->set_value_us(tv.it_value.tv_sec * 1000000 + tv.it_value.tv_usec);
+  }
+  return scratch.Release(injector);
+}
+
+Status CaptureThreadState(pid_t tid, image::Thread* thread) {
+  __ptrace_rseq_configuration rseq{};
+  if (ptrace(PTRACE_GET_RSEQ_CONFIGURATION, tid, sizeof(rseq), &rseq) < 0) {
+    return ErrnoError(errno, "ptrace GET_RSEQ_CONFIGURATION thread {}", tid);
+  }
+  if (rseq.rseq_abi_pointer != 0) {
+    auto* r = thread->mutable_rseq();
+    r->set_address(rseq.rseq_abi_pointer);
+    r->set_length(rseq.rseq_abi_size);
+    r->set_signature(rseq.signature);
+  }
+  std::uint64_t head = 0;
+  std::size_t len = 0;
+  if (syscall(SYS_get_robust_list, tid, &head, &len) != 0) {
+    return ErrnoError(errno, "get_robust_list of thread {}", tid);
+  }
+  thread->set_robust_list(head);
+  thread->set_robust_list_len(len);
+  return Ok();
+}
+
+// Queued signals, thread-private (shared=false) or process-wide.
+Result<std::vector<std::string>> PendingSignals(pid_t tid, bool shared) {
+  std::vector<std::string> out;
+  for (;;) {
+    __ptrace_peeksiginfo_args args{};
+    args.off = out.size();
+    args.flags = shared ? PTRACE_PEEKSIGINFO_SHARED : 0;
+    args.nr = 1;
+    siginfo_t info{};
+    const long n = ptrace(PTRACE_PEEKSIGINFO, tid, &args, &info);
+    if (n < 0) return ErrnoError(errno, "ptrace PEEKSIGINFO thread {}", tid);
+    if (n == 0) break;
+    out.emplace_back(reinterpret_cast<const char*>(&info), sizeof(info));
+  }
+  return out;
+}
+
+class PageCapturer {
+ public:
+  PageCapturer(pid_t pid, const RemoteMemory& memory, PageSink& sink, CaptureStats& stats)
+      : pid_(pid), memory_(memory), sink_(sink), stats_(stats), buffer_(kReadChunk) {}
+
+  Status CaptureVma(const procfs::Vma& vma, image::Vma::Kind kind, procfs::PagemapReader& pagemap) {
+    const std::uint64_t npages = (vma.end - vma.start) / kPageSize;
+    for (std::uint64_t first = 0; first < npages;) {
+      const std::uint64_t count = std::min<std::uint64_t>(npages - first, kReadChunk / kPageSize);
+      const std::uint64_t base = vma.start + first * kPageSize;
+      ROAM_ASSIGN_OR_RETURN(const auto entries, pagemap.Read(base, count));
+      // Runs of pages that must travel: anonymous memory and the COW'd
+      // (private, written) pages of file mappings; clean file pages are
+      // mapped from the file again at restore.
+      std::uint64_t i = 0;
+      while (i < count) {
+        if (!Wanted(entries[i], kind)) {
+          if (procfs::IsPresent(entries[i])) ++stats_.file_pages_skipped;
+          ++i;
+          continue;
+        }
+        std::uint64_t j = i;
+        while (j < count && Wanted(entries[j], kind)) ++j;
+        ROAM_TRY(CaptureRun(base + i * kPageSize, j - i, vma.read));
+        i = j;
+      }
+      first += count;
+    }
+    return Ok();
+  }
+
+ private:
+  static bool Wanted(std::uint64_t entry, image::Vma::Kind kind) {
+    if (kind == image::Vma::FILE_PRIVATE) {
+      return procfs::IsPresent(entry) && !procfs::IsFileOrSharedAnon(entry);
+    }
+    return procfs::IsPresent(entry) || procfs::IsSwapped(entry);
+  }
+
+  Status CaptureRun(std::uint64_t address, std::uint64_t npages, bool readable) {
+    const std::size_t bytes = npages * kPageSize;
+    if (readable) {
+      iovec local{buffer_.data(), bytes};
+      iovec remote{reinterpret_cast<void*>(address), bytes};
+      const ssize_t n = process_vm_readv(pid_, &local, 1, &remote, 1, 0);
+      if (n != static_cast<ssize_t>(bytes)) readable = false;  // fall back below
+    }
+    if (!readable) {
+      // Not readable by the process itself (PROT_NONE after mprotect, say):
+      // /proc/PID/mem reads it anyway.
+      ROAM_TRY(memory_.Read(address, std::span(buffer_.data(), bytes)));
+    }
+    // Skip all-zero pages: restore maps fresh anonymous memory, which is zero.
+    std::uint64_t i = 0;
+    while (i < npages) {
+      if (IsZeroPage(buffer_.data() + i * kPageSize)) {
+        ++stats_.zero_pages_skipped;
+        ++i;
+        continue;
+      }
+      std::uint64_t j = i;
+      while (j < npages && !IsZeroPage(buffer_.data() + j * kPageSize)) ++j;
+      ROAM_TRY(sink_.Add(
+          address + i * kPageSize,
+          std::span<const std::byte>(buffer_.data() + i * kPageSize, (j - i) * kPageSize)));
+      stats_.pages_written += j - i;
+      i = j;
+    }
+    return Ok();
+  }
+
+  pid_t pid_;
+  const RemoteMemory& memory_;
+  PageSink& sink_;
+  CaptureStats& stats_;
+  std::vector<std::byte> buffer_;
+};
+
+// Unread bytes of a pipe, duplicated with tee() so the pipe keeps them.
+Result<std::string> PeekPipe(pid_t pid, int fd) {
+  const std::string path = fmt::format("/proc/{}/fd/{}", pid, fd);
+  const int in = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (in < 0) return ErrnoError(errno, "open {}", path);
+  int avail = 0;
+  if (ioctl(in, FIONREAD, &avail) != 0 || avail <= 0) {
+    close(in);
+    return std::string();
+  }
+  int p[2];
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) {
+    const int err = errno;
+    close(in);
+    return ErrnoError(err, "pipe2");
+  }
+  (void)fcntl(p[1], F_SETPIPE_SZ, avail);
+  std::string data;
+  const ssize_t n = tee(in, p[1], static_cast<std::size_t>(avail), SPLICE_F_NONBLOCK);
+  if (n > 0) {
+    data.resize(static_cast<std::size_t>(n));
+    if (read(p[0], data.data(), data.size()) != n) data.clear();
+  }
+  const int err = errno;
+  close(in);
+  close(p[0]);
+  close(p[1]);
+  if (n < 0) return ErrnoError(err, "tee from {}", path);
+  return data;
+}
+
+Status CaptureFds(pid_t pid, image::Image* meta) {
+  ROAM_ASSIGN_OR_RETURN(const auto fds, procfs::ListFds(pid));
+  std::map<std::uint64_t, bool> pipe_data_taken;
+  for (const auto& fd : fds) {
+    auto* f = meta->add_fds();
+    f->set_fd(fd.fd);
+    f->set_flags(fd.info.flags);
+    f->set_offset(fd.info.pos);
+    f->set_file_index(-1);
+    f->set_path(fd.target);
+    switch (fd.kind) {
+      case procfs::FdKind::kRegular:
+        f->set_kind(image::Fd::REGULAR);
+        break;
+      case procfs::FdKind::kDirectory:
+        f->set_kind(image::Fd::DIRECTORY);
+        break;
+      case procfs::FdKind::kCharDevice:
+        f->set_kind(IsPortableDevice(fd.target) ? image::Fd::DEV_NULL : image::Fd::STDIO);
+        break;
+      case procfs::FdKind::kTty:
+        f->set_kind(image::Fd::STDIO);
+        break;
+      case procfs::FdKind::kPipe:
+      case procfs::FdKind::kFifo: {
+        const bool writer = (fd.info.flags & O_ACCMODE) == O_WRONLY;
+        if (fd.fd <= 2) {
+          // A pipe to the outside on stdio; is it also held inside? Then it
+          // is an internal pipe that happens to sit on 0-2.
+          f->set_kind(image::Fd::STDIO);
+        } else {
+          f->set_kind(image::Fd::PIPE);
+        }
+        f->set_pipe_inode(fd.inode);
+        f->set_pipe_write_end(writer);
+        if (f->kind() == image::Fd::PIPE && !writer && !pipe_data_taken[fd.inode]) {
+          pipe_data_taken[fd.inode] = true;
+          ROAM_ASSIGN_OR_RETURN(const std::string data, PeekPipe(pid, fd.fd));
+          f->set_pipe_data(data);
+        }
+        break;
+      }
+      default:
+        // FindRefusals already refused every other kind.
+        return MakeError(Errc::kNotMigratable, "pid {}: fd {} ({}) cannot be captured", pid, fd.fd,
+                         procfs::FdKindName(fd.kind));
+    }
+  }
+  return Ok();
+}
+
+Status CaptureProcessFacts(pid_t pid, image::Image* meta) {
+  ROAM_ASSIGN_OR_RETURN(const procfs::Status st, procfs::ReadStatus(pid));
+  ROAM_ASSIGN_OR_RETURN(const procfs::Stat stat, procfs::ReadStat(pid));
+  meta->set_pid(pid);
+  meta->set_umask(st.umask);
+  ROAM_ASSIGN_OR_RETURN(std::string comm, procfs::ReadComm(pid));
+  meta->set_comm(std::move(comm));
+  ROAM_ASSIGN_OR_RETURN(std::string exe, procfs::ReadLink(pid, "exe"));
+  meta->set_exe(std::move(exe));
+  ROAM_ASSIGN_OR_RETURN(std::string cwd, procfs::ReadLink(pid, "cwd"));
+  meta->set_cwd(std::move(cwd));
+  ROAM_ASSIGN_OR_RETURN(const std::uint32_t personality, procfs::ReadPersonality(pid));
+  meta->set_personality(personality);
+
+  auto* creds = meta->mutable_creds();
+  for (auto id : st.uid) creds->add_uids(id);
+  for (auto id : st.gid) creds->add_gids(id);
+  for (auto g : st.groups) creds->add_groups(g);
+  creds->set_cap_inheritable(st.cap_inh);
+  creds->set_cap_permitted(st.cap_prm);
+  creds->set_cap_effective(st.cap_eff);
+  creds->set_cap_bounding(st.cap_bnd);
+  creds->set_cap_ambient(st.cap_amb);
+  creds->set_no_new_privs(st.no_new_privs);
+
+  auto* mm = meta->mutable_mm();
+  mm->set_start_code(stat.start_code);
+  mm->set_end_code(stat.end_code);
+  mm->set_start_data(stat.start_data);
+  mm->set_end_data(stat.end_data);
+  mm->set_start_brk(stat.start_brk);
+  mm->set_start_stack(stat.start_stack);
+  mm->set_arg_start(stat.arg_start);
+  mm->set_arg_end(stat.arg_end);
+  mm->set_env_start(stat.env_start);
+  mm->set_env_end(stat.env_end);
+  ROAM_ASSIGN_OR_RETURN(const auto auxv, procfs::ReadAuxv(pid));
+  for (auto v : auxv) mm->add_auxv(v);
+
+  for (int r = 0; r < RLIM_NLIMITS; ++r) {
+    rlimit lim{};
+    if (prlimit(pid, static_cast<__rlimit_resource>(r), nullptr, &lim) != 0) {
+      return ErrnoError(errno, "prlimit {} of pid {}", r, pid);
+    }
+    auto* l = meta->add_rlimits();
+    l->set_resource(r);
+    l->set_soft(lim.rlim_cur);
+    l->set_hard(lim.rlim_max);
+  }
+  return Ok();
+}
+
+Status CaptureCompat(image::Image* meta, std::size_t xstate_size) {
+  auto* compat = meta->mutable_compat();
+  utsname uts{};
+  if (uname(&uts) != 0) return ErrnoError(errno, "uname");
+  compat->set_kernel_release(uts.release);
+  compat->set_machine(uts.machine);
+  for (auto w : arch::CpuFeatureWords()) compat->add_cpuid_feature_words(w);
+  compat->set_xstate_features(arch::XstateFeatures());
+  compat->set_xstate_size(static_cast<std::uint32_t>(xstate_size));
+  return Ok();
+}
+
+}  // namespace
+
+Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Image* meta,
+                             PageSink& pages, const CaptureCommit& commit) {
+  ROAM_TRY(CheckCapturable(pid));
+  CaptureStats stats;
+
+  ROAM_ASSIGN_OR_RETURN(Tracee tracee, Tracee::Seize(pid));
+  const std::int64_t frozen_at = NowNs(CLOCK_MONOTONIC);
+  ROAM_TRY(tracee.Interrupt());
+  ROAM_ASSIGN_OR_RETURN(arch::Regs regs, arch::GetRegs(pid));
+  ROAM_ASSIGN_OR_RETURN(const std::uint64_t sigmask, tracee.GetSigmask());
+  // Resuming with these registers re-issues an interrupted syscall, in this
+  // process or in a restored one.
+  if (std::string note = arch::FixupInterruptedSyscall(regs); !note.empty()) {
+    stats.notes.push_back(std::move(note));
+  }
+  FrozenProcess frozen(std::move(tracee), regs, sigmask);
+  // Signals arriving now wait in the queue instead of interrupting the
+  // injected calls; the mask is restored on release.
+  ROAM_TRY(frozen.tracee().SetSigmask(~std::uint64_t{0}));
+  // What was checked before stopping may have changed since.
+  ROAM_TRY(CheckCapturable(pid, /*our_tracer=*/getpid()));
+
+  meta->Clear();
+  auto* thread = meta->add_threads();
+  thread->set_tid(pid);
+  thread->set_blocked_signals(sigmask);
+  ROAM_ASSIGN_OR_RETURN(const auto xstate, arch::GetXstate(pid));
+  arch::ToProto(regs, xstate, thread->mutable_x86());
+  ROAM_TRY(CaptureThreadState(pid, thread));
+  ROAM_ASSIGN_OR_RETURN(const auto private_pending, PendingSignals(pid, false));
+  for (const auto& s : private_pending) thread->add_pending_signals(s);
+  ROAM_ASSIGN_OR_RETURN(const auto shared_pending, PendingSignals(pid, true));
+  for (const auto& s : shared_pending) meta->add_shared_pending_signals(s);
+
+  ROAM_ASSIGN_OR_RETURN(RemoteMemory memory, RemoteMemory::Open(pid));
+  ROAM_ASSIGN_OR_RETURN(auto vmas, procfs::ReadMaps(pid));
+  const auto vdso = std::find_if(vmas.begin(), vmas.end(),
+                                 [](const procfs::Vma& v) { return v.path == "[vdso]"; });
+  if (vdso == vmas.end()) return MakeError(Errc::kUnsupported, "pid {} has no [vdso]", pid);
+  ROAM_ASSIGN_OR_RETURN(const std::uint64_t insn,
+                        FindSyscallInstruction(memory, vdso->start, vdso->end));
+  {
+    SyscallInjector injector(frozen.tracee(), regs, insn);
+    ROAM_TRY(CaptureByInjection(injector, memory, meta, thread));
+    stats.injected_syscalls = injector.calls();
+  }
+
+  // The layout after the scratch mapping is gone.
+  ROAM_ASSIGN_OR_RETURN(vmas, procfs::ReadMaps(pid));
+  ROAM_ASSIGN_OR_RETURN(procfs::PagemapReader pagemap, procfs::PagemapReader::Open(pid));
+  PageCapturer capturer(pid, memory, pages, stats);
+  std::map<std::string, int> file_index;
+  for (const auto& v : vmas) {
+    const auto kind = KindOf(v);
+    auto* out = meta->add_vmas();
+    out->set_start(v.start);
+    out->set_end(v.end);
+    out->set_prot((v.read ? PROT_READ : 0) | (v.write ? PROT_WRITE : 0) | (v.exec ? PROT_EXEC : 0));
+    out->set_kind(kind);
+    out->set_name(v.path);
+    out->set_file_offset(v.offset);
+    out->set_file_index(-1);
+    out->set_grows_down(v.path == "[stack]");
+    if (kind == image::Vma::FILE_PRIVATE || kind == image::Vma::FILE_SHARED) {
+      auto [it, inserted] = file_index.try_emplace(v.path, meta->compat().mapped_files_size());
+      if (inserted) {
+        ROAM_ASSIGN_OR_RETURN(auto id, IdentifyFile(v.path));
+        *meta->mutable_compat()->add_mapped_files() = std::move(id);
+      }
+      out->set_file_index(it->second);
+    }
+    if (kind == image::Vma::VDSO || kind == image::Vma::VVAR || kind == image::Vma::VVAR_VCLOCK) {
+      meta->mutable_compat()->add_vdso_layout(fmt::format("{}:{}", v.path, v.end - v.start));
+      continue;
+    }
+    if (kind == image::Vma::VSYSCALL || kind == image::Vma::FILE_SHARED) continue;
+    ROAM_TRY(capturer.CaptureVma(v, kind, pagemap));
+  }
+  stats.vmas = vmas.size();
+  if (auto it = file_index.find(meta->exe()); it != file_index.end()) {
+    meta->set_exe_file_index(it->second);
+  } else {
+    meta->set_exe_file_index(-1);
+  }
+
+  ROAM_TRY(CaptureFds(pid, meta));
+  ROAM_TRY(CaptureProcessFacts(pid, meta));
+  ROAM_TRY(CaptureCompat(meta, xstate.size()));
+  ROAM_TRY(pages.Finish());
+  meta->set_format_version(kImageFormatVersion);
+  meta->set_captured_at_ns(NowNs(CLOCK_REALTIME));
+  meta->set_page_bytes(stats.pages_written * kPageSize);
+  if (commit) ROAM_TRY(commit(*meta));
+
+  if (!options.leave_running) frozen.KillOnRelease();
+  stats.frozen_ns = static_cast<std::uint64_t>(NowNs(CLOCK_MONOTONIC) - frozen_at);
+  return stats;
+}
+
+Result<CaptureStats> CheckpointToDirectory(pid_t pid, const std::filesystem::path& dir,
+                                           const CaptureOptions& options) {
+  // Refuse before creating anything.
+  ROAM_TRY(CheckCapturable(pid));
+  ROAM_TRY(PrepareImageDir(dir));
+  ROAM_ASSIGN_OR_RETURN(auto sink, OpenPageFileWriter(PagesPath(dir)));
+  image::Image meta;
+  auto stats = Capture(pid, options, &meta, *sink,
+                       [&dir](const image::Image& m) { return WriteImageMeta(dir, m); });
+  if (!stats) {
+    // Nothing half-written stays behind under the image's name.
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  return stats;
+}
+
+}  // namespace roam::ckpt

@@ -1,0 +1,58 @@
+// The OS calls behind the image files: an owned descriptor, complete writes,
+// fsync, and a read-only mapping of a whole file. Every errno of the image
+// library becomes an Error here or in image_dir.cc, with the path named.
+//
+// Thread-safety: UniqueFd and MappedFile are move-only owners used by one
+// thread at a time. A MappedFile's bytes stay valid while it lives, provided
+// nobody truncates the file meanwhile (that would raise SIGBUS on access;
+// image directories are 0700 and owned by the runtime, which never does).
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <span>
+#include <utility>
+
+#include "roam/base/error.h"
+
+namespace roam::ckpt {
+
+class UniqueFd final {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept;
+  ~UniqueFd();
+
+  int get() const { return fd_; }
+  // Closes now, reporting the error close() may carry (NFS write-back).
+  Status Close(const std::filesystem::path& path);
+
+ private:
+  int fd_ = -1;
+};
+
+Result<UniqueFd> OpenFile(const std::filesystem::path& path, int flags, unsigned mode = 0);
+// Writes all of `bytes`, retrying short writes and EINTR.
+Status WriteAll(int fd, std::span<const std::byte> bytes, const std::filesystem::path& path);
+Status SyncFile(int fd, const std::filesystem::path& path);
+
+class MappedFile final {
+ public:
+  static Result<MappedFile> Open(const std::filesystem::path& path);
+  MappedFile(MappedFile&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+  MappedFile& operator=(MappedFile&&) = delete;
+  ~MappedFile();
+
+  // Empty for an empty file.
+  std::span<const std::byte> bytes() const { return {data_, size_}; }
+
+ private:
+  MappedFile(const std::byte* data, std::size_t size) : data_(data), size_(size) {}
+  const std::byte* data_;
+  std::size_t size_;
+};
+
+}  // namespace roam::ckpt

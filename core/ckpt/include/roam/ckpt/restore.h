@@ -1,0 +1,73 @@
+// Restore: rebuild a captured process as a new process that continues
+// exactly where the original stopped. A stub child is forked under ptrace,
+// emptied, and refilled through injected syscalls: every mapping at its
+// address, the pages, the vdso moved into place, the mm fields
+// (PR_SET_MM_MAP), files, signal state, limits, registers.
+//
+// Restore checks the image against this node first (kernel, CPU features,
+// xstate, vdso layout, the identity of every mapped file) and starts nothing
+// on a mismatch. A restore runs with the credentials of its caller; a root
+// caller gives the process the uids and gids recorded in the image (never
+// more privilege than root had, and no capabilities unless it was root).
+//
+// Thread-safety: one restore per thread (ptrace ties the stub to it).
+#pragma once
+
+#include <sys/types.h>
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "roam/base/error.h"
+
+namespace roam::image {
+class Image;
+}
+
+namespace roam::ckpt {
+
+class PageSource;
+
+struct RestoreOptions {
+  // Keep the image's pid (clone3 set_tid): the pid must be free here, and
+  // the caller needs CAP_CHECKPOINT_RESTORE. Without it the process gets a
+  // new pid, and a multi-threaded image is refused.
+  bool same_pid = false;
+  // Files for fds 0-2 when the process had a pipe or terminal there; -1
+  // gives the restorer's own.
+  std::array<int, 3> stdio = {-1, -1, -1};
+};
+
+// Run in the restorer while the new process is stopped.
+struct RestoreHooks {
+  std::function<Status(pid_t)> before_pages;   // cgroup, CPU and memory binding
+  std::function<Status(pid_t)> before_resume;  // last look before it runs
+};
+
+struct RestoreStats {
+  pid_t pid = -1;
+  std::uint64_t pages_written = 0;
+  std::size_t injected_syscalls = 0;
+  std::uint64_t restore_ns = 0;    // stub start to resume
+  std::vector<std::string> notes;  // what could not be restored exactly
+};
+
+// Ok if this node can run the image; kIncompatible naming the first
+// difference otherwise.
+Status CheckCompatibility(const image::Image& meta);
+
+// The new process runs when this returns; it is the caller's child.
+Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
+                             const RestoreOptions& options, const RestoreHooks& hooks = {});
+
+// Validates the whole image directory (metadata, page stream, compatibility)
+// before starting anything, then restores it.
+Result<RestoreStats> RestoreFromDirectory(const std::filesystem::path& dir,
+                                          const RestoreOptions& options,
+                                          const RestoreHooks& hooks = {});
+
+}  // namespace roam::ckpt

@@ -1,0 +1,622 @@
+#include "roam/ckpt/restore.h"
+
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <vector>
+
+#include "core/ckpt/arch/arch.h"
+#include "core/ckpt/file_identity.h"
+#include "core/ckpt/image/image.pb.h"
+#include "core/ckpt/image/image_dir.h"
+#include "core/ckpt/image/page_stream.h"
+#include "core/ckpt/inject/syscall_injector.h"
+#include "core/ckpt/procfs/procfs.h"
+
+namespace roam::ckpt {
+namespace {
+
+// The trampoline mapping: one page of code, then scratch for arguments.
+constexpr std::uint64_t kTrampolineSize = 5 * kPageSize;
+constexpr std::uint64_t kScratchOffset = kPageSize;
+constexpr std::uint64_t kScratchSize = kTrampolineSize - kScratchOffset;
+constexpr int kCapSysAdmin = 21;
+constexpr int kCapCheckpointRestore = 40;
+constexpr unsigned kRseqFlagUnregister = 1;
+
+std::int64_t NowNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+bool IsVdsoKind(image::Vma::Kind kind) {
+  return kind == image::Vma::VDSO || kind == image::Vma::VVAR || kind == image::Vma::VVAR_VCLOCK;
+}
+
+bool IsVdsoName(const std::string& name) {
+  return name == "[vdso]" || name == "[vvar]" || name == "[vvar_vclock]";
+}
+
+Result<bool> MayCheckpointRestore() {
+  ROAM_ASSIGN_OR_RETURN(const procfs::Status self, procfs::ReadStatus(getpid()));
+  return ((self.cap_eff >> kCapCheckpointRestore) & 1) != 0 ||
+         ((self.cap_eff >> kCapSysAdmin) & 1) != 0;
+}
+
+// The vdso-related mappings of this process, "name:size" in address order.
+// Every process on this node gets the same layout, so ours stands for the
+// stub's.
+Result<std::vector<std::string>> OurVdsoLayout() {
+  ROAM_ASSIGN_OR_RETURN(const auto vmas, procfs::ReadMaps(getpid()));
+  std::vector<std::string> layout;
+  for (const auto& v : vmas) {
+    if (IsVdsoName(v.path)) layout.push_back(fmt::format("{}:{}", v.path, v.end - v.start));
+  }
+  return layout;
+}
+
+// A page-aligned range of `size` bytes free in every given layout, above
+// 4 GiB (clear of non-PIE binaries and brk heaps).
+Result<std::uint64_t> FindGap(std::vector<std::pair<std::uint64_t, std::uint64_t>> used,
+                              std::uint64_t size) {
+  std::sort(used.begin(), used.end());
+  std::uint64_t candidate = std::uint64_t{1} << 32;
+  const std::uint64_t guard = kPageSize;
+  for (const auto& [start, end] : used) {
+    if (end + guard <= candidate) continue;
+    if (start >= candidate + size + guard) break;
+    candidate = ((end + guard + kPageSize - 1) / kPageSize) * kPageSize;
+  }
+  if (candidate + size > (std::uint64_t{1} << 47)) {
+    return MakeError(Errc::kResourceExhausted, "no free gap of {} bytes in the address space",
+                     size);
+  }
+  return candidate;
+}
+
+// The stub: a raw clone3 child (optionally with the image's pid) that wires
+// up fds 0-2, closes the rest, asks to be traced and stops itself. Only raw
+// syscalls run in the child: glibc state copied from the parent (the cached
+// tid among it) is not to be trusted there.
+Result<pid_t> SpawnStub(const RestoreOptions& options, pid_t wanted_pid) {
+  clone_args args{};
+  args.exit_signal = SIGCHLD;
+  pid_t set_tid = wanted_pid;
+  if (options.same_pid) {
+    args.set_tid = reinterpret_cast<std::uint64_t>(&set_tid);
+    args.set_tid_size = 1;
+  }
+  const long pid = syscall(SYS_clone3, &args, sizeof(args));
+  if (pid < 0) {
+    const int err = errno;
+    if (options.same_pid && err == EEXIST) {
+      return Error(Errc::kAlreadyExists, err,
+                   fmt::format("pid {} is in use on this node", wanted_pid));
+    }
+    if (options.same_pid && err == EPERM) {
+      return Error(Errc::kPermissionDenied, err,
+                   fmt::format("keeping pid {} needs CAP_CHECKPOINT_RESTORE", wanted_pid));
+    }
+    return ErrnoError(err, "clone3 restore stub");
+  }
+  if (pid == 0) {
+    for (int i = 0; i < 3; ++i) {
+      if (options.stdio[i] >= 0) syscall(SYS_dup2, options.stdio[i], i);
+    }
+    syscall(SYS_close_range, 3, ~0U, 0);
+    syscall(SYS_ptrace, PTRACE_TRACEME, 0, 0, 0);
+    syscall(SYS_kill, syscall(SYS_getpid), SIGSTOP);
+    syscall(SYS_exit_group, 127);
+  }
+  return static_cast<pid_t>(pid);
+}
+
+// Owns the stub until it is handed over: any failure kills and reaps it, so
+// a failed restore leaves nothing behind.
+class StubGuard {
+ public:
+  explicit StubGuard(pid_t pid) : pid_(pid) {}
+  StubGuard(const StubGuard&) = delete;
+  StubGuard& operator=(const StubGuard&) = delete;
+  ~StubGuard() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    while (waitpid(pid_, nullptr, __WALL) < 0 && errno == EINTR) {
+    }
+  }
+  void Release() { pid_ = -1; }
+
+ private:
+  pid_t pid_;
+};
+
+// Rebuilds one process inside a stopped stub.
+class Rebuilder {
+ public:
+  Rebuilder(const image::Image& meta, Tracee& tracee, const RemoteMemory& memory,
+            SyscallInjector& injector, std::uint64_t trampoline, RestoreStats& stats)
+      : meta_(meta),
+        tracee_(tracee),
+        memory_(memory),
+        injector_(injector),
+        scratch_(trampoline + kScratchOffset),
+        stats_(stats) {}
+
+  Result<long> Call(std::string_view what, long nr, std::uint64_t a0 = 0, std::uint64_t a1 = 0,
+                    std::uint64_t a2 = 0, std::uint64_t a3 = 0, std::uint64_t a4 = 0,
+                    std::uint64_t a5 = 0) {
+    return injector_.Call(what, nr, a0, a1, a2, a3, a4, a5);
+  }
+
+  // Copies bytes into the scratch area; returns their address in the stub.
+  Result<std::uint64_t> Stage(std::span<const std::byte> bytes, std::size_t offset = 0) {
+    if (offset + bytes.size() > kScratchSize) {
+      return MakeError(Errc::kResourceExhausted, "argument of {} bytes exceeds the scratch area",
+                       bytes.size());
+    }
+    ROAM_TRY(memory_.Write(scratch_ + offset, bytes));
+    return scratch_ + offset;
+  }
+  Result<std::uint64_t> StageString(const std::string& s, std::size_t offset = 0) {
+    return Stage(std::as_bytes(std::span(s.c_str(), s.size() + 1)), offset);
+  }
+
+  Status MapVmas() {
+    std::map<std::string, long> open_files;
+    for (const auto& v : meta_.vmas()) {
+      if (IsVdsoKind(v.kind()) || v.kind() == image::Vma::VSYSCALL) continue;
+      const std::uint64_t len = v.end() - v.start();
+      const int prot = static_cast<int>(v.prot());
+      if (v.kind() == image::Vma::ANONYMOUS) {
+        const int flags =
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | (v.grows_down() ? MAP_GROWSDOWN : 0);
+        ROAM_TRY(Call(fmt::format("mmap anonymous {:#x}", v.start()), SYS_mmap, v.start(), len,
+                      prot, flags, static_cast<std::uint64_t>(-1), 0));
+        continue;
+      }
+      auto it = open_files.find(v.name());
+      if (it == open_files.end()) {
+        ROAM_ASSIGN_OR_RETURN(const std::uint64_t path, StageString(v.name()));
+        ROAM_ASSIGN_OR_RETURN(const long fd, Call(fmt::format("open {}", v.name()), SYS_open, path,
+                                                  O_RDONLY | O_CLOEXEC));
+        it = open_files.emplace(v.name(), fd).first;
+      }
+      const int share = v.kind() == image::Vma::FILE_SHARED ? MAP_SHARED : MAP_PRIVATE;
+      ROAM_TRY(Call(fmt::format("mmap {} at {:#x}", v.name(), v.start()), SYS_mmap, v.start(), len,
+                    prot, share | MAP_FIXED, static_cast<std::uint64_t>(it->second),
+                    v.file_offset()));
+    }
+    for (const auto& [name, fd] : open_files) ROAM_TRY(Call("close", SYS_close, fd));
+    return Ok();
+  }
+
+  Status WritePages(PageSource& pages) {
+    return pages.ForEach([this](std::uint64_t vaddr, std::span<const std::byte> data) -> Status {
+      ROAM_TRY(memory_.Write(vaddr, data));
+      stats_.pages_written += data.size() / kPageSize;
+      return Ok();
+    });
+  }
+
+  // Moves the stub's vdso block, parked at `parked`, onto the image's
+  // addresses, keeping the pieces' relative layout.
+  Status PlaceVdso(std::uint64_t parked, std::uint64_t stub_block_start,
+                   const std::vector<procfs::Vma>& stub_vdso) {
+    std::vector<const image::Vma*> saved;
+    for (const auto& v : meta_.vmas()) {
+      if (IsVdsoKind(v.kind())) saved.push_back(&v);
+    }
+    if (saved.size() != stub_vdso.size()) {
+      return MakeError(Errc::kIncompatible, "the image has {} vdso mappings, this node {}",
+                       saved.size(), stub_vdso.size());
+    }
+    for (std::size_t i = 0; i < saved.size(); ++i) {
+      const std::uint64_t from = parked + (stub_vdso[i].start - stub_block_start);
+      const std::uint64_t size = stub_vdso[i].end - stub_vdso[i].start;
+      ROAM_TRY(Call(fmt::format("mremap {} to {:#x}", stub_vdso[i].path, saved[i]->start()),
+                    SYS_mremap, from, size, size, MREMAP_MAYMOVE | MREMAP_FIXED,
+                    saved[i]->start()));
+    }
+    return Ok();
+  }
+
+  Status SetMm(bool may_set_exe) {
+    const auto& mm = meta_.mm();
+    std::vector<std::uint64_t> auxv(mm.auxv().begin(), mm.auxv().end());
+    long exe_fd = -1;
+    if (may_set_exe) {
+      ROAM_ASSIGN_OR_RETURN(const std::uint64_t path, StageString(meta_.exe(), 2048));
+      ROAM_ASSIGN_OR_RETURN(exe_fd, Call("open exe", SYS_open, path, O_RDONLY | O_CLOEXEC));
+    } else {
+      stats_.notes.push_back("exe link not restored: needs CAP_CHECKPOINT_RESTORE");
+    }
+    ROAM_ASSIGN_OR_RETURN(const std::uint64_t auxv_at,
+                          Stage(std::as_bytes(std::span(auxv)), sizeof(prctl_mm_map)));
+    prctl_mm_map map{};
+    map.start_code = mm.start_code();
+    map.end_code = mm.end_code();
+    map.start_data = mm.start_data();
+    map.end_data = mm.end_data();
+    map.start_brk = mm.start_brk();
+    map.brk = mm.brk();
+    map.start_stack = mm.start_stack();
+    map.arg_start = mm.arg_start();
+    map.arg_end = mm.arg_end();
+    map.env_start = mm.env_start();
+    map.env_end = mm.env_end();
+    map.auxv = reinterpret_cast<__u64*>(auxv_at);
+    map.auxv_size = static_cast<__u32>(auxv.size() * sizeof(std::uint64_t));
+    map.exe_fd = static_cast<__u32>(exe_fd);
+    ROAM_ASSIGN_OR_RETURN(const std::uint64_t map_at, Stage(BytesOf(map)));
+    ROAM_TRY(
+        Call("prctl PR_SET_MM_MAP", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, map_at, sizeof(map), 0));
+    if (exe_fd >= 0) ROAM_TRY(Call("close exe", SYS_close, exe_fd));
+    return Ok();
+  }
+
+  Status RestoreFds() {
+    int highest = 2;
+    for (const auto& f : meta_.fds()) highest = std::max(highest, f.fd());
+    // New fds are parked above every fd the image uses, so that creating
+    // one never lands on a number still to be filled.
+    const std::uint64_t park = static_cast<std::uint64_t>(highest) + 1;
+    // fds 0-2 the process did not have are closed.
+    for (int i = 0; i < 3; ++i) {
+      const bool present = std::any_of(meta_.fds().begin(), meta_.fds().end(),
+                                       [i](const image::Fd& f) { return f.fd() == i; });
+      if (!present) ROAM_TRY(Call("close", SYS_close, i));
+    }
+    std::map<std::uint64_t, std::pair<long, long>> pipes;  // inode -> parked (read, write)
+    for (const auto& f : meta_.fds()) {
+      if (f.kind() != image::Fd::PIPE || pipes.count(f.pipe_inode()) != 0) continue;
+      ROAM_ASSIGN_OR_RETURN(const std::uint64_t fds_at,
+                            Stage(std::as_bytes(std::span<const int>(std::array<int, 2>{}))));
+      ROAM_TRY(Call("pipe2", SYS_pipe2, fds_at, 0));
+      std::array<int, 2> ends{};
+      ROAM_TRY(memory_.Read(fds_at, std::as_writable_bytes(std::span(ends))));
+      ROAM_ASSIGN_OR_RETURN(const long r, Call("fcntl F_DUPFD", SYS_fcntl, ends[0], F_DUPFD, park));
+      ROAM_ASSIGN_OR_RETURN(const long w, Call("fcntl F_DUPFD", SYS_fcntl, ends[1], F_DUPFD, park));
+      ROAM_TRY(Call("close", SYS_close, ends[0]));
+      ROAM_TRY(Call("close", SYS_close, ends[1]));
+      pipes[f.pipe_inode()] = {r, w};
+    }
+    for (const auto& f : meta_.fds()) {
+      if (f.kind() != image::Fd::PIPE || f.pipe_data().empty()) continue;
+      ROAM_TRY(FillPipe(pipes[f.pipe_inode()].second, f.pipe_data()));
+    }
+    for (const auto& f : meta_.fds()) {
+      const std::uint64_t cloexec = (f.flags() & O_CLOEXEC) != 0 ? O_CLOEXEC : 0;
+      switch (f.kind()) {
+        case image::Fd::STDIO:
+          break;  // the restorer's stdio, wired up by the stub
+        case image::Fd::PIPE: {
+          const auto [r, w] = pipes[f.pipe_inode()];
+          const long end = f.pipe_write_end() ? w : r;
+          ROAM_TRY(Call(fmt::format("dup3 pipe to fd {}", f.fd()), SYS_dup3, end, f.fd(), cloexec));
+          ROAM_TRY(Call("fcntl F_SETFL", SYS_fcntl, f.fd(), F_SETFL, f.flags() & ~O_ACCMODE));
+          break;
+        }
+        case image::Fd::REGULAR:
+        case image::Fd::DIRECTORY:
+        case image::Fd::DEV_NULL: {
+          ROAM_ASSIGN_OR_RETURN(const std::uint64_t path, StageString(f.path()));
+          const std::uint64_t flags =
+              f.flags() & ~static_cast<std::uint32_t>(O_CREAT | O_EXCL | O_TRUNC);
+          ROAM_ASSIGN_OR_RETURN(
+              const long fd,
+              Call(fmt::format("open {} for fd {}", f.path(), f.fd()), SYS_open, path, flags));
+          if (fd != f.fd()) {
+            ROAM_TRY(Call("dup3", SYS_dup3, fd, f.fd(), cloexec));
+            ROAM_TRY(Call("close", SYS_close, fd));
+          }
+          if (f.kind() == image::Fd::REGULAR) {
+            ROAM_TRY(
+                Call(fmt::format("lseek fd {}", f.fd()), SYS_lseek, f.fd(), f.offset(), SEEK_SET));
+          }
+          break;
+        }
+        default:
+          return MakeError(Errc::kCorrupt, "fd {} has an unknown kind {}", f.fd(),
+                           static_cast<int>(f.kind()));
+      }
+    }
+    for (const auto& [inode, ends] : pipes) {
+      ROAM_TRY(Call("close", SYS_close, ends.first));
+      ROAM_TRY(Call("close", SYS_close, ends.second));
+    }
+    return Ok();
+  }
+
+  Status RestoreProcessState(pid_t pid) {
+    ROAM_ASSIGN_OR_RETURN(const std::uint64_t cwd, StageString(meta_.cwd()));
+    ROAM_TRY(Call(fmt::format("chdir {}", meta_.cwd()), SYS_chdir, cwd));
+    ROAM_TRY(Call("umask", SYS_umask, meta_.umask()));
+    ROAM_TRY(Call("personality", SYS_personality, meta_.personality()));
+    ROAM_ASSIGN_OR_RETURN(const std::uint64_t comm, StageString(meta_.comm()));
+    ROAM_TRY(Call("prctl PR_SET_NAME", SYS_prctl, PR_SET_NAME, comm));
+    for (const auto& a : meta_.sigactions()) {
+      const arch::KernelSigaction act{a.handler(), a.flags(), a.restorer(), a.mask()};
+      ROAM_ASSIGN_OR_RETURN(const std::uint64_t at, Stage(BytesOf(act)));
+      ROAM_TRY(
+          Call(fmt::format("rt_sigaction {}", a.signo()), SYS_rt_sigaction, a.signo(), at, 0, 8));
+    }
+    for (const auto& t : meta_.itimers()) {
+      itimerval tv{};
+      tv.it_interval.tv_sec = t.interval_us() / 1000000;
+      tv.it_interval.tv_usec = t.interval_us() % 1000000;
+      tv.it_value.tv_sec = t.value_us() / 1000000;
+      tv.it_value.tv_usec = t.value_us() % 1000000;
+      ROAM_ASSIGN_OR_RETURN(const std::uint64_t at, Stage(BytesOf(tv)));
+      ROAM_TRY(Call("setitimer", SYS_setitimer, t.which(), at, 0));
+    }
+    for (const auto& l : meta_.rlimits()) {
+      const rlimit lim{l.soft(), l.hard()};
+      if (prlimit(pid, static_cast<__rlimit_resource>(l.resource()), &lim, nullptr) != 0) {
+        stats_.notes.push_back(
+            fmt::format("rlimit {} not restored: {}", l.resource(), strerror(errno)));
+      }
+    }
+    return Ok();
+  }
+
+  Status RestoreThreadState(const image::Thread& t) {
+    const auto& alt = t.altstack();
+    if ((alt.flags() & SS_DISABLE) == 0 && alt.size() != 0) {
+      stack_t ss{};
+      ss.ss_sp = reinterpret_cast<void*>(alt.sp());
+      ss.ss_size = alt.size();
+      ss.ss_flags = 0;
+      ROAM_ASSIGN_OR_RETURN(const std::uint64_t at, Stage(BytesOf(ss)));
+      ROAM_TRY(Call("sigaltstack", SYS_sigaltstack, at, 0));
+    }
+    if (t.has_rseq()) {
+      // The kernel writes the rseq area right after registration, so its
+      // page must already be in place: pages are written before this.
+      ROAM_TRY(
+          Call("rseq", SYS_rseq, t.rseq().address(), t.rseq().length(), 0, t.rseq().signature()));
+    }
+    if (t.robust_list() != 0) {
+      ROAM_TRY(Call("set_robust_list", SYS_set_robust_list, t.robust_list(), t.robust_list_len()));
+    }
+    ROAM_TRY(Call("set_tid_address", SYS_set_tid_address, t.clear_child_tid()));
+    return Ok();
+  }
+
+  Status QueueSignals(pid_t pid, const image::Thread& t) {
+    for (const auto& s : meta_.shared_pending_signals()) {
+      if (s.size() != sizeof(siginfo_t))
+        return MakeError(Errc::kCorrupt, "pending signal record of {} bytes", s.size());
+      siginfo_t info{};
+      std::memcpy(&info, s.data(), sizeof(info));
+      ROAM_ASSIGN_OR_RETURN(const std::uint64_t at, Stage(BytesOf(info)));
+      ROAM_TRY(Call("rt_sigqueueinfo", SYS_rt_sigqueueinfo, pid, info.si_signo, at));
+    }
+    for (const auto& s : t.pending_signals()) {
+      if (s.size() != sizeof(siginfo_t))
+        return MakeError(Errc::kCorrupt, "pending signal record of {} bytes", s.size());
+      siginfo_t info{};
+      std::memcpy(&info, s.data(), sizeof(info));
+      ROAM_ASSIGN_OR_RETURN(const std::uint64_t at, Stage(BytesOf(info)));
+      ROAM_TRY(Call("rt_tgsigqueueinfo", SYS_rt_tgsigqueueinfo, pid, pid, info.si_signo, at));
+    }
+    return Ok();
+  }
+
+  // A root restorer gives the process the image's ids; anyone else restores
+  // it as themselves (the image's ids are never trusted to grant anything).
+  Status SetCredentials() {
+    if (geteuid() != 0) return Ok();
+    const auto& c = meta_.creds();
+    if (c.uids_size() != 4 || c.gids_size() != 4)
+      return MakeError(Errc::kCorrupt, "credentials record is incomplete");
+    if (c.uids(0) == 0 && c.uids(1) == 0) return Ok();  // root stays root
+    std::vector<gid_t> groups(c.groups().begin(), c.groups().end());
+    ROAM_ASSIGN_OR_RETURN(const std::uint64_t at, Stage(std::as_bytes(std::span(groups))));
+    ROAM_TRY(Call("setgroups", SYS_setgroups, groups.size(), at));
+    ROAM_TRY(Call("setresgid", SYS_setresgid, c.gids(0), c.gids(1), c.gids(2)));
+    ROAM_TRY(Call("setresuid", SYS_setresuid, c.uids(0), c.uids(1), c.uids(2)));
+    return Ok();
+  }
+
+ private:
+  Status FillPipe(long parked_write_end, const std::string& data) {
+    const std::string path = fmt::format("/proc/{}/fd/{}", tracee_.tid(), parked_write_end);
+    const int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return ErrnoError(errno, "open {}", path);
+    (void)fcntl(fd, F_SETPIPE_SZ, static_cast<int>(data.size()));
+    const ssize_t n = write(fd, data.data(), data.size());
+    const int err = errno;
+    close(fd);
+    if (n != static_cast<ssize_t>(data.size()))
+      return ErrnoError(n < 0 ? err : EIO, "refill pipe {}", path);
+    return Ok();
+  }
+
+  const image::Image& meta_;
+  Tracee& tracee_;
+  const RemoteMemory& memory_;
+  SyscallInjector& injector_;
+  std::uint64_t scratch_;
+  RestoreStats& stats_;
+};
+
+}  // namespace
+
+Status CheckCompatibility(const image::Image& meta) {
+  const auto& compat = meta.compat();
+  utsname uts{};
+  if (uname(&uts) != 0) return ErrnoError(errno, "uname");
+  if (compat.machine() != uts.machine) {
+    return MakeError(Errc::kIncompatible, "image is for {}, this node is {}", compat.machine(),
+                     uts.machine);
+  }
+  if (compat.kernel_release() != uts.release) {
+    return MakeError(Errc::kIncompatible, "image was taken on kernel {}, this node runs {}",
+                     compat.kernel_release(), uts.release);
+  }
+  const std::vector<std::uint32_t> words(compat.cpuid_feature_words().begin(),
+                                         compat.cpuid_feature_words().end());
+  if (const auto missing = arch::MissingCpuFeatures(words, arch::CpuFeatureWords());
+      !missing.empty()) {
+    return MakeError(Errc::kIncompatible, "this CPU lacks features the process may use: {}",
+                     fmt::join(missing, ", "));
+  }
+  if ((compat.xstate_features() & ~arch::XstateFeatures()) != 0) {
+    return MakeError(Errc::kIncompatible, "xstate features {:#x} are not all enabled here ({:#x})",
+                     compat.xstate_features(), arch::XstateFeatures());
+  }
+  ROAM_ASSIGN_OR_RETURN(const auto layout, OurVdsoLayout());
+  const std::vector<std::string> theirs(compat.vdso_layout().begin(), compat.vdso_layout().end());
+  if (layout != theirs) {
+    return MakeError(Errc::kIncompatible, "vdso layout differs: image [{}], this node [{}]",
+                     fmt::join(theirs, " "), fmt::join(layout, " "));
+  }
+  for (const auto& file : compat.mapped_files()) ROAM_TRY(CheckFileIdentity(file));
+  return Ok();
+}
+
+Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
+                             const RestoreOptions& options, const RestoreHooks& hooks) {
+  const std::int64_t started = NowNs();
+  if (meta.threads_size() != 1) {
+    return MakeError(Errc::kUnsupported,
+                     "image has {} threads; only single-threaded restore is supported yet",
+                     meta.threads_size());
+  }
+  const image::Thread& thread = meta.threads(0);
+  ROAM_ASSIGN_OR_RETURN(const bool privileged, MayCheckpointRestore());
+  RestoreStats stats;
+
+  ROAM_ASSIGN_OR_RETURN(const pid_t stub, SpawnStub(options, meta.pid()));
+  StubGuard guard(stub);
+  stats.pid = stub;
+  ROAM_ASSIGN_OR_RETURN(Tracee tracee, Tracee::AdoptStoppedChild(stub, /*kill_on_exit=*/true));
+  // Nothing may interrupt the injected calls; the image's mask comes last.
+  ROAM_TRY(tracee.SetSigmask(~std::uint64_t{0}));
+  ROAM_ASSIGN_OR_RETURN(const arch::Regs stub_regs, arch::GetRegs(stub));
+  ROAM_ASSIGN_OR_RETURN(const auto stub_xstate, arch::GetXstate(stub));
+  if (stub_xstate.size() != thread.x86().xstate().size()) {
+    return MakeError(Errc::kIncompatible, "xstate is {} bytes here, {} in the image",
+                     stub_xstate.size(), thread.x86().xstate().size());
+  }
+  ROAM_ASSIGN_OR_RETURN(RemoteMemory memory, RemoteMemory::Open(stub));
+  ROAM_ASSIGN_OR_RETURN(const auto stub_vmas, procfs::ReadMaps(stub));
+
+  // The layout both the stub and the image occupy.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> used;
+  std::vector<procfs::Vma> stub_vdso;
+  std::uint64_t syscall_insn = 0;
+  for (const auto& v : stub_vmas) {
+    used.emplace_back(v.start, v.end);
+    if (IsVdsoName(v.path)) stub_vdso.push_back(v);
+  }
+  for (const auto& v : meta.vmas()) used.emplace_back(v.start(), v.end());
+  if (stub_vdso.empty()) return MakeError(Errc::kUnsupported, "restore stub has no vdso");
+  for (const auto& v : stub_vdso) {
+    if (v.path == "[vdso]") {
+      ROAM_ASSIGN_OR_RETURN(syscall_insn, FindSyscallInstruction(memory, v.start, v.end));
+    }
+  }
+  SyscallInjector injector(tracee, stub_regs, syscall_insn);
+
+  // 1. A trampoline page (syscall; int3) plus scratch, in a gap of both layouts.
+  ROAM_ASSIGN_OR_RETURN(const std::uint64_t trampoline, FindGap(used, kTrampolineSize));
+  used.emplace_back(trampoline, trampoline + kTrampolineSize);
+  ROAM_TRY(injector.Call(
+      "mmap trampoline", SYS_mmap, trampoline, kTrampolineSize, PROT_READ | PROT_WRITE | PROT_EXEC,
+      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, static_cast<std::uint64_t>(-1), 0));
+  ROAM_TRY(memory.Write(trampoline, std::as_bytes(std::span(arch::kSyscallTrampoline))));
+  injector.set_syscall_instruction(trampoline);
+  Rebuilder rebuild(meta, tracee, memory, injector, trampoline, stats);
+
+  // 2. The stub's own rseq registration must go before its memory does, or
+  // the kernel faults writing to it.
+  __ptrace_rseq_configuration rseq{};
+  if (ptrace(PTRACE_GET_RSEQ_CONFIGURATION, stub, sizeof(rseq), &rseq) < 0) {
+    return ErrnoError(errno, "ptrace GET_RSEQ_CONFIGURATION of stub {}", stub);
+  }
+  if (rseq.rseq_abi_pointer != 0) {
+    ROAM_TRY(rebuild.Call("rseq unregister", SYS_rseq, rseq.rseq_abi_pointer, rseq.rseq_abi_size,
+                          kRseqFlagUnregister, rseq.signature));
+  }
+
+  // 3. Park the stub's vdso block where neither layout is.
+  const std::uint64_t block_start = stub_vdso.front().start;
+  const std::uint64_t block_size = stub_vdso.back().end - block_start;
+  ROAM_ASSIGN_OR_RETURN(const std::uint64_t parked, FindGap(used, block_size));
+  for (const auto& v : stub_vdso) {
+    const std::uint64_t size = v.end - v.start;
+    ROAM_TRY(rebuild.Call(fmt::format("park {}", v.path), SYS_mremap, v.start, size, size,
+                          MREMAP_MAYMOVE | MREMAP_FIXED, parked + (v.start - block_start)));
+  }
+
+  // 4. Empty the stub: everything of its own but the trampoline and vdso.
+  for (const auto& v : stub_vmas) {
+    if (IsVdsoName(v.path) || v.path == "[vsyscall]") continue;
+    ROAM_TRY(rebuild.Call("munmap stub", SYS_munmap, v.start, v.end - v.start));
+  }
+
+  // 5. The image's mappings, then its pages.
+  ROAM_TRY(rebuild.MapVmas());
+  if (hooks.before_pages) ROAM_TRY(hooks.before_pages(stub));
+  ROAM_TRY(rebuild.WritePages(pages));
+  ROAM_TRY(rebuild.PlaceVdso(parked, block_start, stub_vdso));
+
+  // 6. mm fields, files, process and thread state, credentials.
+  ROAM_TRY(rebuild.SetMm(privileged));
+  ROAM_TRY(rebuild.RestoreFds());
+  ROAM_TRY(rebuild.RestoreProcessState(stub));
+  ROAM_TRY(rebuild.RestoreThreadState(thread));
+  ROAM_TRY(rebuild.QueueSignals(stub, thread));
+  ROAM_TRY(rebuild.SetCredentials());
+  if (hooks.before_resume) ROAM_TRY(hooks.before_resume(stub));
+
+  // 7. Drop the trampoline (the call returns to a stop, never to the page),
+  // load the registers, and let it run.
+  ROAM_TRY(rebuild.Call("munmap trampoline", SYS_munmap, trampoline, kTrampolineSize));
+  stats.injected_syscalls = injector.calls();
+  ROAM_TRY(arch::SetRegs(stub, arch::RegsFromProto(thread.x86())));
+  const std::string& xs = thread.x86().xstate();
+  ROAM_TRY(arch::SetXstate(stub, std::vector<std::uint8_t>(xs.begin(), xs.end())));
+  ROAM_TRY(tracee.SetSigmask(thread.blocked_signals()));
+  if (meta.pid() != stub) {
+    stats.notes.push_back(
+        fmt::format("pid changed from {} to {}: the thread id glibc cached is stale (raise() and "
+                    "pthread_kill() may misfire); restore with --same-pid to keep it",
+                    meta.pid(), stub));
+  }
+  ROAM_TRY(tracee.Detach());
+  guard.Release();
+  stats.restore_ns = static_cast<std::uint64_t>(NowNs() - started);
+  return stats;
+}
+
+Result<RestoreStats> RestoreFromDirectory(const std::filesystem::path& dir,
+                                          const RestoreOptions& options,
+                                          const RestoreHooks& hooks) {
+  ROAM_ASSIGN_OR_RETURN(const image::Image meta, ReadImageMeta(dir));
+  ROAM_TRY(ValidateImageMeta(meta));
+  ROAM_TRY(CheckCompatibility(meta));
+  // Opening the page stream validates all of it (checksums, trailer), so a
+  // corrupt or truncated image is refused before anything starts.
+  ROAM_ASSIGN_OR_RETURN(auto pages, OpenPageFileReader(PagesPath(dir)));
+  return Restore(meta, *pages, options, hooks);
+}
+
+}  // namespace roam::ckpt

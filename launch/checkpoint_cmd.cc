@@ -1,0 +1,147 @@
+#include "launch/checkpoint_cmd.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <string>
+
+#include "roam/ckpt/capture.h"
+#include "roam/ckpt/refusal.h"
+#include "roam/ckpt/restore.h"
+
+namespace roam::launch {
+namespace {
+
+struct CheckpointArgs {
+  pid_t pid = 0;
+  std::string dir;
+  bool leave_running = false;
+  bool check = false;
+} g_checkpoint;
+
+struct RestoreArgs {
+  std::string dir;
+  bool same_pid = false;
+  bool detach = false;
+  std::string stdio_paths[3];
+} g_restore;
+
+volatile sig_atomic_t g_child = 0;
+
+void ForwardSignal(int sig) {
+  if (g_child > 0) kill(g_child, sig);
+}
+
+int Fail(std::string_view what, const Error& error) {
+  std::fprintf(stderr, "roam: %.*s: %s\n", static_cast<int>(what.size()), what.data(),
+               error.ToString().c_str());
+  return 1;
+}
+
+int RunCheck(pid_t pid) {
+  auto refusals = ckpt::FindRefusals(pid);
+  if (!refusals) return Fail("checkpoint --check", refusals.error());
+  if (refusals->empty()) {
+    std::printf("pid %d can be checkpointed and migrated\n", pid);
+    return 0;
+  }
+  for (const auto& r : *refusals) {
+    std::printf("pid %d cannot migrate: %s (%s)\n", pid, r.detail.c_str(),
+                std::string(ckpt::RefusalReasonName(r.reason)).c_str());
+  }
+  return 1;
+}
+
+int RunCheckpoint() {
+  if (g_checkpoint.check) return RunCheck(g_checkpoint.pid);
+  if (g_checkpoint.dir.empty()) {
+    std::fprintf(stderr, "roam: checkpoint: -o DIR is required (see roam checkpoint --help)\n");
+    return 2;
+  }
+  ckpt::CaptureOptions options;
+  options.leave_running = g_checkpoint.leave_running;
+  auto stats = ckpt::CheckpointToDirectory(g_checkpoint.pid, g_checkpoint.dir, options);
+  if (!stats) return Fail("checkpoint", stats.error());
+  std::printf(
+      "checkpointed pid %d to %s: %llu pages (%.1f MiB), %llu zero pages skipped, "
+      "frozen %.1f ms, process %s\n",
+      g_checkpoint.pid, g_checkpoint.dir.c_str(),
+      static_cast<unsigned long long>(stats->pages_written),
+      static_cast<double>(stats->pages_written) * 4096 / (1 << 20),
+      static_cast<unsigned long long>(stats->zero_pages_skipped),
+      static_cast<double>(stats->frozen_ns) / 1e6,
+      options.leave_running ? "left running" : "killed");
+  for (const auto& note : stats->notes) std::printf("note: %s\n", note.c_str());
+  return 0;
+}
+
+int RunRestore() {
+  ckpt::RestoreOptions options;
+  options.same_pid = g_restore.same_pid;
+  int opened[3] = {-1, -1, -1};
+  for (int i = 0; i < 3; ++i) {
+    if (g_restore.stdio_paths[i].empty()) continue;
+    const int flags = i == 0 ? O_RDONLY : (O_WRONLY | O_CREAT | O_APPEND);
+    opened[i] = open(g_restore.stdio_paths[i].c_str(), flags | O_CLOEXEC, 0644);
+    if (opened[i] < 0) {
+      return Fail("restore", ErrnoError(errno, "open {}", g_restore.stdio_paths[i]));
+    }
+    options.stdio[static_cast<std::size_t>(i)] = opened[i];
+  }
+  auto stats = ckpt::RestoreFromDirectory(g_restore.dir, options);
+  for (int fd : opened) {
+    if (fd >= 0) close(fd);
+  }
+  if (!stats) return Fail("restore", stats.error());
+  for (const auto& note : stats->notes)
+    std::fprintf(stderr, "roam: restore: note: %s\n", note.c_str());
+  if (g_restore.detach) {
+    std::printf("restored as pid %d\n", stats->pid);
+    return 0;
+  }
+  // Wait like a shell: the process's exit status becomes ours, and the
+  // signals a user sends us reach it.
+  g_child = stats->pid;
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2}) signal(sig, ForwardSignal);
+  int status = 0;
+  while (waitpid(stats->pid, &status, 0) < 0) {
+    if (errno != EINTR) return Fail("restore", ErrnoError(errno, "wait for pid {}", stats->pid));
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + WTERMSIG(status);
+}
+
+}  // namespace
+
+void AddCheckpointCommands(CLI::App& app) {
+  CLI::App* cp =
+      app.add_subcommand("checkpoint", "Capture a running process into an image directory");
+  cp->add_option("pid", g_checkpoint.pid, "Process to capture")
+      ->required()
+      ->check(CLI::PositiveNumber);
+  cp->add_option("-o,--output", g_checkpoint.dir, "Image directory (created, mode 0700)");
+  cp->add_flag("--leave-running", g_checkpoint.leave_running, "Resume the process after capture");
+  cp->add_flag("--check", g_checkpoint.check,
+               "Only say whether the process could be captured, and why not");
+
+  CLI::App* rs =
+      app.add_subcommand("restore", "Rebuild a process from an image directory and wait for it");
+  rs->add_option("dir", g_restore.dir, "Image directory")->required();
+  rs->add_flag("--same-pid", g_restore.same_pid, "Keep the image's pid (must be free; needs root)");
+  rs->add_flag("--detach", g_restore.detach, "Do not wait for the process");
+  rs->add_option("--stdin", g_restore.stdio_paths[0], "File for fd 0 if it was a pipe or terminal");
+  rs->add_option("--stdout", g_restore.stdio_paths[1], "File for fd 1 (appended)");
+  rs->add_option("--stderr", g_restore.stdio_paths[2], "File for fd 2 (appended)");
+}
+
+int RunCheckpointCommands(const CLI::App& app) {
+  if (app.get_subcommand("checkpoint")->parsed()) return RunCheckpoint();
+  if (app.get_subcommand("restore")->parsed()) return RunRestore();
+  return -1;
+}
+
+}  // namespace roam::launch

@@ -1,0 +1,334 @@
+// Checkpoint and restore of whole processes through the roam CLI, as a user
+// runs them: self-checking workloads, real programs compared byte for byte
+// with an undisturbed run, every refusal, and damaged images.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "tests/support/test_util.h"
+
+extern char** environ;
+
+namespace roam {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::BuildDir;
+using testing::RunCommand;
+using testing::TempDir;
+
+std::string Bin(const std::string& name) { return (BuildDir() / "bin" / name).string(); }
+std::string TestBin(const std::string& name) { return (BuildDir() / "tests" / name).string(); }
+
+std::string Slurp(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void Spit(const fs::path& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+// A process started for a test, killed and reaped when the test ends.
+class Process {
+ public:
+  // stdin from `stdin_fd` (-1: /dev/null), stdout and stderr appended to `out`.
+  Process(const std::vector<std::string>& argv, const fs::path& out, int stdin_fd = -1) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    if (stdin_fd >= 0) {
+      posix_spawn_file_actions_adddup2(&actions, stdin_fd, 0);
+    } else {
+      posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    }
+    posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    // Only what the test gives: fds the test runner leaks would be refused.
+    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    EXPECT_EQ(posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&actions);
+  }
+  ~Process() {
+    if (pid_ > 0 && !reaped_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+  // Exit status, 128+signal if killed.
+  int Wait() {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    reaped_ = true;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  bool RunningAndNotStopped() const {
+    std::ifstream stat("/proc/" + std::to_string(pid_) + "/stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    const auto close = text.rfind(')');
+    if (close == std::string::npos || close + 2 >= text.size()) return false;
+    const char state = text[close + 2];
+    return state == 'S' || state == 'R' || state == 'D';
+  }
+
+ private:
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+};
+
+// Waits until `path` contains `text`.
+bool WaitFor(const fs::path& path, const std::string& text, double seconds = 20) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    if (Slurp(path).find(text) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+class CkptTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ROAM_SKIP_UNLESS_ROOT("checkpoint/restore tests run as root in CI"); }
+
+  fs::path Path(const std::string& name) const { return dir_.path() / name; }
+
+  TempDir dir_;
+};
+
+TEST_F(CkptTest, SelfCheckingWorkloadSurvivesStopCopy) {
+  Spit(Path("data"), "ABCDEFGHIJ");
+  Spit(Path("stdin"), "go on\n");
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);  // stdin is a pipe: the restorer supplies fd 0
+  Process w({TestBin("ckpt_workload"), "1.5", Path("data").string()}, Path("out"), p[0]);
+  close(p[0]);
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+
+  const auto cp =
+      RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
+  ASSERT_EQ(cp.exit_code, 0) << cp.err << cp.out;
+  EXPECT_EQ(w.Wait(), 128 + SIGKILL);  // checkpoint without --leave-running ends it
+  close(p[1]);
+  struct stat st {};
+  ASSERT_EQ(stat(Path("img").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+
+  const auto rs =
+      RunCommand({Bin("roam"), "restore", Path("img").string(), "--stdin", Path("stdin").string()});
+  EXPECT_EQ(rs.exit_code, 0) << rs.err;
+  const std::string out = Slurp(Path("out"));
+  EXPECT_NE(out.find("data ABCDEFGH\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("stdin go on\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("ok after"), std::string::npos) << out;
+  EXPECT_EQ(out.find("broken"), std::string::npos) << out;
+}
+
+TEST_F(CkptTest, BlockedReadIsRestartedAfterRestore) {
+  Spit(Path("data"), "ABCDEFGHIJ");
+  Spit(Path("stdin"), "late line\n");
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  Process w({TestBin("ckpt_workload"), "0.1", Path("data").string()}, Path("out"), p[0]);
+  close(p[0]);
+  // After "data" it blocks reading stdin.
+  ASSERT_TRUE(WaitFor(Path("out"), "data ABCDEFGH")) << Slurp(Path("out"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const auto cp =
+      RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
+  ASSERT_EQ(cp.exit_code, 0) << cp.err;
+  w.Wait();
+  close(p[1]);
+  const auto rs =
+      RunCommand({Bin("roam"), "restore", Path("img").string(), "--stdin", Path("stdin").string()});
+  EXPECT_EQ(rs.exit_code, 0) << rs.err;
+  EXPECT_NE(Slurp(Path("out")).find("stdin late line\nok after"), std::string::npos)
+      << Slurp(Path("out"));
+}
+
+TEST_F(CkptTest, LeaveRunningKeepsTheOriginalGoing) {
+  Spit(Path("data"), "ABCDEFGHIJ");
+  Process w({TestBin("ckpt_workload"), "0.8", Path("data").string()}, Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready"));
+  const auto cp = RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o",
+                              Path("img").string(), "--leave-running"});
+  ASSERT_EQ(cp.exit_code, 0) << cp.err;
+  EXPECT_EQ(w.Wait(), 0) << Slurp(Path("out"));
+  EXPECT_NE(Slurp(Path("out")).find("ok after"), std::string::npos);
+}
+
+// Real programs nobody here wrote: output after a mid-run checkpoint and
+// restore must equal an undisturbed run, byte for byte.
+void CompareWithUndisturbed(const TempDir& dir, const std::vector<std::string>& argv,
+                            const std::string& output_file, int checkpoint_after_ms) {
+  const fs::path reference = dir.path() / "reference";
+  const fs::path migrated = dir.path() / "migrated";
+  auto with_output = [&](const fs::path& out) {
+    std::vector<std::string> a = argv;
+    for (auto& s : a) {
+      if (s == "@OUT") s = out.string();
+    }
+    return a;
+  };
+  {
+    Process ref(with_output(reference), output_file.empty() ? reference : dir.path() / "ref.log");
+    ASSERT_EQ(ref.Wait(), 0) << Slurp(dir.path() / "ref.log");
+  }
+  Process run(with_output(migrated), output_file.empty() ? migrated : dir.path() / "mig.log");
+  std::this_thread::sleep_for(std::chrono::milliseconds(checkpoint_after_ms));
+  const auto cp = RunCommand(
+      {Bin("roam"), "checkpoint", std::to_string(run.pid()), "-o", (dir.path() / "img").string()});
+  ASSERT_EQ(cp.exit_code, 0) << cp.err;
+  EXPECT_EQ(run.Wait(), 128 + SIGKILL) << "the program finished before the checkpoint";
+  const auto rs = RunCommand({Bin("roam"), "restore", (dir.path() / "img").string()});
+  ASSERT_EQ(rs.exit_code, 0) << rs.err;
+  const std::string a = Slurp(reference), b = Slurp(migrated);
+  EXPECT_GT(a.size(), 0u);
+  EXPECT_TRUE(a == b) << "outputs differ: " << a.size() << " vs " << b.size() << " bytes";
+}
+
+TEST_F(CkptTest, PythonLoopMatchesUndisturbedRun) {
+  if (access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/python3";
+  Spit(Path("loop.py"),
+       "import hashlib\n"
+       "h = hashlib.sha256()\n"
+       "acc = 0\n"
+       "for i in range(12_000_000):\n"
+       "    acc = (acc * 31 + i) % 1_000_003\n"
+       "    if i % 400_000 == 0:\n"
+       "        h.update(str(acc).encode()); print(i, acc, h.hexdigest()[:16], flush=True)\n"
+       "print('done', acc)\n");
+  CompareWithUndisturbed(dir_, {"/usr/bin/python3", Path("loop.py").string()}, "", 600);
+}
+
+TEST_F(CkptTest, BcPiMatchesUndisturbedRun) {
+  if (access("/usr/bin/bc", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/bc";
+  Spit(Path("pi.bc"), "scale=2000\n4*a(1)\nquit\n");
+  CompareWithUndisturbed(dir_, {"/usr/bin/bc", "-lq", Path("pi.bc").string()}, "", 300);
+}
+
+TEST_F(CkptTest, XzMatchesUndisturbedRun) {
+  if (access("/usr/bin/xz", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/xz";
+  // 8 MiB of compressible but not trivial data.
+  {
+    std::ofstream in(Path("input"), std::ios::binary);
+    std::uint64_t x = 88172645463325252ULL;
+    for (int i = 0; i < (8 << 20) / 8; ++i) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      const std::uint64_t v = x % 64;
+      in.write(reinterpret_cast<const char*>(&v), sizeof(v));
+    }
+  }
+  const std::string script = "exec /usr/bin/xz -9 -T1 -c " + Path("input").string() + " > \"$1\"";
+  CompareWithUndisturbed(dir_, {"/bin/sh", "-c", script, "sh", "@OUT"}, "log", 1500);
+}
+
+class RefusalTest : public CkptTest, public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(RefusalTest, RefusedAndLeftRunning) {
+  const std::string reason = GetParam();
+  Process w({TestBin("ckpt_refusal"), reason}, Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  if (reason == "traced") {
+    ASSERT_EQ(ptrace(PTRACE_SEIZE, w.pid(), nullptr, nullptr), 0);
+  }
+  const auto check = RunCommand({Bin("roam"), "checkpoint", "--check", std::to_string(w.pid())});
+  EXPECT_EQ(check.exit_code, 1);
+  EXPECT_NE(check.out.find("(" + reason + ")"), std::string::npos) << check.out;
+
+  const auto cp =
+      RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
+  EXPECT_EQ(cp.exit_code, 1);
+  EXPECT_EQ(std::count(cp.err.begin(), cp.err.end(), '\n'), 1) << cp.err;
+  EXPECT_NE(cp.err.find("not-migratable"), std::string::npos) << cp.err;
+  EXPECT_FALSE(fs::exists(Path("img"))) << "a refused checkpoint created its directory";
+  EXPECT_TRUE(w.RunningAndNotStopped()) << "the refused process is not running";
+  if (reason == "traced") ptrace(PTRACE_DETACH, w.pid(), nullptr, nullptr);
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryReason, RefusalTest,
+                         ::testing::Values("socket", "eventfd", "epoll", "inotify", "timerfd",
+                                           "signalfd", "memfd", "sysv-shm", "posix-shm",
+                                           "shared-anonymous", "device-mapping", "child-processes",
+                                           "seccomp", "namespaces", "multi-threaded",
+                                           "external-pipe", "traced"));
+
+TEST_F(CkptTest, CheckSaysAPlainProcessCanMigrate) {
+  Process w({TestBin("ckpt_refusal"), "none"}, Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready"));
+  const auto check = RunCommand({Bin("roam"), "checkpoint", "--check", std::to_string(w.pid())});
+  EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+  EXPECT_NE(check.out.find("can be checkpointed"), std::string::npos);
+  EXPECT_TRUE(w.RunningAndNotStopped());
+}
+
+TEST_F(CkptTest, MissingProcessIsAOneLineError) {
+  const auto cp = RunCommand({Bin("roam"), "checkpoint", "999999999", "-o", Path("img").string()});
+  EXPECT_NE(cp.exit_code, 0);
+  EXPECT_EQ(std::count(cp.err.begin(), cp.err.end(), '\n'), 1) << cp.err;
+}
+
+// A damaged image is refused with a clear error before anything runs.
+TEST_F(CkptTest, DamagedImagesAreRefused) {
+  Spit(Path("data"), "ABCDEFGHIJ");
+  Process w({TestBin("ckpt_workload"), "30", Path("data").string()}, Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready"));
+  const auto cp =
+      RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
+  ASSERT_EQ(cp.exit_code, 0) << cp.err;
+  w.Wait();
+
+  struct Damage {
+    const char* name;
+    const char* file;
+    std::function<void(std::string&)> apply;
+  };
+  const std::vector<Damage> damages = {
+      {"truncated pages", "pages.img", [](std::string& s) { s.resize(s.size() / 2); }},
+      {"flipped page byte", "pages.img", [](std::string& s) { s[s.size() / 3] ^= 0x40; }},
+      {"truncated meta", "meta.img", [](std::string& s) { s.resize(s.size() - 7); }},
+      {"flipped meta byte", "meta.img", [](std::string& s) { s[s.size() - 20] ^= 0x01; }},
+      {"wrong version", "meta.img", [](std::string& s) { s[8] = 99; }},
+  };
+  for (const auto& d : damages) {
+    const fs::path copy = Path(std::string("bad-") + d.name);
+    fs::copy(Path("img"), copy);
+    std::string bytes = Slurp(copy / d.file);
+    d.apply(bytes);
+    Spit(copy / d.file, bytes);
+    const auto before = Slurp(Path("out"));
+    const auto rs = RunCommand({Bin("roam"), "restore", copy.string()});
+    EXPECT_NE(rs.exit_code, 0) << d.name;
+    EXPECT_EQ(std::count(rs.err.begin(), rs.err.end(), '\n'), 1) << d.name << ": " << rs.err;
+    EXPECT_TRUE(rs.err.find("corrupt") != std::string::npos ||
+                rs.err.find("incompatible") != std::string::npos)
+        << d.name << ": " << rs.err;
+    EXPECT_EQ(Slurp(Path("out")), before) << d.name << ": the process ran";
+  }
+}
+
+}  // namespace
+}  // namespace roam
