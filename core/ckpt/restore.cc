@@ -7,6 +7,7 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/utsname.h>
@@ -240,7 +241,10 @@ class Rebuilder {
     const auto& mm = meta_.mm();
     std::vector<std::uint64_t> auxv(mm.auxv().begin(), mm.auxv().end());
     long exe_fd = -1;
-    if (may_set_exe) {
+    if (StubRunsImageExe()) {
+      // Already the right link; and the kernel refuses (EBUSY) to replace an
+      // exe link whose file is still mapped, as the image's own text is.
+    } else if (may_set_exe) {
       ROAM_ASSIGN_OR_RETURN(const std::uint64_t path, StageString(meta_.exe(), 2048));
       ROAM_ASSIGN_OR_RETURN(exe_fd, Call("open exe", SYS_open, path, O_RDONLY | O_CLOEXEC));
     } else {
@@ -268,6 +272,14 @@ class Rebuilder {
         Call("prctl PR_SET_MM_MAP", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, map_at, sizeof(map), 0));
     if (exe_fd >= 0) ROAM_TRY(Call("close exe", SYS_close, exe_fd));
     return Ok();
+  }
+
+  bool StubRunsImageExe() const {
+    struct stat ours {
+    }, theirs{};
+    const std::string link = fmt::format("/proc/{}/exe", tracee_.tid());
+    return stat(link.c_str(), &ours) == 0 && stat(meta_.exe().c_str(), &theirs) == 0 &&
+           ours.st_dev == theirs.st_dev && ours.st_ino == theirs.st_ino;
   }
 
   Status RestoreFds() {

@@ -1,0 +1,154 @@
+// Stop-copy checkpoint/restore of a memory-resident process: capture time,
+// how long the process is frozen, restore time, and the downtime of a
+// migration through an image on tmpfs (freeze to resume), for 16 MiB,
+// 256 MiB and 1 GiB resident sets. Same-run baseline: reading the same
+// memory once with process_vm_readv and writing it to tmpfs.
+//
+// Run as root: build/bench/ckpt_bench [--sizes 16,256,1024] [--dir /dev/shm]
+// Prints one JSON object per size.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "roam/ckpt/capture.h"
+#include "roam/ckpt/restore.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+// A child holding `bytes` of written anonymous memory; it sleeps in a loop
+// (so a checkpoint finds it in an interrupted nanosleep, as most idle
+// processes are). Returns its pid and the address of the region.
+std::pair<pid_t, std::uintptr_t> StartHog(std::size_t bytes) {
+  int ready[2];
+  if (pipe(ready) != 0) return {-1, 0};
+  const pid_t pid = fork();
+  if (pid == 0) {
+    close(ready[0]);
+    auto* mem = static_cast<std::uint64_t*>(
+        mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    for (std::size_t i = 0; i < bytes / sizeof(std::uint64_t); ++i) mem[i] = i * 2654435761u + 1;
+    const auto address = reinterpret_cast<std::uintptr_t>(mem);
+    if (write(ready[1], &address, sizeof(address)) != sizeof(address)) _exit(1);
+    close_range(3, ~0U, 0);  // nothing inherited that roam would refuse
+    for (;;) usleep(10000);
+  }
+  close(ready[1]);
+  std::uintptr_t address = 0;
+  if (read(ready[0], &address, sizeof(address)) != sizeof(address)) address = 0;
+  close(ready[0]);
+  return {pid, address};
+}
+
+void Reap(pid_t pid) {
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+}
+
+// The baseline: one process_vm_readv of the region into a pre-faulted
+// buffer, then one write of it to a tmpfs file.
+double BaselineMs(pid_t pid, std::uintptr_t address, std::size_t bytes, const fs::path& file) {
+  std::vector<char> buffer(bytes);
+  std::memset(buffer.data(), 1, bytes);  // pre-fault, as the capture's buffer is reused warm
+  const auto start = Clock::now();
+  iovec local{buffer.data(), bytes};
+  iovec remote{reinterpret_cast<void*>(address), bytes};
+  if (process_vm_readv(pid, &local, 1, &remote, 1, 0) != static_cast<ssize_t>(bytes)) return -1;
+  const int fd = open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  std::size_t done = 0;
+  while (done < bytes) {
+    const ssize_t n = write(fd, buffer.data() + done, bytes - done);
+    if (n <= 0) break;
+    done += static_cast<std::size_t>(n);
+  }
+  close(fd);
+  const double ms = Ms(Clock::now() - start);
+  fs::remove(file);
+  return done == bytes ? ms : -1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::size_t> sizes_mib = {16, 256, 1024};
+  fs::path base = "/dev/shm";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::string(argv[i]) == "--dir") base = argv[i + 1];
+    if (std::string(argv[i]) == "--sizes") {
+      sizes_mib.clear();
+      std::stringstream list(argv[i + 1]);
+      for (std::string item; std::getline(list, item, ',');) sizes_mib.push_back(std::stoul(item));
+    }
+  }
+  if (geteuid() != 0) {
+    std::fprintf(stderr, "ckpt_bench: run as root (ptrace, PR_SET_MM_MAP exe link)\n");
+    return 2;
+  }
+  const fs::path dir = base / ("roam-ckpt-bench-" + std::to_string(getpid()));
+  for (const std::size_t mib : sizes_mib) {
+    const std::size_t bytes = mib << 20;
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    auto [pid, address] = StartHog(bytes);
+    if (pid <= 0 || address == 0) return 1;
+    const double baseline_ms = BaselineMs(pid, address, bytes, dir / "baseline");
+
+    const auto capture_start = Clock::now();
+    auto captured = roam::ckpt::CheckpointToDirectory(pid, dir / "img", {});
+    const double capture_ms = Ms(Clock::now() - capture_start);
+    if (!captured) {
+      std::fprintf(stderr, "ckpt_bench: %s\n", captured.error().ToString().c_str());
+      Reap(pid);
+      return 1;
+    }
+    waitpid(pid, nullptr, 0);  // the checkpoint killed it
+    const auto restore_start = Clock::now();
+    auto restored = roam::ckpt::RestoreFromDirectory(dir / "img", {});
+    const double restore_ms = Ms(Clock::now() - restore_start);
+    if (!restored) {
+      std::fprintf(stderr, "ckpt_bench: %s\n", restored.error().ToString().c_str());
+      return 1;
+    }
+    // Alive and sleeping in its loop after restore?
+    usleep(50000);
+    const bool alive = waitpid(restored->pid, nullptr, WNOHANG) == 0;
+    Reap(restored->pid);
+
+    const double frozen_ms = static_cast<double>(captured->frozen_ns) / 1e6;
+    const nlohmann::json out = {
+        {"bench", "ckpt_stop_copy"},
+        {"size_mib", mib},
+        {"image_dir", dir.string()},
+        {"pages", captured->pages_written},
+        {"capture_ms", capture_ms},
+        {"frozen_ms", frozen_ms},
+        {"restore_ms", restore_ms},
+        {"restore_engine_ms", static_cast<double>(restored->restore_ns) / 1e6},
+        {"downtime_ms", frozen_ms + restore_ms},
+        {"injected_syscalls_restore", restored->injected_syscalls},
+        {"restored_alive", alive},
+        {"baseline_readv_write_ms", baseline_ms},
+    };
+    std::printf("%s\n", out.dump().c_str());
+    std::fflush(stdout);
+  }
+  fs::remove_all(dir);
+  return 0;
+}
