@@ -246,6 +246,61 @@ TEST_F(CkptTest, XzMatchesUndisturbedRun) {
   CompareWithUndisturbed(dir_, {"/bin/sh", "-c", script, "sh", "@OUT"}, "log", 1500);
 }
 
+// Without root the engine does what the kernel allows (ptrace of one's own
+// processes, PR_SET_MM_MAP without the exe link) and says what it could not.
+TEST_F(CkptTest, UnprivilegedUserCheckpointsAndRestoresOwnProcess) {
+  if (access("/usr/bin/setpriv", X_OK) != 0) GTEST_SKIP() << "needs setpriv (util-linux)";
+  constexpr uid_t kNobody = 65534;
+  const fs::path home = Path("nobody");
+  fs::create_directory(home);
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0755), 0);
+  ASSERT_EQ(chown(home.c_str(), kNobody, kNobody), 0);
+  Spit(home / "data", "ABCDEFGHIJ");
+  Spit(home / "out", "");
+  ASSERT_EQ(chown((home / "out").c_str(), kNobody, kNobody), 0);
+  const std::vector<std::string> as_nobody = {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534",
+                                              "--clear-groups", "--"};
+  auto nobody = [&](std::vector<std::string> argv) {
+    argv.insert(argv.begin(), as_nobody.begin(), as_nobody.end());
+    return argv;
+  };
+  Process w(nobody({TestBin("ckpt_workload"), "1.0", (home / "data").string()}), home / "out");
+  ASSERT_TRUE(WaitFor(home / "out", "ready")) << Slurp(home / "out");
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const auto cp = RunCommand(
+      nobody({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", (home / "img").string()}));
+  ASSERT_EQ(cp.exit_code, 0) << cp.err;
+  w.Wait();
+
+  // Keeping the pid needs CAP_CHECKPOINT_RESTORE: refused, nothing started.
+  const auto same =
+      RunCommand(nobody({Bin("roam"), "restore", (home / "img").string(), "--same-pid"}));
+  EXPECT_EQ(same.exit_code, 1);
+  EXPECT_NE(same.err.find("permission-denied"), std::string::npos) << same.err;
+
+  const auto rs = RunCommand(nobody({Bin("roam"), "restore", (home / "img").string()}));
+  EXPECT_EQ(rs.exit_code, 0) << rs.err;
+  EXPECT_NE(rs.err.find("exe link not restored"), std::string::npos) << rs.err;
+  EXPECT_NE(Slurp(home / "out").find("ok after"), std::string::npos) << Slurp(home / "out");
+}
+
+TEST_F(CkptTest, SamePidRestoreKeepsThePid) {
+  Spit(Path("data"), "ABCDEFGHIJ");
+  Process w({TestBin("ckpt_workload"), "1.0", Path("data").string()}, Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready"));
+  const auto cp =
+      RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
+  ASSERT_EQ(cp.exit_code, 0) << cp.err;
+  w.Wait();  // the pid is free again
+  const auto rs =
+      RunCommand({Bin("roam"), "restore", Path("img").string(), "--same-pid", "--detach"});
+  ASSERT_EQ(rs.exit_code, 0) << rs.err;
+  EXPECT_EQ(rs.out, "restored as pid " + std::to_string(w.pid()) + "\n");
+  EXPECT_EQ(rs.err.find("pid changed"), std::string::npos) << rs.err;
+  // It was reparented away from the exited roam: wait for its output.
+  EXPECT_TRUE(WaitFor(Path("out"), "ok after")) << Slurp(Path("out"));
+}
+
 class RefusalTest : public CkptTest, public ::testing::WithParamInterface<const char*> {};
 
 TEST_P(RefusalTest, RefusedAndLeftRunning) {
