@@ -63,38 +63,77 @@ image::Vma::Kind KindOf(const procfs::Vma& v) {
   return image::Vma::ANONYMOUS;
 }
 
-// While it lives, the tracee is stopped with all signals blocked; on
-// destruction (every error path included) its registers and mask are put
-// back and it is detached, or killed if Kill() was asked for.
+// One stopped thread and what to put back when it is released.
+struct FrozenThread {
+  Tracee tracee;
+  arch::Regs regs;  // interrupted syscalls already rewritten to restart
+  std::uint64_t sigmask;
+};
+
+// While it lives, every thread of the process is stopped with all signals
+// blocked; on destruction (every error path included) each thread gets its
+// registers and mask back and is detached, or the process is killed if
+// KillOnRelease() was asked for.
 class FrozenProcess {
  public:
-  FrozenProcess(Tracee tracee, const arch::Regs& regs, std::uint64_t sigmask)
-      : tracee_(std::move(tracee)), regs_(regs), sigmask_(sigmask) {}
+  explicit FrozenProcess(pid_t pid) : pid_(pid) {}
   FrozenProcess(const FrozenProcess&) = delete;
   FrozenProcess& operator=(const FrozenProcess&) = delete;
   ~FrozenProcess() {
     if (kill_) {
-      tracee_.Kill();
+      kill(pid_, SIGKILL);
+      for (auto& t : threads_) t.tracee.Kill();
       return;
     }
-    (void)arch::SetRegs(tracee_.tid(), regs_);
-    (void)tracee_.SetSigmask(sigmask_);
-    (void)tracee_.Detach();
+    for (auto& t : threads_) {
+      (void)arch::SetRegs(t.tracee.tid(), t.regs);
+      (void)t.tracee.SetSigmask(t.sigmask);
+      (void)t.tracee.Detach();
+    }
   }
-  Tracee& tracee() { return tracee_; }
+
+  // Seizes and stops every thread, again until no new thread appeared while
+  // the others were being stopped. The leader comes first.
+  Status FreezeAll(std::vector<std::string>& notes) {
+    for (bool grew = true; grew;) {
+      grew = false;
+      ROAM_ASSIGN_OR_RETURN(const auto tids, procfs::ListThreads(pid_));
+      for (const pid_t tid : tids) {
+        const bool known =
+            std::any_of(threads_.begin(), threads_.end(),
+                        [tid](const FrozenThread& t) { return t.tracee.tid() == tid; });
+        if (known) continue;
+        ROAM_ASSIGN_OR_RETURN(Tracee tracee, Tracee::Seize(tid));
+        ROAM_TRY(tracee.Interrupt());
+        ROAM_ASSIGN_OR_RETURN(arch::Regs regs, arch::GetRegs(tid));
+        ROAM_ASSIGN_OR_RETURN(const std::uint64_t sigmask, tracee.GetSigmask());
+        // Resuming with these registers re-issues an interrupted syscall, in
+        // this process or in a restored one.
+        if (std::string note = arch::FixupInterruptedSyscall(regs); !note.empty()) {
+          notes.push_back(fmt::format("thread {}: {}", tid, note));
+        }
+        threads_.push_back(FrozenThread{std::move(tracee), regs, sigmask});
+        // Signals arriving now wait in the queue instead of interrupting the
+        // injected calls; the mask is restored on release.
+        ROAM_TRY(threads_.back().tracee.SetSigmask(~std::uint64_t{0}));
+        grew = true;
+      }
+    }
+    return Ok();
+  }
+
+  std::vector<FrozenThread>& threads() { return threads_; }
   void KillOnRelease() { kill_ = true; }
 
  private:
-  Tracee tracee_;
-  arch::Regs regs_;
-  std::uint64_t sigmask_;
+  pid_t pid_;
+  std::vector<FrozenThread> threads_;
   bool kill_ = false;
 };
 
 // What only the process itself can tell, asked through injected syscalls.
-Status CaptureByInjection(SyscallInjector& injector, const RemoteMemory& memory, image::Image* meta,
-                          image::Thread* thread) {
-  ROAM_ASSIGN_OR_RETURN(RemoteScratch scratch, RemoteScratch::Map(injector, memory, kPageSize));
+Status CaptureProcessByInjection(SyscallInjector& injector, const RemoteScratch& scratch,
+                                 image::Image* meta) {
   const std::uint64_t out = scratch.address();
   for (int sig = 1; sig <= 64; ++sig) {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
@@ -111,7 +150,23 @@ Status CaptureByInjection(SyscallInjector& injector, const RemoteMemory& memory,
   }
   ROAM_ASSIGN_OR_RETURN(const long brk, injector.Call("brk", SYS_brk, 0));
   meta->mutable_mm()->set_brk(static_cast<std::uint64_t>(brk));
+  for (int which : {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF}) {
+    ROAM_TRY(injector.Call("getitimer", SYS_getitimer, which, out));
+    itimerval tv{};
+    ROAM_TRY(scratch.Read(0, WritableBytesOf(tv)));
+    if (tv.it_value.tv_sec == 0 && tv.it_value.tv_usec == 0) continue;
+    auto* t = meta->add_itimers();
+    t->set_which(which);
+    t->set_interval_us(tv.it_interval.tv_sec * 1000000 + tv.it_interval.tv_usec);
+    t->set_value_us(tv.it_value.tv_sec * 1000000 + tv.it_value.tv_usec);
+  }
+  return Ok();
+}
 
+// Per-thread facts only the thread can tell.
+Status CaptureThreadByInjection(SyscallInjector& injector, const RemoteScratch& scratch,
+                                image::Thread* thread) {
+  const std::uint64_t out = scratch.address();
   ROAM_TRY(injector.Call("prctl PR_GET_TID_ADDRESS", SYS_prctl, PR_GET_TID_ADDRESS, out));
   std::uint64_t tid_address = 0;
   ROAM_TRY(scratch.Read(0, WritableBytesOf(tid_address)));
@@ -124,18 +179,7 @@ Status CaptureByInjection(SyscallInjector& injector, const RemoteMemory& memory,
   alt->set_sp(reinterpret_cast<std::uint64_t>(ss.ss_sp));
   alt->set_size(ss.ss_size);
   alt->set_flags(ss.ss_flags);
-
-  for (int which : {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF}) {
-    ROAM_TRY(injector.Call("getitimer", SYS_getitimer, which, out));
-    itimerval tv{};
-    ROAM_TRY(scratch.Read(0, WritableBytesOf(tv)));
-    if (tv.it_value.tv_sec == 0 && tv.it_value.tv_usec == 0) continue;
-    auto* t = meta->add_itimers();
-    t->set_which(which);
-    t->set_interval_us(tv.it_interval.tv_sec * 1000000 + tv.it_interval.tv_usec);
-    t->set_value_us(tv.it_value.tv_sec * 1000000 + tv.it_value.tv_usec);
-  }
-  return scratch.Release(injector);
+  return Ok();
 }
 
 Status CaptureThreadState(pid_t tid, image::Thread* thread) {
@@ -407,32 +451,26 @@ Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Im
   ROAM_TRY(CheckCapturable(pid));
   CaptureStats stats;
 
-  ROAM_ASSIGN_OR_RETURN(Tracee tracee, Tracee::Seize(pid));
   const std::int64_t frozen_at = NowNs(CLOCK_MONOTONIC);
-  ROAM_TRY(tracee.Interrupt());
-  ROAM_ASSIGN_OR_RETURN(arch::Regs regs, arch::GetRegs(pid));
-  ROAM_ASSIGN_OR_RETURN(const std::uint64_t sigmask, tracee.GetSigmask());
-  // Resuming with these registers re-issues an interrupted syscall, in this
-  // process or in a restored one.
-  if (std::string note = arch::FixupInterruptedSyscall(regs); !note.empty()) {
-    stats.notes.push_back(std::move(note));
-  }
-  FrozenProcess frozen(std::move(tracee), regs, sigmask);
-  // Signals arriving now wait in the queue instead of interrupting the
-  // injected calls; the mask is restored on release.
-  ROAM_TRY(frozen.tracee().SetSigmask(~std::uint64_t{0}));
+  FrozenProcess frozen(pid);
+  ROAM_TRY(frozen.FreezeAll(stats.notes));
   // What was checked before stopping may have changed since.
   ROAM_TRY(CheckCapturable(pid, /*our_tracer=*/getpid()));
 
   meta->Clear();
-  auto* thread = meta->add_threads();
-  thread->set_tid(pid);
-  thread->set_blocked_signals(sigmask);
-  ROAM_ASSIGN_OR_RETURN(const auto xstate, arch::GetXstate(pid));
-  arch::ToProto(regs, xstate, thread->mutable_x86());
-  ROAM_TRY(CaptureThreadState(pid, thread));
-  ROAM_ASSIGN_OR_RETURN(const auto private_pending, PendingSignals(pid, false));
-  for (const auto& s : private_pending) thread->add_pending_signals(s);
+  std::size_t xstate_size = 0;
+  for (const auto& t : frozen.threads()) {
+    const pid_t tid = t.tracee.tid();
+    auto* thread = meta->add_threads();
+    thread->set_tid(tid);
+    thread->set_blocked_signals(t.sigmask);
+    ROAM_ASSIGN_OR_RETURN(const auto xstate, arch::GetXstate(tid));
+    xstate_size = xstate.size();
+    arch::ToProto(t.regs, xstate, thread->mutable_x86());
+    ROAM_TRY(CaptureThreadState(tid, thread));
+    ROAM_ASSIGN_OR_RETURN(const auto pending, PendingSignals(tid, false));
+    for (const auto& p : pending) thread->add_pending_signals(p);
+  }
   ROAM_ASSIGN_OR_RETURN(const auto shared_pending, PendingSignals(pid, true));
   for (const auto& s : shared_pending) meta->add_shared_pending_signals(s);
 
@@ -444,9 +482,19 @@ Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Im
   ROAM_ASSIGN_OR_RETURN(const std::uint64_t insn,
                         FindSyscallInstruction(memory, vdso->start, vdso->end));
   {
-    SyscallInjector injector(frozen.tracee(), regs, insn);
-    ROAM_TRY(CaptureByInjection(injector, memory, meta, thread));
-    stats.injected_syscalls = injector.calls();
+    // The leader maps one scratch page for every thread (they share the mm).
+    auto& threads = frozen.threads();
+    SyscallInjector leader(threads.front().tracee, threads.front().regs, insn);
+    ROAM_ASSIGN_OR_RETURN(RemoteScratch scratch, RemoteScratch::Map(leader, memory, kPageSize));
+    ROAM_TRY(CaptureProcessByInjection(leader, scratch, meta));
+    for (std::size_t i = 0; i < threads.size(); ++i) {
+      SyscallInjector injector(threads[i].tracee, threads[i].regs, insn);
+      ROAM_TRY(
+          CaptureThreadByInjection(injector, scratch, meta->mutable_threads(static_cast<int>(i))));
+      stats.injected_syscalls += injector.calls();
+    }
+    ROAM_TRY(scratch.Release(leader));
+    stats.injected_syscalls += leader.calls();
   }
 
   // The layout after the scratch mapping is gone.
@@ -489,7 +537,7 @@ Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Im
 
   ROAM_TRY(CaptureFds(pid, meta));
   ROAM_TRY(CaptureProcessFacts(pid, meta));
-  ROAM_TRY(CaptureCompat(meta, xstate.size()));
+  ROAM_TRY(CaptureCompat(meta, xstate_size));
   ROAM_TRY(pages.Finish());
   meta->set_format_version(kImageFormatVersion);
   meta->set_captured_at_ns(NowNs(CLOCK_REALTIME));

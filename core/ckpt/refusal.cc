@@ -198,8 +198,6 @@ std::string_view RefusalReasonName(RefusalReason reason) {
       return "seccomp";
     case RefusalReason::kNamespaces:
       return "namespaces";
-    case RefusalReason::kMultiThreaded:
-      return "multi-threaded";
     case RefusalReason::kZombie:
       return "zombie";
   }
@@ -223,11 +221,6 @@ Result<std::vector<Refusal>> FindRefusals(pid_t pid, pid_t our_tracer) {
   }
   if (status.seccomp != 0) {
     out.push_back({RefusalReason::kSeccomp, "runs under a seccomp filter"});
-  }
-  if (status.threads > 1) {
-    out.push_back({RefusalReason::kMultiThreaded,
-                   fmt::format("has {} threads; multi-threaded capture is not supported yet",
-                               status.threads)});
   }
   ROAM_ASSIGN_OR_RETURN(const auto children, procfs::ListChildren(pid));
   if (!children.empty()) {

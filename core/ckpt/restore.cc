@@ -410,7 +410,7 @@ class Rebuilder {
     return Ok();
   }
 
-  Status QueueSignals(pid_t pid, const image::Thread& t) {
+  Status QueueSharedSignals(pid_t pid) {
     for (const auto& s : meta_.shared_pending_signals()) {
       if (s.size() != sizeof(siginfo_t))
         return MakeError(Errc::kCorrupt, "pending signal record of {} bytes", s.size());
@@ -419,15 +419,37 @@ class Rebuilder {
       ROAM_ASSIGN_OR_RETURN(const std::uint64_t at, Stage(BytesOf(info)));
       ROAM_TRY(Call("rt_sigqueueinfo", SYS_rt_sigqueueinfo, pid, info.si_signo, at));
     }
+    return Ok();
+  }
+
+  Status QueueThreadSignals(pid_t pid, const image::Thread& t) {
     for (const auto& s : t.pending_signals()) {
       if (s.size() != sizeof(siginfo_t))
         return MakeError(Errc::kCorrupt, "pending signal record of {} bytes", s.size());
       siginfo_t info{};
       std::memcpy(&info, s.data(), sizeof(info));
       ROAM_ASSIGN_OR_RETURN(const std::uint64_t at, Stage(BytesOf(info)));
-      ROAM_TRY(Call("rt_tgsigqueueinfo", SYS_rt_tgsigqueueinfo, pid, pid, info.si_signo, at));
+      ROAM_TRY(Call("rt_tgsigqueueinfo", SYS_rt_tgsigqueueinfo, pid, t.tid(), info.si_signo, at));
     }
     return Ok();
+  }
+
+  // Creates thread `t` with its own tid (clone3 set_tid) from this thread,
+  // stopped and traced; the caller rebuilds its per-thread state.
+  Result<Tracee> CloneThread(const image::Thread& t) {
+    clone_args args{};
+    args.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+    const pid_t tid = t.tid();
+    ROAM_ASSIGN_OR_RETURN(const std::uint64_t tid_at, Stage(BytesOf(tid), 512));
+    args.set_tid = tid_at;
+    args.set_tid_size = 1;
+    ROAM_ASSIGN_OR_RETURN(const std::uint64_t args_at, Stage(BytesOf(args)));
+    ROAM_ASSIGN_OR_RETURN(const long created, Call(fmt::format("clone3 thread {}", tid), SYS_clone3,
+                                                   args_at, sizeof(args)));
+    if (created != tid) {
+      return MakeError(Errc::kInternal, "clone3 made thread {} instead of {}", created, tid);
+    }
+    return Tracee::AdoptStoppedChild(tid, /*kill_on_exit=*/true);
   }
 
   // A root restorer gives the process the image's ids; anyone else restores
@@ -506,9 +528,11 @@ Status CheckCompatibility(const image::Image& meta) {
 Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
                              const RestoreOptions& options, const RestoreHooks& hooks) {
   const std::int64_t started = NowNs();
-  if (meta.threads_size() != 1) {
+  if (meta.threads_size() > 1 && !options.same_pid) {
+    // glibc caches each thread's tid (pthread_kill, robust mutexes): new
+    // tids would break the process in ways it cannot notice.
     return MakeError(Errc::kUnsupported,
-                     "image has {} threads; only single-threaded restore is supported yet",
+                     "image has {} threads, whose ids can only be kept with --same-pid",
                      meta.threads_size());
   }
   const image::Thread& thread = meta.threads(0);
@@ -518,7 +542,9 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
   ROAM_ASSIGN_OR_RETURN(const pid_t stub, SpawnStub(options, meta.pid()));
   StubGuard guard(stub);
   stats.pid = stub;
-  ROAM_ASSIGN_OR_RETURN(Tracee tracee, Tracee::AdoptStoppedChild(stub, /*kill_on_exit=*/true));
+  ROAM_ASSIGN_OR_RETURN(Tracee tracee,
+                        Tracee::AdoptStoppedChild(stub, /*kill_on_exit=*/true,
+                                                  /*trace_clone=*/meta.threads_size() > 1));
   // Nothing may interrupt the injected calls; the image's mask comes last.
   ROAM_TRY(tracee.SetSigmask(~std::uint64_t{0}));
   ROAM_ASSIGN_OR_RETURN(const arch::Regs stub_regs, arch::GetRegs(stub));
@@ -595,24 +621,53 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
   ROAM_TRY(rebuild.RestoreFds());
   ROAM_TRY(rebuild.RestoreProcessState(stub));
   ROAM_TRY(rebuild.RestoreThreadState(thread));
-  ROAM_TRY(rebuild.QueueSignals(stub, thread));
+  ROAM_TRY(rebuild.QueueSharedSignals(stub));
+  ROAM_TRY(rebuild.QueueThreadSignals(stub, thread));
+
+  // 7. The other threads, cloned from the leader with their own tids; each
+  // gets its per-thread state through its own injector.
+  struct Extra {
+    Tracee tracee;
+    const image::Thread* image;
+  };
+  std::vector<Extra> extras;
+  for (int i = 1; i < meta.threads_size(); ++i) {
+    ROAM_ASSIGN_OR_RETURN(Tracee t, rebuild.CloneThread(meta.threads(i)));
+    extras.push_back(Extra{std::move(t), &meta.threads(i)});
+  }
+  for (auto& e : extras) {
+    ROAM_TRY(e.tracee.SetSigmask(~std::uint64_t{0}));
+    ROAM_ASSIGN_OR_RETURN(const arch::Regs regs, arch::GetRegs(e.tracee.tid()));
+    SyscallInjector thread_injector(e.tracee, regs, trampoline);
+    Rebuilder thread_rebuild(meta, e.tracee, memory, thread_injector, trampoline, stats);
+    ROAM_TRY(thread_rebuild.RestoreThreadState(*e.image));
+    ROAM_TRY(thread_rebuild.QueueThreadSignals(stub, *e.image));
+    // Credentials are per thread in the kernel (glibc broadcasts setuid).
+    ROAM_TRY(thread_rebuild.SetCredentials());
+    stats.injected_syscalls += thread_injector.calls();
+  }
   ROAM_TRY(rebuild.SetCredentials());
   if (hooks.before_resume) ROAM_TRY(hooks.before_resume(stub));
 
-  // 7. Drop the trampoline (the call returns to a stop, never to the page),
-  // load the registers, and let it run.
+  // 8. Drop the trampoline (the call returns to a stop, never to the page),
+  // load the registers, and let every thread run.
   ROAM_TRY(rebuild.Call("munmap trampoline", SYS_munmap, trampoline, kTrampolineSize));
-  stats.injected_syscalls = injector.calls();
-  ROAM_TRY(arch::SetRegs(stub, arch::RegsFromProto(thread.x86())));
-  const std::string& xs = thread.x86().xstate();
-  ROAM_TRY(arch::SetXstate(stub, std::vector<std::uint8_t>(xs.begin(), xs.end())));
-  ROAM_TRY(tracee.SetSigmask(thread.blocked_signals()));
+  stats.injected_syscalls += injector.calls();
+  const auto load = [](Tracee& t, const image::Thread& image) -> Status {
+    ROAM_TRY(arch::SetRegs(t.tid(), arch::RegsFromProto(image.x86())));
+    const std::string& xs = image.x86().xstate();
+    ROAM_TRY(arch::SetXstate(t.tid(), std::vector<std::uint8_t>(xs.begin(), xs.end())));
+    return t.SetSigmask(image.blocked_signals());
+  };
+  ROAM_TRY(load(tracee, thread));
+  for (auto& e : extras) ROAM_TRY(load(e.tracee, *e.image));
   if (meta.pid() != stub) {
     stats.notes.push_back(
         fmt::format("pid changed from {} to {}: the thread id glibc cached is stale (raise() and "
                     "pthread_kill() may misfire); restore with --same-pid to keep it",
                     meta.pid(), stub));
   }
+  for (auto& e : extras) ROAM_TRY(e.tracee.Detach());
   ROAM_TRY(tracee.Detach());
   guard.Release();
   stats.restore_ns = static_cast<std::uint64_t>(NowNs() - started);

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -83,9 +84,14 @@ Result<long> SyscallInjector::Raw(long nr, std::uint64_t a0, std::uint64_t a1, s
   arch::PrepareSyscall(regs, insn_, nr, {a0, a1, a2, a3, a4, a5});
   ROAM_TRY(arch::SetRegs(tracee_.tid(), regs));
   ++calls_;
-  // Two stops: syscall entry, then exit.
+  // Two stops: syscall entry, then exit. An injected clone under
+  // PTRACE_O_TRACECLONE adds a PTRACE_EVENT_CLONE stop in between.
   for (int i = 0; i < 2; ++i) {
     ROAM_ASSIGN_OR_RETURN(const StopInfo stop, tracee_.StepSyscall());
+    if (stop.kind == StopInfo::Kind::kEventStop && stop.event == PTRACE_EVENT_CLONE) {
+      --i;
+      continue;
+    }
     if (stop.kind != StopInfo::Kind::kSyscallStop) {
       return MakeError(Errc::kInternal,
                        "injected syscall {} in thread {}: unexpected stop (kind {}, signal {})", nr,

@@ -23,7 +23,7 @@ Result<Tracee> Tracee::Seize(pid_t tid) {
   return t;
 }
 
-Result<Tracee> Tracee::AdoptStoppedChild(pid_t pid, bool kill_on_exit) {
+Result<Tracee> Tracee::AdoptStoppedChild(pid_t pid, bool kill_on_exit, bool trace_clone) {
   Tracee t(pid);
   t.attached_ = true;
   ROAM_ASSIGN_OR_RETURN(const StopInfo stop, t.Wait());
@@ -34,6 +34,7 @@ Result<Tracee> Tracee::AdoptStoppedChild(pid_t pid, bool kill_on_exit) {
   }
   long options = PTRACE_O_TRACESYSGOOD;
   if (kill_on_exit) options |= PTRACE_O_EXITKILL;
+  if (trace_clone) options |= PTRACE_O_TRACECLONE;
   if (ptrace(PTRACE_SETOPTIONS, pid, nullptr, options) != 0) {
     return ErrnoError(errno, "ptrace SETOPTIONS pid {}", pid);
   }

@@ -28,9 +28,11 @@ class Tracee final {
  public:
   // PTRACE_SEIZE without stopping it (PTRACE_O_TRACESYSGOOD set).
   static Result<Tracee> Seize(pid_t tid);
-  // A child that did PTRACE_TRACEME and stopped itself: waits for that stop
-  // and sets the options. kill_on_exit: the child dies if roam dies.
-  static Result<Tracee> AdoptStoppedChild(pid_t pid, bool kill_on_exit);
+  // A child that did PTRACE_TRACEME and stopped itself, or a thread it
+  // cloned under PTRACE_O_TRACECLONE: waits for that stop and sets the
+  // options. kill_on_exit: it dies if roam dies; trace_clone: threads it
+  // creates are traced from their first instruction.
+  static Result<Tracee> AdoptStoppedChild(pid_t pid, bool kill_on_exit, bool trace_clone = false);
 
   Tracee(Tracee&& other) noexcept;
   Tracee& operator=(Tracee&& other) noexcept;

@@ -41,7 +41,6 @@ enum class RefusalReason {
   kTraced,
   kSeccomp,
   kNamespaces,
-  kMultiThreaded,  // not supported yet
   kZombie,
 };
 
