@@ -355,13 +355,10 @@ Status CaptureFds(pid_t pid, image::Image* meta) {
       case procfs::FdKind::kPipe:
       case procfs::FdKind::kFifo: {
         const bool writer = (fd.info.flags & O_ACCMODE) == O_WRONLY;
-        if (fd.fd <= 2) {
-          // A pipe to the outside on stdio; is it also held inside? Then it
-          // is an internal pipe that happens to sit on 0-2.
-          f->set_kind(image::Fd::STDIO);
-        } else {
-          f->set_kind(image::Fd::PIPE);
-        }
+        // On fds 0-2 a pipe or FIFO is the process's link to whoever
+        // started it: the restorer supplies the new one. Elsewhere
+        // FindRefusals let through only pipes with both ends in here.
+        f->set_kind(fd.fd <= 2 ? image::Fd::STDIO : image::Fd::PIPE);
         f->set_pipe_inode(fd.inode);
         f->set_pipe_write_end(writer);
         if (f->kind() == image::Fd::PIPE && !writer && !pipe_data_taken[fd.inode]) {
