@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <string>
 
+#include "core/ckpt/lazy_pages.h"
 #include "roam/ckpt/capture.h"
 #include "roam/ckpt/refusal.h"
 #include "roam/ckpt/restore.h"
@@ -27,6 +28,7 @@ struct RestoreArgs {
   std::string dir;
   bool same_pid = false;
   bool detach = false;
+  bool lazy = false;
   std::string stdio_paths[3];
 } g_restore;
 
@@ -82,6 +84,7 @@ int RunCheckpoint() {
 int RunRestore() {
   ckpt::RestoreOptions options;
   options.same_pid = g_restore.same_pid;
+  options.lazy = g_restore.lazy;
   int opened[3] = {-1, -1, -1};
   for (int i = 0; i < 3; ++i) {
     if (g_restore.stdio_paths[i].empty()) continue;
@@ -99,9 +102,24 @@ int RunRestore() {
   if (!stats) return Fail("restore", stats.error());
   for (const auto& note : stats->notes)
     std::fprintf(stderr, "roam: restore: note: %s\n", note.c_str());
+  // Post-copy: memory is still arriving; roam must stay until it is all in
+  // place (or the process is gone).
+  const auto finish_post_copy = [&stats]() -> int {
+    if (!stats->post_copy) return 0;
+    auto lazy = stats->post_copy->Wait();
+    if (!lazy) return Fail("restore: post-copy", lazy.error());
+    if (g_restore.detach) {
+      std::printf("post-copy: %llu pages placed after resume in %.1f ms (%llu faults)\n",
+                  static_cast<unsigned long long>(lazy->pages_on_fault + lazy->pages_streamed),
+                  static_cast<double>(lazy->total_ns) / 1e6,
+                  static_cast<unsigned long long>(lazy->faults));
+    }
+    return 0;
+  };
   if (g_restore.detach) {
     std::printf("restored as pid %d\n", stats->pid);
-    return 0;
+    std::fflush(stdout);
+    return finish_post_copy();
   }
   // Wait like a shell: the process's exit status becomes ours, and the
   // signals a user sends us reach it.
@@ -111,6 +129,7 @@ int RunRestore() {
   while (waitpid(stats->pid, &status, 0) < 0) {
     if (errno != EINTR) return Fail("restore", ErrnoError(errno, "wait for pid {}", stats->pid));
   }
+  if (const int failed = finish_post_copy(); failed != 0) return failed;
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   return 128 + WTERMSIG(status);
 }
@@ -132,7 +151,10 @@ void AddCheckpointCommands(CLI::App& app) {
       app.add_subcommand("restore", "Rebuild a process from an image directory and wait for it");
   rs->add_option("dir", g_restore.dir, "Image directory")->required();
   rs->add_flag("--same-pid", g_restore.same_pid, "Keep the image's pid (must be free; needs root)");
-  rs->add_flag("--detach", g_restore.detach, "Do not wait for the process");
+  rs->add_flag("--detach", g_restore.detach,
+               "Do not wait for the process (with --lazy: only until its memory is in place)");
+  rs->add_flag("--lazy", g_restore.lazy,
+               "Post-copy: resume at once, fill memory on fault and in the background");
   rs->add_option("--stdin", g_restore.stdio_paths[0], "File for fd 0 if it was a pipe or terminal");
   rs->add_option("--stdout", g_restore.stdio_paths[1], "File for fd 1 (appended)");
   rs->add_option("--stderr", g_restore.stdio_paths[2], "File for fd 2 (appended)");

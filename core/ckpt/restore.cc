@@ -27,6 +27,7 @@
 #include "core/ckpt/image/image_dir.h"
 #include "core/ckpt/image/page_stream.h"
 #include "core/ckpt/inject/syscall_injector.h"
+#include "core/ckpt/lazy_pages.h"
 #include "core/ckpt/procfs/procfs.h"
 
 namespace roam::ckpt {
@@ -213,6 +214,65 @@ class Rebuilder {
       stats_.pages_written += data.size() / kPageSize;
       return Ok();
     });
+  }
+
+  // Post-copy: the memory left to the page server (private anonymous
+  // writable mappings), page-aligned, sorted.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> LazyRanges() const {
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+    for (const auto& v : meta_.vmas()) {
+      if (v.kind() == image::Vma::ANONYMOUS && (v.prot() & PROT_WRITE) != 0) {
+        ranges.emplace_back(v.start(), v.end());
+      }
+    }
+    return ranges;
+  }
+
+  // Post-copy: writes now what must be there before the process runs: every
+  // page outside the lazy ranges, each thread's rseq area (the kernel writes
+  // it at registration) and the page under each stack pointer.
+  Status WriteEagerPages(PageSource& pages,
+                         const std::vector<std::pair<std::uint64_t, std::uint64_t>>& lazy) {
+    const auto is_lazy = [&lazy](std::uint64_t a) {
+      return std::any_of(lazy.begin(), lazy.end(),
+                         [a](const auto& r) { return a >= r.first && a < r.second; });
+    };
+    std::vector<std::uint64_t> must;
+    for (const auto& t : meta_.threads()) {
+      if (t.has_rseq()) must.push_back(t.rseq().address() & ~(kPageSize - 1));
+      must.push_back(t.x86().rsp() & ~(kPageSize - 1));
+    }
+    for (const auto& v : meta_.vmas()) {
+      if (IsVdsoKind(v.kind()) || v.kind() == image::Vma::VSYSCALL ||
+          v.kind() == image::Vma::FILE_SHARED || is_lazy(v.start())) {
+        continue;
+      }
+      for (std::uint64_t a = v.start(); a < v.end(); a += kPageSize) must.push_back(a);
+    }
+    std::vector<std::byte> page(kPageSize);
+    for (const std::uint64_t a : must) {
+      ROAM_ASSIGN_OR_RETURN(const bool present, pages.ReadPage(a, page));
+      if (!present) continue;
+      ROAM_TRY(memory_.Write(a, page));
+      ++stats_.pages_written;
+    }
+    return Ok();
+  }
+
+  // A userfaultfd of the restored process, taken out of it (pidfd_getfd) so
+  // that only roam holds it. Created while the stub still has the
+  // restorer's credentials: a uffd made after dropping to a user could not
+  // serve kernel-mode faults where vm.unprivileged_userfaultfd is 0.
+  Result<int> TakeUserfaultfd(pid_t pid) {
+    ROAM_ASSIGN_OR_RETURN(const long remote, Call("userfaultfd", SYS_userfaultfd, O_CLOEXEC));
+    const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+    if (pidfd < 0) return ErrnoError(errno, "pidfd_open {}", pid);
+    const int local = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, remote, 0));
+    const int err = errno;
+    close(pidfd);
+    if (local < 0) return ErrnoError(err, "pidfd_getfd of the userfaultfd of pid {}", pid);
+    ROAM_TRY(Call("close userfaultfd", SYS_close, remote));
+    return local;
   }
 
   // Moves the stub's vdso block, parked at `parked`, onto the image's
@@ -613,7 +673,23 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
   // 5. The image's mappings, then its pages.
   ROAM_TRY(rebuild.MapVmas());
   if (hooks.before_pages) ROAM_TRY(hooks.before_pages(stub));
-  ROAM_TRY(rebuild.WritePages(pages));
+  std::unique_ptr<LazyPageServer> server;
+  if (options.lazy) {
+    auto uffd = rebuild.TakeUserfaultfd(stub);
+    if (!uffd) {
+      stats.notes.push_back("post-copy unavailable, restored by stop-copy: " +
+                            uffd.error().ToString());
+    } else {
+      const auto ranges = rebuild.LazyRanges();
+      ROAM_TRY(rebuild.WriteEagerPages(pages, ranges));
+      for (const auto& [start, end] : ranges) stats.lazy_pages += (end - start) / kPageSize;
+      LazyPageServer::Options lazy_options;
+      lazy_options.pid = stub;
+      // From here the server alone reads `pages`.
+      ROAM_ASSIGN_OR_RETURN(server, LazyPageServer::Start(*uffd, ranges, pages, lazy_options));
+    }
+  }
+  if (!server) ROAM_TRY(rebuild.WritePages(pages));
   ROAM_TRY(rebuild.PlaceVdso(parked, block_start, stub_vdso));
 
   // 6. mm fields, files, process and thread state, credentials.
@@ -671,6 +747,7 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
   ROAM_TRY(tracee.Detach());
   guard.Release();
   stats.restore_ns = static_cast<std::uint64_t>(NowNs() - started);
+  stats.post_copy = std::move(server);
   return stats;
 }
 
@@ -682,8 +759,11 @@ Result<RestoreStats> RestoreFromDirectory(const std::filesystem::path& dir,
   ROAM_TRY(CheckCompatibility(meta));
   // Opening the page stream validates all of it (checksums, trailer), so a
   // corrupt or truncated image is refused before anything starts.
-  ROAM_ASSIGN_OR_RETURN(auto pages, OpenPageFileReader(PagesPath(dir)));
-  return Restore(meta, *pages, options, hooks);
+  ROAM_ASSIGN_OR_RETURN(std::unique_ptr<PageSource> opened, OpenPageFileReader(PagesPath(dir)));
+  std::shared_ptr<PageSource> pages = std::move(opened);
+  ROAM_ASSIGN_OR_RETURN(RestoreStats stats, Restore(meta, *pages, options, hooks));
+  if (stats.post_copy) stats.post_copy_source = std::move(pages);
+  return stats;
 }
 
 }  // namespace roam::ckpt

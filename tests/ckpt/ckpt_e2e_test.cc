@@ -145,6 +145,41 @@ TEST_F(CkptTest, SelfCheckingWorkloadSurvivesStopCopy) {
   EXPECT_EQ(out.find("broken"), std::string::npos) << out;
 }
 
+// Post-copy: the process resumes before its 64 MiB heap is in place; the
+// workload's full pattern scan proves every page arrived.
+TEST_F(CkptTest, SelfCheckingWorkloadSurvivesPostCopy) {
+  Spit(Path("data"), "ABCDEFGHIJ");
+  Spit(Path("stdin"), "lazy\n");
+  Process w({TestBin("ckpt_workload"), "1.0", Path("data").string()}, Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const auto cp =
+      RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
+  ASSERT_EQ(cp.exit_code, 0) << cp.err;
+  w.Wait();
+  const auto rs = RunCommand({Bin("roam"), "restore", Path("img").string(), "--lazy", "--same-pid",
+                              "--stdin", Path("stdin").string()});
+  EXPECT_EQ(rs.exit_code, 0) << rs.err;
+  EXPECT_EQ(rs.err.find("post-copy unavailable"), std::string::npos) << rs.err;
+  const std::string out = Slurp(Path("out"));
+  EXPECT_NE(out.find("ok after"), std::string::npos) << out;
+  EXPECT_EQ(out.find("broken"), std::string::npos) << out;
+}
+
+TEST_F(CkptTest, ThreadsSurvivePostCopy) {
+  Process w({TestBin("ckpt_threads"), "1.0"}, Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto cp =
+      RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
+  ASSERT_EQ(cp.exit_code, 0) << cp.err;
+  w.Wait();
+  const auto rs =
+      RunCommand({Bin("roam"), "restore", Path("img").string(), "--same-pid", "--lazy"});
+  EXPECT_EQ(rs.exit_code, 0) << rs.err << Slurp(Path("out"));
+  EXPECT_NE(Slurp(Path("out")).find("ok threads"), std::string::npos) << Slurp(Path("out"));
+}
+
 TEST_F(CkptTest, BlockedReadIsRestartedAfterRestore) {
   Spit(Path("data"), "ABCDEFGHIJ");
   Spit(Path("stdin"), "late line\n");

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,7 @@ class Image;
 namespace roam::ckpt {
 
 class PageSource;
+class LazyPageServer;
 
 struct RestoreOptions {
   // Keep the image's pid (clone3 set_tid): the pid must be free here, and
@@ -40,6 +42,10 @@ struct RestoreOptions {
   // Files for fds 0-2 when the process had a pipe or terminal there; -1
   // gives the restorer's own.
   std::array<int, 3> stdio = {-1, -1, -1};
+  // Post-copy: resume at once and fill private anonymous writable memory on
+  // fault and by a background stream (userfaultfd). Falls back to stop-copy,
+  // with a note, where userfaultfd is not available to the caller.
+  bool lazy = false;
 };
 
 // Run in the restorer while the new process is stopped.
@@ -54,6 +60,12 @@ struct RestoreStats {
   std::size_t injected_syscalls = 0;
   std::uint64_t restore_ns = 0;    // stub start to resume
   std::vector<std::string> notes;  // what could not be restored exactly
+  std::uint64_t lazy_pages = 0;    // pages left to the post-copy server
+  // Post-copy only: the server still filling memory after the process
+  // resumed, and the page source it reads (kept alive with it). Wait() on the
+  // server before letting go of either.
+  std::shared_ptr<LazyPageServer> post_copy;
+  std::shared_ptr<PageSource> post_copy_source;
 };
 
 // Ok if this node can run the image; kIncompatible naming the first
