@@ -113,6 +113,14 @@ class CkptTest : public ::testing::Test {
 
   fs::path Path(const std::string& name) const { return dir_.path() / name; }
 
+  // roam checkpoint PID -o img, which must succeed and end the process.
+  void CheckpointAndEnd(Process& w) {
+    const auto cp = RunCommand(
+        {Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
+    ASSERT_EQ(cp.exit_code, 0) << cp.err << cp.out;
+    EXPECT_EQ(w.Wait(), 128 + SIGKILL) << "checkpoint without --leave-running ends the process";
+  }
+
   TempDir dir_;
 };
 
@@ -153,10 +161,7 @@ TEST_F(CkptTest, SelfCheckingWorkloadSurvivesPostCopy) {
   Process w({TestBin("ckpt_workload"), "1.0", Path("data").string()}, Path("out"));
   ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  const auto cp =
-      RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
-  ASSERT_EQ(cp.exit_code, 0) << cp.err;
-  w.Wait();
+  ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
   const auto rs = RunCommand({Bin("roam"), "restore", Path("img").string(), "--lazy", "--same-pid",
                               "--stdin", Path("stdin").string()});
   EXPECT_EQ(rs.exit_code, 0) << rs.err;
@@ -170,10 +175,7 @@ TEST_F(CkptTest, ThreadsSurvivePostCopy) {
   Process w({TestBin("ckpt_threads"), "1.0"}, Path("out"));
   ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  const auto cp =
-      RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
-  ASSERT_EQ(cp.exit_code, 0) << cp.err;
-  w.Wait();
+  ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
   const auto rs =
       RunCommand({Bin("roam"), "restore", Path("img").string(), "--same-pid", "--lazy"});
   EXPECT_EQ(rs.exit_code, 0) << rs.err << Slurp(Path("out"));
@@ -190,10 +192,7 @@ TEST_F(CkptTest, BlockedReadIsRestartedAfterRestore) {
   // After "data" it blocks reading stdin.
   ASSERT_TRUE(WaitFor(Path("out"), "data ABCDEFGH")) << Slurp(Path("out"));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  const auto cp =
-      RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
-  ASSERT_EQ(cp.exit_code, 0) << cp.err;
-  w.Wait();
+  ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
   close(p[1]);
   const auto rs =
       RunCommand({Bin("roam"), "restore", Path("img").string(), "--stdin", Path("stdin").string()});
@@ -323,10 +322,7 @@ TEST_F(CkptTest, SamePidRestoreKeepsThePid) {
   Spit(Path("data"), "ABCDEFGHIJ");
   Process w({TestBin("ckpt_workload"), "1.0", Path("data").string()}, Path("out"));
   ASSERT_TRUE(WaitFor(Path("out"), "ready"));
-  const auto cp =
-      RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
-  ASSERT_EQ(cp.exit_code, 0) << cp.err;
-  w.Wait();  // the pid is free again
+  ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
   const auto rs =
       RunCommand({Bin("roam"), "restore", Path("img").string(), "--same-pid", "--detach"});
   ASSERT_EQ(rs.exit_code, 0) << rs.err;
@@ -340,10 +336,7 @@ TEST_F(CkptTest, ThreadsKeepTheirIdsRobustMutexAndRaise) {
   Process w({TestBin("ckpt_threads"), "1.5"}, Path("out"));
   ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
   std::this_thread::sleep_for(std::chrono::milliseconds(400));
-  const auto cp =
-      RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
-  ASSERT_EQ(cp.exit_code, 0) << cp.err;
-  w.Wait();
+  ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
   // New thread ids would break glibc: refused without --same-pid.
   const auto refused = RunCommand({Bin("roam"), "restore", Path("img").string()});
   EXPECT_EQ(refused.exit_code, 1);
@@ -402,10 +395,7 @@ TEST_F(CkptTest, DamagedImagesAreRefused) {
   Spit(Path("data"), "ABCDEFGHIJ");
   Process w({TestBin("ckpt_workload"), "30", Path("data").string()}, Path("out"));
   ASSERT_TRUE(WaitFor(Path("out"), "ready"));
-  const auto cp =
-      RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", Path("img").string()});
-  ASSERT_EQ(cp.exit_code, 0) << cp.err;
-  w.Wait();
+  ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
 
   struct Damage {
     const char* name;
