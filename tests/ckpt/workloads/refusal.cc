@@ -20,7 +20,6 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
-#include <thread>
 
 namespace {
 
@@ -86,12 +85,6 @@ bool Setup(const std::string& reason) {
            prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
   }
   if (reason == "namespaces") return unshare(CLONE_NEWUTS) == 0;
-  if (reason == "multi-threaded") {
-    std::thread([] {
-      for (;;) pause();
-    }).detach();
-    return true;
-  }
   if (reason == "external-pipe") {
     int p[2];
     if (pipe(p) != 0) return false;
