@@ -448,6 +448,21 @@ Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Im
   ROAM_TRY(CheckCapturable(pid));
   CaptureStats stats;
 
+  // Identify the mapped files while the process still runs: reading ELF
+  // notes of every library is the slowest part of the metadata, and a file
+  // does not change because its user is frozen. Mappings that appear in the
+  // meantime are identified after the freeze.
+  std::map<std::string, image::FileIdentity> identities;
+  {
+    ROAM_ASSIGN_OR_RETURN(const auto early, procfs::ReadMaps(pid));
+    for (const auto& v : early) {
+      const auto kind = KindOf(v);
+      if ((kind == image::Vma::FILE_PRIVATE || kind == image::Vma::FILE_SHARED) &&
+          identities.count(v.path) == 0) {
+        ROAM_ASSIGN_OR_RETURN(identities[v.path], IdentifyFile(v.path));
+      }
+    }
+  }
   const std::int64_t frozen_at = NowNs(CLOCK_MONOTONIC);
   FrozenProcess frozen(pid);
   ROAM_TRY(frozen.FreezeAll(stats.notes));
@@ -513,8 +528,12 @@ Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Im
     if (kind == image::Vma::FILE_PRIVATE || kind == image::Vma::FILE_SHARED) {
       auto [it, inserted] = file_index.try_emplace(v.path, meta->compat().mapped_files_size());
       if (inserted) {
-        ROAM_ASSIGN_OR_RETURN(auto id, IdentifyFile(v.path));
-        *meta->mutable_compat()->add_mapped_files() = std::move(id);
+        auto known = identities.find(v.path);
+        if (known == identities.end()) {
+          ROAM_ASSIGN_OR_RETURN(image::FileIdentity id, IdentifyFile(v.path));
+          known = identities.emplace(v.path, std::move(id)).first;
+        }
+        *meta->mutable_compat()->add_mapped_files() = known->second;
       }
       out->set_file_index(it->second);
     }
