@@ -18,7 +18,7 @@
 namespace roam::ckpt {
 namespace {
 
-constexpr std::uint64_t kFeatures = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+constexpr std::uint64_t kFeatures = UFFD_FEATURE_WP_ASYNC;
 // Regions per PAGEMAP_SCAN call; a fuller buffer makes the kernel stop and
 // report walk_end, and the scan goes on from there.
 constexpr std::size_t kScanRegions = 256;
@@ -37,13 +37,12 @@ Status EnableAsyncWriteProtect(int uffd) {
     const int err = errno;
     // Unknown feature bits are EINVAL: the kernel predates 6.7.
     if (err == EINVAL) {
-      return MakeError(Errc::kUnsupported,
-                       "userfaultfd: no UFFD_FEATURE_WP_ASYNC|WP_UNPOPULATED (Linux >= 6.7)");
+      return MakeError(Errc::kUnsupported, "userfaultfd: no UFFD_FEATURE_WP_ASYNC (Linux >= 6.7)");
     }
     return ErrnoError(err, "UFFDIO_API");
   }
   if ((api.features & kFeatures) != kFeatures) {
-    return MakeError(Errc::kUnsupported, "userfaultfd: features {:#x} lack WP_ASYNC|WP_UNPOPULATED",
+    return MakeError(Errc::kUnsupported, "userfaultfd: features {:#x} lack WP_ASYNC",
                      static_cast<std::uint64_t>(api.features));
   }
   return Ok();
@@ -68,14 +67,20 @@ pm_scan_arg WrittenScan(std::uint64_t start, std::uint64_t end, page_region* vec
   arg.end = end;
   arg.vec = reinterpret_cast<std::uintptr_t>(vec);
   arg.vec_len = vec_len;
+  // Written pages that exist. Holes count as written for the kernel (no
+  // uffd-wp bit); matching them would fill in page tables with markers for
+  // every never-touched page of a sparse mapping. A page written into a hole
+  // later is present without the bit and is reported then.
   arg.category_mask = PAGE_IS_WRITTEN;
+  arg.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
   arg.return_mask = PAGE_IS_WRITTEN;
   return arg;
 }
 
 bool Tracked(const procfs::Vma& v) {
-  if (!v.write || v.shared) return false;
-  // Not writable today, but never ours to track.
+  // Read-only ones too: a page written and then mprotect'ed read-only
+  // before the next round must still be reported.
+  if (v.shared) return false;
   return v.path != "[vdso]" && v.path != "[vvar]" && v.path != "[vvar_vclock]" &&
          v.path != "[vsyscall]";
 }
@@ -186,8 +191,8 @@ Status DirtyTracker::Arm(std::uint64_t start, std::uint64_t end) {
   if (::ioctl(uffd_, UFFDIO_REGISTER, &reg) != 0) {
     return ErrnoError(errno, "UFFDIO_REGISTER {:#x}-{:#x} of pid {}", start, end, pid_);
   }
-  // Protect every page: the ones present now lose nothing, and none-ptes get
-  // a marker (WP_UNPOPULATED), so the first write anywhere is seen.
+  // Protect every page there is; a page that appears in a hole later has no
+  // uffd-wp bit and is reported by the next scan.
   pm_scan_arg arg = WrittenScan(start, end, nullptr, 0);
   ++stats_.scans;
   if (const long n = ScanOnce(pagemap_, arg); n < 0) {

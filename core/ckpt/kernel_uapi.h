@@ -13,9 +13,6 @@
 #include <linux/userfaultfd.h>
 
 // include/uapi/linux/userfaultfd.h (6.7+).
-#ifndef UFFD_FEATURE_WP_UNPOPULATED
-#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
-#endif
 #ifndef UFFD_FEATURE_WP_ASYNC
 #define UFFD_FEATURE_WP_ASYNC (1 << 15)
 #endif
