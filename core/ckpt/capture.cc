@@ -23,9 +23,11 @@
 #include <vector>
 
 #include "core/ckpt/arch/arch.h"
+#include "core/ckpt/dirty_tracker.h"
 #include "core/ckpt/file_identity.h"
 #include "core/ckpt/image/image.pb.h"
 #include "core/ckpt/image/image_dir.h"
+#include "core/ckpt/image/page_store.h"
 #include "core/ckpt/image/page_stream.h"
 #include "core/ckpt/inject/syscall_injector.h"
 #include "core/ckpt/procfs/procfs.h"
@@ -220,16 +222,41 @@ Result<std::vector<std::string>> PendingSignals(pid_t tid, bool shared) {
   return out;
 }
 
+// Pages a pre-copy already holds: the store's copy of a page is current
+// unless the final scan names it as written since.
+struct PreCopied {
+  const PageStore& store;
+  const PageRuns& dirty;  // sorted, coalesced
+
+  bool Current(std::uint64_t page) const {
+    auto it = std::upper_bound(dirty.begin(), dirty.end(), page,
+                               [](std::uint64_t a, const auto& run) { return a < run.first; });
+    return it == dirty.begin() || page >= std::prev(it)->second;
+  }
+};
+
 class PageCapturer {
  public:
   PageCapturer(pid_t pid, const RemoteMemory& memory, PageSink& sink, CaptureStats& stats)
       : pid_(pid), memory_(memory), sink_(sink), stats_(stats), buffer_(kReadChunk) {}
 
+  // Takes the pre-copied pages instead of reading them again.
+  void UsePreCopied(const PreCopied* known) { known_ = known; }
+  // The process runs: a range that cannot be read (unmapped meanwhile) is
+  // skipped instead of failing; the final capture reads what is missing.
+  void SetBestEffort() { best_effort_ = true; }
+
   Status CaptureVma(const procfs::Vma& vma, image::Vma::Kind kind, procfs::PagemapReader& pagemap) {
-    const std::uint64_t npages = (vma.end - vma.start) / kPageSize;
+    return CaptureRange(vma.start, vma.end, vma.read, kind, pagemap);
+  }
+
+  // The wanted pages of [start, end), which lies inside one VMA.
+  Status CaptureRange(std::uint64_t start, std::uint64_t end, bool readable, image::Vma::Kind kind,
+                      procfs::PagemapReader& pagemap) {
+    const std::uint64_t npages = (end - start) / kPageSize;
     for (std::uint64_t first = 0; first < npages;) {
       const std::uint64_t count = std::min<std::uint64_t>(npages - first, kReadChunk / kPageSize);
-      const std::uint64_t base = vma.start + first * kPageSize;
+      const std::uint64_t base = start + first * kPageSize;
       ROAM_ASSIGN_OR_RETURN(const auto entries, pagemap.Read(base, count));
       // Runs of pages that must travel: anonymous memory and the COW'd
       // (private, written) pages of file mappings; clean file pages are
@@ -243,7 +270,7 @@ class PageCapturer {
         }
         std::uint64_t j = i;
         while (j < count && Wanted(entries[j], kind)) ++j;
-        ROAM_TRY(CaptureRun(base + i * kPageSize, j - i, vma.read));
+        ROAM_TRY(CaptureRun(base + i * kPageSize, j - i, readable));
         i = j;
       }
       first += count;
@@ -259,18 +286,48 @@ class PageCapturer {
     return procfs::IsPresent(entry) || procfs::IsSwapped(entry);
   }
 
-  Status CaptureRun(std::uint64_t address, std::uint64_t npages, bool readable) {
+  // Reads [address, +npages) into buffer_ at `out`; false if best effort
+  // gave up on it.
+  Result<bool> Read(std::uint64_t address, std::uint64_t npages, bool readable, std::byte* out) {
     const std::size_t bytes = npages * kPageSize;
     if (readable) {
-      iovec local{buffer_.data(), bytes};
+      iovec local{out, bytes};
       iovec remote{reinterpret_cast<void*>(address), bytes};
       const ssize_t n = process_vm_readv(pid_, &local, 1, &remote, 1, 0);
-      if (n != static_cast<ssize_t>(bytes)) readable = false;  // fall back below
+      if (n == static_cast<ssize_t>(bytes)) return true;
     }
-    if (!readable) {
-      // Not readable by the process itself (PROT_NONE after mprotect, say):
-      // /proc/PID/mem reads it anyway.
-      ROAM_TRY(memory_.Read(address, std::span(buffer_.data(), bytes)));
+    // Not readable by the process itself (PROT_NONE after mprotect, say):
+    // /proc/PID/mem reads it anyway.
+    auto read = memory_.Read(address, std::span(out, bytes));
+    if (!read && best_effort_) return false;
+    ROAM_TRY(read);
+    return true;
+  }
+
+  Status CaptureRun(std::uint64_t address, std::uint64_t npages, bool readable) {
+    if (known_ == nullptr) {
+      ROAM_ASSIGN_OR_RETURN(const bool read, Read(address, npages, readable, buffer_.data()));
+      if (!read) return Ok();
+    } else {
+      // Pre-copied pages from the store, the rest read in runs.
+      std::uint64_t i = 0;
+      while (i < npages) {
+        const std::uint64_t page = address + i * kPageSize;
+        const std::byte* copy = known_->Current(page) ? known_->store.Find(page) : nullptr;
+        if (copy != nullptr) {
+          std::memcpy(buffer_.data() + i * kPageSize, copy, kPageSize);
+          ++stats_.pre_copied_pages;
+          ++i;
+          continue;
+        }
+        std::uint64_t j = i;
+        while (j < npages && (!known_->Current(address + j * kPageSize) ||
+                              known_->store.Find(address + j * kPageSize) == nullptr)) {
+          ++j;
+        }
+        ROAM_TRY(Read(page, j - i, readable, buffer_.data() + i * kPageSize));
+        i = j;
+      }
     }
     // Skip all-zero pages: restore maps fresh anonymous memory, which is zero.
     std::uint64_t i = 0;
@@ -296,9 +353,10 @@ class PageCapturer {
   PageSink& sink_;
   CaptureStats& stats_;
   std::vector<std::byte> buffer_;
+  const PreCopied* known_ = nullptr;
+  bool best_effort_ = false;
 };
 
-// Unread bytes of a pipe, duplicated with tee() so the pipe keeps them.
 Result<std::string> PeekPipe(pid_t pid, int fd) {
   const std::string path = fmt::format("/proc/{}/fd/{}", pid, fd);
   const int in = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
@@ -441,7 +499,103 @@ Status CaptureCompat(image::Image* meta, std::size_t xstate_size) {
   return Ok();
 }
 
+// Pages of these kinds travel; the others are mapped again at restore.
+bool CarriesPages(image::Vma::Kind kind) {
+  return kind == image::Vma::ANONYMOUS || kind == image::Vma::FILE_PRIVATE;
+}
+
+// A pre-copy round's output: the newest copy of each page replaces the old.
+class StoreSink final : public PageSink {
+ public:
+  explicit StoreSink(PageStore& store) : store_(store) {}
+  Status Add(std::uint64_t vaddr, std::span<const std::byte> pages) override {
+    return store_.Put(vaddr, pages);
+  }
+  Status Finish() override { return Ok(); }
+
+ private:
+  PageStore& store_;
+};
+
+// A syscall instruction in the process's [vdso], for injection.
+Result<std::uint64_t> VdsoSyscall(pid_t pid, const RemoteMemory& memory,
+                                  const std::vector<procfs::Vma>& vmas) {
+  const auto vdso = std::find_if(vmas.begin(), vmas.end(),
+                                 [](const procfs::Vma& v) { return v.path == "[vdso]"; });
+  if (vdso == vmas.end()) return MakeError(Errc::kUnsupported, "pid {} has no [vdso]", pid);
+  return FindSyscallInstruction(memory, vdso->start, vdso->end);
+}
+
 }  // namespace
+
+Result<PreCopy> PreCopy::Start(pid_t pid) {
+  ROAM_TRY(CheckCapturable(pid));
+  ROAM_TRY(DirtyTracker::Probe());
+  std::vector<std::string> notes;
+  FrozenProcess frozen(pid);
+  ROAM_TRY(frozen.FreezeAll(notes));
+  ROAM_TRY(CheckCapturable(pid, /*our_tracer=*/getpid()));
+  ROAM_ASSIGN_OR_RETURN(RemoteMemory memory, RemoteMemory::Open(pid));
+  ROAM_ASSIGN_OR_RETURN(const auto vmas, procfs::ReadMaps(pid));
+  ROAM_ASSIGN_OR_RETURN(const std::uint64_t insn, VdsoSyscall(pid, memory, vmas));
+  auto& leader = frozen.threads().front();
+  SyscallInjector injector(leader.tracee, leader.regs, insn);
+  ROAM_ASSIGN_OR_RETURN(DirtyTracker tracker, DirtyTracker::Start(pid, injector));
+  return PreCopy(pid, std::make_unique<DirtyTracker>(std::move(tracker)));
+}
+
+PreCopy::PreCopy(pid_t pid, std::unique_ptr<DirtyTracker> tracker)
+    : pid_(pid), tracker_(std::move(tracker)), store_(std::make_unique<PageStore>()) {}
+PreCopy::PreCopy(PreCopy&&) noexcept = default;
+PreCopy& PreCopy::operator=(PreCopy&&) noexcept = default;
+PreCopy::~PreCopy() = default;
+
+Result<PreCopy::Round> PreCopy::CopyRound() {
+  const std::int64_t started = NowNs(CLOCK_MONOTONIC);
+  // Collect first, read after: a write racing with the read is reported by
+  // the next round. The first round takes every VMA whole (Start protected
+  // them all).
+  PageRuns written;
+  if (!first_round_) {
+    ROAM_ASSIGN_OR_RETURN(written, tracker_->Collect());
+  }
+  ROAM_ASSIGN_OR_RETURN(const auto vmas, procfs::ReadMaps(pid_));
+  ROAM_ASSIGN_OR_RETURN(RemoteMemory memory, RemoteMemory::Open(pid_));
+  ROAM_ASSIGN_OR_RETURN(procfs::PagemapReader pagemap, procfs::PagemapReader::Open(pid_));
+  CaptureStats stats;
+  StoreSink sink(*store_);
+  PageCapturer capturer(pid_, memory, sink, stats);
+  capturer.SetBestEffort();
+  auto run = written.begin();
+  for (const auto& v : vmas) {
+    const auto kind = KindOf(v);
+    if (!CarriesPages(kind)) continue;
+    if (first_round_) {
+      ROAM_TRY(capturer.CaptureVma(v, kind, pagemap));
+      continue;
+    }
+    while (run != written.end() && run->second <= v.start) ++run;
+    for (auto r = run; r != written.end() && r->first < v.end; ++r) {
+      const std::uint64_t lo = std::max(r->first, v.start), hi = std::min(r->second, v.end);
+      // What was there is stale: gone, zero now, or read again below.
+      store_->Drop(lo, (hi - lo) / kPageSize);
+      ROAM_TRY(capturer.CaptureRange(lo, hi, v.read, kind, pagemap));
+    }
+  }
+  first_round_ = false;
+  return Round{stats.pages_written + stats.zero_pages_skipped,
+               static_cast<std::uint64_t>(NowNs(CLOCK_MONOTONIC) - started)};
+}
+
+Result<std::vector<PreCopy::Round>> PreCopy::Converge(int max_rounds, std::uint64_t enough_pages) {
+  std::vector<Round> rounds;
+  while (static_cast<int>(rounds.size()) < max_rounds) {
+    ROAM_ASSIGN_OR_RETURN(const Round round, CopyRound());
+    rounds.push_back(round);
+    if (rounds.size() > 1 && round.pages_read < enough_pages) break;
+  }
+  return rounds;
+}
 
 Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Image* meta,
                              PageSink& pages, const CaptureCommit& commit) {
@@ -488,11 +642,7 @@ Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Im
 
   ROAM_ASSIGN_OR_RETURN(RemoteMemory memory, RemoteMemory::Open(pid));
   ROAM_ASSIGN_OR_RETURN(auto vmas, procfs::ReadMaps(pid));
-  const auto vdso = std::find_if(vmas.begin(), vmas.end(),
-                                 [](const procfs::Vma& v) { return v.path == "[vdso]"; });
-  if (vdso == vmas.end()) return MakeError(Errc::kUnsupported, "pid {} has no [vdso]", pid);
-  ROAM_ASSIGN_OR_RETURN(const std::uint64_t insn,
-                        FindSyscallInstruction(memory, vdso->start, vdso->end));
+  ROAM_ASSIGN_OR_RETURN(const std::uint64_t insn, VdsoSyscall(pid, memory, vmas));
   {
     // The leader maps one scratch page for every thread (they share the mm).
     auto& threads = frozen.threads();
@@ -513,6 +663,18 @@ Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Im
   ROAM_ASSIGN_OR_RETURN(vmas, procfs::ReadMaps(pid));
   ROAM_ASSIGN_OR_RETURN(procfs::PagemapReader pagemap, procfs::PagemapReader::Open(pid));
   PageCapturer capturer(pid, memory, pages, stats);
+  // After a pre-copy, only what was written since its last round is read.
+  PageRuns written;
+  std::optional<PreCopied> pre_copied;
+  if (options.pre_copy != nullptr) {
+    if (options.pre_copy->pid() != pid) {
+      return MakeError(Errc::kInvalidArgument, "pre-copy of pid {} given to capture pid {}",
+                       options.pre_copy->pid(), pid);
+    }
+    ROAM_ASSIGN_OR_RETURN(written, options.pre_copy->tracker().Collect());
+    pre_copied.emplace(PreCopied{options.pre_copy->store(), written});
+    capturer.UsePreCopied(&*pre_copied);
+  }
   std::map<std::string, int> file_index;
   for (const auto& v : vmas) {
     const auto kind = KindOf(v);
@@ -541,10 +703,12 @@ Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Im
       meta->mutable_compat()->add_vdso_layout(fmt::format("{}:{}", v.path, v.end - v.start));
       continue;
     }
-    if (kind == image::Vma::VSYSCALL || kind == image::Vma::FILE_SHARED) continue;
+    if (!CarriesPages(kind)) continue;
     ROAM_TRY(capturer.CaptureVma(v, kind, pagemap));
   }
   stats.vmas = vmas.size();
+  // Tracking is over: the process runs on (or dies) without it.
+  if (options.pre_copy != nullptr) ROAM_TRY(options.pre_copy->tracker().Stop());
   if (auto it = file_index.find(meta->exe()); it != file_index.end()) {
     meta->set_exe_file_index(it->second);
   } else {

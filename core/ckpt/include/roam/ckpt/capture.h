@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -24,10 +25,16 @@ class Image;
 namespace roam::ckpt {
 
 class PageSink;
+class PageStore;
+class DirtyTracker;
+class PreCopy;
 
 struct CaptureOptions {
   // Resume the process after capture instead of killing it.
   bool leave_running = false;
+  // The pre-copy that ran before: while frozen, only pages written since its
+  // last round are read; the rest come from its store.
+  PreCopy* pre_copy = nullptr;
 };
 
 struct CaptureStats {
@@ -37,7 +44,52 @@ struct CaptureStats {
   std::uint64_t file_pages_skipped = 0;  // clean pages of private file mappings
   std::uint64_t frozen_ns = 0;           // how long the process was stopped
   std::size_t injected_syscalls = 0;
-  std::vector<std::string> notes;  // what was adjusted, one line each
+  std::uint64_t pre_copied_pages = 0;  // taken from the pre-copy's store
+  std::vector<std::string> notes;      // what was adjusted, one line each
+};
+
+// Pre-copy: copies a process's memory while it runs, in rounds, each one
+// reading only the pages written since the round before (dirty tracking by
+// asynchronous userfaultfd write-protect and PAGEMAP_SCAN, see
+// core/ckpt/dirty_tracker.h). A Capture given the PreCopy then reads, while
+// the process is frozen, only what was written after the last round.
+// Correctness does not depend on the rounds: the final capture walks the
+// whole layout and reads every page the store lacks or that was written.
+//
+// Thread-safety: one thread; Start and the final Capture on the same one.
+class PreCopy final {
+ public:
+  struct Round {
+    std::uint64_t pages_read = 0;  // pages copied in this round
+    std::uint64_t ns = 0;          // how long it took
+  };
+
+  // Checks the process could be captured, stops it for a moment to start
+  // tracking (two injected syscalls), and lets it run on. Errc::kUnsupported
+  // when the kernel cannot track writes.
+  static Result<PreCopy> Start(pid_t pid);
+
+  PreCopy(PreCopy&&) noexcept;
+  PreCopy& operator=(PreCopy&&) noexcept;
+  ~PreCopy();
+
+  // One round while the process runs: everything the first time, then what
+  // was written since the previous round.
+  Result<Round> CopyRound();
+  // Rounds until one copies fewer than `enough_pages` pages or `max_rounds`
+  // ran; returns them all.
+  Result<std::vector<Round>> Converge(int max_rounds, std::uint64_t enough_pages);
+
+  pid_t pid() const { return pid_; }
+  const PageStore& store() const { return *store_; }
+  DirtyTracker& tracker() { return *tracker_; }
+
+ private:
+  PreCopy(pid_t pid, std::unique_ptr<DirtyTracker> tracker);
+  pid_t pid_;
+  std::unique_ptr<DirtyTracker> tracker_;
+  std::unique_ptr<PageStore> store_;
+  bool first_round_ = true;
 };
 
 // Called after the pages are finished, while the process is still frozen:
