@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include "core/ckpt/lazy_pages.h"
@@ -22,6 +23,7 @@ struct CheckpointArgs {
   std::string dir;
   bool leave_running = false;
   bool check = false;
+  int pre_copy_rounds = 0;
 } g_checkpoint;
 
 struct RestoreArgs {
@@ -66,6 +68,27 @@ int RunCheckpoint() {
   }
   ckpt::CaptureOptions options;
   options.leave_running = g_checkpoint.leave_running;
+  std::optional<ckpt::PreCopy> pre_copy;
+  if (g_checkpoint.pre_copy_rounds > 0) {
+    auto started = ckpt::PreCopy::Start(g_checkpoint.pid);
+    if (!started && started.error().code() == Errc::kUnsupported) {
+      std::printf("note: no pre-copy (%s); stop-copy instead\n",
+                  started.error().ToString().c_str());
+    } else if (!started) {
+      return Fail("checkpoint --pre-copy", started.error());
+    } else {
+      pre_copy.emplace(std::move(*started));
+      // Rounds end early once one copies less than 1 MiB.
+      auto rounds = pre_copy->Converge(g_checkpoint.pre_copy_rounds, 256);
+      if (!rounds) return Fail("checkpoint --pre-copy", rounds.error());
+      for (std::size_t i = 0; i < rounds->size(); ++i) {
+        std::printf("pre-copy round %zu: %llu pages in %.1f ms\n", i + 1,
+                    static_cast<unsigned long long>((*rounds)[i].pages_read),
+                    static_cast<double>((*rounds)[i].ns) / 1e6);
+      }
+      options.pre_copy = &*pre_copy;
+    }
+  }
   auto stats = ckpt::CheckpointToDirectory(g_checkpoint.pid, g_checkpoint.dir, options);
   if (!stats) return Fail("checkpoint", stats.error());
   std::printf(
@@ -77,6 +100,12 @@ int RunCheckpoint() {
       static_cast<unsigned long long>(stats->zero_pages_skipped),
       static_cast<double>(stats->frozen_ns) / 1e6,
       options.leave_running ? "left running" : "killed");
+  if (pre_copy) {
+    std::printf("pre-copy: %llu pages came from the rounds, %llu read while frozen\n",
+                static_cast<unsigned long long>(stats->pre_copied_pages),
+                static_cast<unsigned long long>(stats->pages_written + stats->zero_pages_skipped -
+                                                stats->pre_copied_pages));
+  }
   for (const auto& note : stats->notes) std::printf("note: %s\n", note.c_str());
   return 0;
 }
@@ -146,6 +175,10 @@ void AddCheckpointCommands(CLI::App& app) {
   cp->add_flag("--leave-running", g_checkpoint.leave_running, "Resume the process after capture");
   cp->add_flag("--check", g_checkpoint.check,
                "Only say whether the process could be captured, and why not");
+  cp->add_option("--pre-copy", g_checkpoint.pre_copy_rounds,
+                 "Copy memory while the process runs, up to N rounds, then freeze it "
+                 "for what changed since")
+      ->check(CLI::Range(1, 100));
 
   CLI::App* rs =
       app.add_subcommand("restore", "Rebuild a process from an image directory and wait for it");
