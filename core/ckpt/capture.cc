@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <optional>
 #include <span>
@@ -245,6 +246,10 @@ class PageCapturer {
   // The process runs: a range that cannot be read (unmapped meanwhile) is
   // skipped instead of failing; the final capture reads what is missing.
   void SetBestEffort() { best_effort_ = true; }
+  // Also told which pages were all zero (a pre-copy store records them).
+  void OnZeroPages(std::function<void(std::uint64_t, std::uint64_t)> fn) {
+    on_zero_ = std::move(fn);
+  }
 
   Status CaptureVma(const procfs::Vma& vma, image::Vma::Kind kind, procfs::PagemapReader& pagemap) {
     return CaptureRange(vma.start, vma.end, vma.read, kind, pagemap);
@@ -333,8 +338,11 @@ class PageCapturer {
     std::uint64_t i = 0;
     while (i < npages) {
       if (IsZeroPage(buffer_.data() + i * kPageSize)) {
-        ++stats_.zero_pages_skipped;
-        ++i;
+        std::uint64_t j = i + 1;
+        while (j < npages && IsZeroPage(buffer_.data() + j * kPageSize)) ++j;
+        stats_.zero_pages_skipped += j - i;
+        if (on_zero_) on_zero_(address + i * kPageSize, j - i);
+        i = j;
         continue;
       }
       std::uint64_t j = i;
@@ -355,6 +363,7 @@ class PageCapturer {
   std::vector<std::byte> buffer_;
   const PreCopied* known_ = nullptr;
   bool best_effort_ = false;
+  std::function<void(std::uint64_t, std::uint64_t)> on_zero_;
 };
 
 Result<std::string> PeekPipe(pid_t pid, int fd) {
@@ -566,6 +575,8 @@ Result<PreCopy::Round> PreCopy::CopyRound() {
   StoreSink sink(*store_);
   PageCapturer capturer(pid_, memory, sink, stats);
   capturer.SetBestEffort();
+  capturer.OnZeroPages(
+      [this](std::uint64_t vaddr, std::uint64_t npages) { store_->PutZero(vaddr, npages); });
   auto run = written.begin();
   for (const auto& v : vmas) {
     const auto kind = KindOf(v);

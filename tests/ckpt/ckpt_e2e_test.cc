@@ -215,7 +215,8 @@ TEST_F(CkptTest, LeaveRunningKeepsTheOriginalGoing) {
 // Real programs nobody here wrote: output after a mid-run checkpoint and
 // restore must equal an undisturbed run, byte for byte.
 void CompareWithUndisturbed(const TempDir& dir, const std::vector<std::string>& argv,
-                            const std::string& output_file, int checkpoint_after_ms) {
+                            const std::string& output_file, int checkpoint_after_ms,
+                            const std::vector<std::string>& checkpoint_flags = {}) {
   const fs::path reference = dir.path() / "reference";
   const fs::path migrated = dir.path() / "migrated";
   auto with_output = [&](const fs::path& out) {
@@ -231,10 +232,13 @@ void CompareWithUndisturbed(const TempDir& dir, const std::vector<std::string>& 
   }
   Process run(with_output(migrated), output_file.empty() ? migrated : dir.path() / "mig.log");
   std::this_thread::sleep_for(std::chrono::milliseconds(checkpoint_after_ms));
-  const auto cp = RunCommand(
-      {Bin("roam"), "checkpoint", std::to_string(run.pid()), "-o", (dir.path() / "img").string()});
+  std::vector<std::string> checkpoint = {Bin("roam"), "checkpoint", std::to_string(run.pid()), "-o",
+                                         (dir.path() / "img").string()};
+  checkpoint.insert(checkpoint.end(), checkpoint_flags.begin(), checkpoint_flags.end());
+  const auto cp = RunCommand(checkpoint);
   ASSERT_EQ(cp.exit_code, 0) << cp.err;
   EXPECT_EQ(run.Wait(), 128 + SIGKILL) << "the program finished before the checkpoint";
+  if (!checkpoint_flags.empty()) std::printf("%s", cp.out.c_str());
   const auto rs = RunCommand({Bin("roam"), "restore", (dir.path() / "img").string()});
   ASSERT_EQ(rs.exit_code, 0) << rs.err;
   const std::string a = Slurp(reference), b = Slurp(migrated);
@@ -262,11 +266,10 @@ TEST_F(CkptTest, BcPiMatchesUndisturbedRun) {
   CompareWithUndisturbed(dir_, {"/usr/bin/bc", "-lq", Path("pi.bc").string()}, "", 300);
 }
 
-TEST_F(CkptTest, XzMatchesUndisturbedRun) {
-  if (access("/usr/bin/xz", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/xz";
+void CompareXz(const TempDir& dir, const std::vector<std::string>& checkpoint_flags) {
   // 8 MiB of compressible but not trivial data.
   {
-    std::ofstream in(Path("input"), std::ios::binary);
+    std::ofstream in((dir.path() / "input"), std::ios::binary);
     std::uint64_t x = 88172645463325252ULL;
     for (int i = 0; i < (8 << 20) / 8; ++i) {
       x ^= x << 13;
@@ -276,8 +279,21 @@ TEST_F(CkptTest, XzMatchesUndisturbedRun) {
       in.write(reinterpret_cast<const char*>(&v), sizeof(v));
     }
   }
-  const std::string script = "exec /usr/bin/xz -9 -T1 -c " + Path("input").string() + " > \"$1\"";
-  CompareWithUndisturbed(dir_, {"/bin/sh", "-c", script, "sh", "@OUT"}, "log", 1500);
+  const std::string script =
+      "exec /usr/bin/xz -9 -T1 -c " + (dir.path() / "input").string() + " > \"$1\"";
+  CompareWithUndisturbed(dir, {"/bin/sh", "-c", script, "sh", "@OUT"}, "log", 1500,
+                         checkpoint_flags);
+}
+
+TEST_F(CkptTest, XzMatchesUndisturbedRun) {
+  if (access("/usr/bin/xz", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/xz";
+  CompareXz(dir_, {});
+}
+
+// Pre-copy rounds while xz keeps writing its dictionary, then the freeze.
+TEST_F(CkptTest, XzWithPreCopyMatchesUndisturbedRun) {
+  if (access("/usr/bin/xz", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/xz";
+  CompareXz(dir_, {"--pre-copy", "3"});
 }
 
 // Without root the engine does what the kernel allows (ptrace of one's own

@@ -11,18 +11,29 @@ Status PageStore::Put(std::uint64_t vaddr, std::span<const std::byte> pages) {
                      pages.size());
   }
   for (std::size_t off = 0; off < pages.size(); off += kPageSize) {
+    zero_.erase(vaddr + off);
     std::memcpy(pages_[vaddr + off].data(), pages.data() + off, kPageSize);
   }
   return Ok();
 }
 
+void PageStore::PutZero(std::uint64_t vaddr, std::uint64_t npages) {
+  for (std::uint64_t i = 0; i < npages; ++i) {
+    pages_.erase(vaddr + i * kPageSize);
+    zero_.insert(vaddr + i * kPageSize);
+  }
+}
+
 void PageStore::Drop(std::uint64_t vaddr, std::uint64_t npages) {
-  pages_.erase(pages_.lower_bound(vaddr), pages_.lower_bound(vaddr + npages * kPageSize));
+  const std::uint64_t end = vaddr + npages * kPageSize;
+  pages_.erase(pages_.lower_bound(vaddr), pages_.lower_bound(end));
+  zero_.erase(zero_.lower_bound(vaddr), zero_.lower_bound(end));
 }
 
 const std::byte* PageStore::Find(std::uint64_t vaddr) const {
-  const auto it = pages_.find(vaddr);
-  return it == pages_.end() ? nullptr : it->second.data();
+  static const Page kZero{};
+  if (const auto it = pages_.find(vaddr); it != pages_.end()) return it->second.data();
+  return zero_.count(vaddr) != 0 ? kZero.data() : nullptr;
 }
 
 Status PageStore::ForEach(const RunFn& fn) {

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <span>
 
 #include "core/ckpt/image/page_stream.h"
@@ -27,14 +28,18 @@ class PageStore final : public PageSource {
   // `vaddr` page-aligned, `pages` a multiple of kPageSize: replaces or adds
   // those pages. Violations are kInvalidArgument.
   Status Put(std::uint64_t vaddr, std::span<const std::byte> pages);
+  // Records that these pages are all zero (nothing is stored for them).
+  void PutZero(std::uint64_t vaddr, std::uint64_t npages);
   // Forgets [vaddr, vaddr + npages pages), present or not.
   void Drop(std::uint64_t vaddr, std::uint64_t npages);
-  // The stored copy of the page at `vaddr`, or nullptr.
+  // The stored copy of the page at `vaddr` (a shared zero page for one put
+  // with PutZero), or nullptr.
   const std::byte* Find(std::uint64_t vaddr) const;
 
   std::uint64_t page_count() const { return pages_.size(); }
 
-  // Runs of adjacent pages in address order (at most kRunPages each).
+  // Runs of adjacent pages in address order (at most kRunPages each); zero
+  // pages are left out, as in a page stream.
   Status ForEach(const RunFn& fn) override;
   Result<bool> ReadPage(std::uint64_t vaddr, std::span<std::byte> out4k) override;
 
@@ -42,6 +47,7 @@ class PageStore final : public PageSource {
   using Page = std::array<std::byte, kPageSize>;
   static constexpr std::size_t kRunPages = 256;
   std::map<std::uint64_t, Page> pages_;  // by address
+  std::set<std::uint64_t> zero_;         // known all-zero pages
 };
 
 }  // namespace roam::ckpt

@@ -58,6 +58,20 @@ TEST(PageStoreTest, NewestCopyWinsAndDropsForget) {
   EXPECT_FALSE(*read);
 }
 
+TEST(PageStoreTest, ZeroPagesAreKnownButNotStored) {
+  PageStore store;
+  ASSERT_TRUE(store.Put(0x10000, Pages(2, 1)).has_value());
+  store.PutZero(0x11000, 2);  // replaces the second page, adds a third
+  EXPECT_EQ(store.page_count(), 1u);
+  ASSERT_NE(store.Find(0x12000), nullptr);
+  EXPECT_EQ(store.Find(0x12000)[0], std::byte{0});
+  EXPECT_EQ(Runs(store), (std::vector<StoredRun>{{0x10000, 1, 1}}));
+  ASSERT_TRUE(store.Put(0x12000, Pages(1, 7)).has_value());
+  EXPECT_EQ(store.Find(0x12000)[0], std::byte{7});
+  store.Drop(0x11000, 1);
+  EXPECT_EQ(store.Find(0x11000), nullptr);
+}
+
 TEST(PageStoreTest, LongRunsComeInBoundedPieces) {
   PageStore store;
   ASSERT_TRUE(store.Put(0x100000, Pages(600, 0)).has_value());
