@@ -757,8 +757,13 @@ Result<RestoreStats> RestoreFromDirectory(const std::filesystem::path& dir,
   ROAM_ASSIGN_OR_RETURN(const image::Image meta, ReadImageMeta(dir));
   ROAM_TRY(ValidateImageMeta(meta));
   ROAM_TRY(CheckCompatibility(meta));
-  // Opening the page stream validates all of it (checksums, trailer), so a
-  // corrupt or truncated image is refused before anything starts.
+  // Opening the page stream checks its structure (every record header, the
+  // trailer and its header chain), so a truncated or damaged layout is
+  // refused before anything starts. Payload checksums are checked as pages
+  // are read: stop-copy reads every page before the process runs; post-copy
+  // reads most of them after it resumed, and a damaged one then ends the
+  // process (the page server kills it and poisons what is missing) instead
+  // of hashing the whole page file first (see page_stream.h).
   ROAM_ASSIGN_OR_RETURN(std::unique_ptr<PageSource> opened, OpenPageFileReader(PagesPath(dir)));
   std::shared_ptr<PageSource> pages = std::move(opened);
   ROAM_ASSIGN_OR_RETURN(RestoreStats stats, Restore(meta, *pages, options, hooks));

@@ -2,6 +2,9 @@
 
 #include <fcntl.h>
 #include <xxhash.h>
+#if defined(__x86_64__)
+#include <xxh_x86dispatch.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -31,16 +34,27 @@ constexpr std::size_t kTrailerSize = 32;
 // Large writes keep syscalls and page-cache locking off the profile.
 constexpr std::size_t kWriteBufferSize = 4 << 20;
 
-// The checksum of a record whose header (magic..reserved filled in) is at `header`.
-std::uint64_t RecordChecksum(const std::byte* header, std::span<const std::byte> payload) {
-  const XXH64_hash_t seed = XXH3_64bits(header, kRecordSeededBytes);
-  return XXH3_64bits_withSeed(payload.data(), payload.size(), seed);
+// XXH3 through libxxhash's runtime dispatch (AVX-512/AVX2 where the CPU has
+// them): the same values as the portable entry points, 1 GiB hashed in
+// ~115 ms instead of ~190 ms on this VM. Capture hashes every page inside
+// the frozen window, and a restore hashes every page it reads.
+std::uint64_t Hash(const void* data, std::size_t size, std::uint64_t seed) {
+#if defined(__x86_64__)
+  return XXH3_64bits_withSeed_dispatch(data, size, seed);
+#else
+  return XXH3_64bits_withSeed(data, size, seed);
+#endif
 }
 
-std::uint64_t ChainChecksum(std::uint64_t chain, std::uint64_t record_checksum) {
-  std::byte le[8];
-  PutLe(le, record_checksum);
-  return XXH3_64bits_withSeed(le, sizeof le, chain);
+// The checksum of a record whose header (magic..reserved filled in) is at `header`.
+std::uint64_t RecordChecksum(const std::byte* header, std::span<const std::byte> payload) {
+  const std::uint64_t seed = Hash(header, kRecordSeededBytes, 0);
+  return Hash(payload.data(), payload.size(), seed);
+}
+
+// Folds a whole record header (checksum included) into the trailer's chain.
+std::uint64_t ChainHeader(std::uint64_t chain, const std::byte* header) {
+  return Hash(header, kRecordHeaderSize, chain);
 }
 
 Status CheckRun(std::uint64_t vaddr, std::span<const std::byte> pages) {
@@ -60,10 +74,14 @@ Status CheckPageRequest(std::uint64_t vaddr, std::span<std::byte> out) {
   return Ok();
 }
 
-// A validated run of the stream, pointing into the encoded bytes.
-struct Run {
+// One record of the stream, known from its header; its payload is verified
+// on first use.
+struct Record {
+  enum class Payload : std::uint8_t { kUnchecked, kGood, kBad };
   std::uint64_t vaddr;
-  std::span<const std::byte> pages;
+  std::size_t offset;  // of the record header in the stream
+  std::uint32_t npages;
+  Payload payload;
 };
 
 class PageStreamReader final : public PageSource {
@@ -73,8 +91,9 @@ class PageStreamReader final : public PageSource {
   PageStreamReader(MappedFile file, std::string name)
       : file_(std::move(file)), bytes_(file_->bytes()), name_(std::move(name)) {}
 
-  Status CheckHeader() const;
-  Status ForEach(const RunFn& fn) override { return Walk(fn); }
+  // The header, then every record header and the trailer (BuildIndex).
+  Status Open();
+  Status ForEach(const RunFn& fn) override;
   Result<bool> ReadPage(std::uint64_t vaddr, std::span<std::byte> out4k) override;
 
  private:
@@ -83,13 +102,23 @@ class PageStreamReader final : public PageSource {
     return MakeError(Errc::kCorrupt, "{}: byte {}: {}", name_, offset,
                      fmt::format(format, std::forward<Args>(args)...));
   }
-  Status Walk(const RunFn& fn) const;
+  Status CheckHeader() const;
+  Status BuildIndex();
+  std::span<const std::byte> PayloadOf(const Record& r) const {
+    return bytes_.subspan(r.offset + kRecordHeaderSize, std::size_t{r.npages} * kPageSize);
+  }
+  Status Verify(std::size_t index);
 
   std::optional<MappedFile> file_;  // when reading a file: holds bytes_
   std::span<const std::byte> bytes_;
   std::string name_;
-  std::optional<Result<std::vector<Run>>> index_;  // built by the first ReadPage
+  std::vector<Record> records_;  // in address order
 };
+
+Status PageStreamReader::Open() {
+  ROAM_TRY(CheckHeader());
+  return BuildIndex();
+}
 
 Status PageStreamReader::CheckHeader() const {
   if (bytes_.size() < kFileHeaderSize + kTrailerSize) {
@@ -99,14 +128,16 @@ Status PageStreamReader::CheckHeader() const {
     return Corrupt(0, "not a roam page stream (bad magic)");
   }
   if (const auto version = GetLe<std::uint32_t>(&bytes_[8]); version != kPageFormatVersion) {
-    return MakeError(Errc::kIncompatible, "{}: page stream format version {}, this roam reads {}",
+    return MakeError(Errc::kIncompatible,
+                     "{}: page stream format version {}, this roam reads {} (checkpoint the "
+                     "process again with this roam)",
                      name_, version, kPageFormatVersion);
   }
   if (const auto page_size = GetLe<std::uint32_t>(&bytes_[12]); page_size != kPageSize) {
     return MakeError(Errc::kIncompatible, "{}: page size {}, this roam supports {}", name_,
                      page_size, kPageSize);
   }
-  // Cheap early refusal of a truncated file; Walk checks the trailer fully.
+  // Cheap early refusal of a truncated file; BuildIndex checks the trailer fully.
   const std::size_t trailer = bytes_.size() - kTrailerSize;
   if (GetLe<std::uint32_t>(&bytes_[trailer]) != kTrailerMagic) {
     return Corrupt(trailer, "no trailer at the end (truncated or unfinished stream)");
@@ -114,51 +145,57 @@ Status PageStreamReader::CheckHeader() const {
   return Ok();
 }
 
-Status PageStreamReader::Walk(const RunFn& fn) const {
+// Seeks from record header to record header: the payloads are not read, so
+// this costs one touch of the stream per record (256 KiB of pages).
+Status PageStreamReader::BuildIndex() {
   const std::byte* const p = bytes_.data();
   const std::size_t size = bytes_.size();
   std::size_t off = kFileHeaderSize;
   std::uint64_t next_vaddr = 0;  // lowest address the next record may start at
-  std::uint64_t records = 0;
   std::uint64_t pages = 0;
   std::uint64_t chain = 0;
+  std::vector<Record> records;
+  records.reserve((size - kFileHeaderSize) / (kRecordHeaderSize + kMaxRecordPages * kPageSize) + 1);
   for (;;) {
+    const std::size_t n = records.size();
     if (size - off < 4) return Corrupt(off, "truncated: neither a record nor the trailer");
-    const auto magic = GetLe<std::uint32_t>(p + off);
+    // A file's headers are read with pread: touching them through the
+    // mapping would fault once per record.
+    std::array<std::byte, kRecordHeaderSize> header{};
+    const std::size_t have = std::min(size - off, kRecordHeaderSize);
+    if (file_) {
+      ROAM_TRY(file_->ReadAt(off, std::span(header).first(have)));
+    } else {
+      std::memcpy(header.data(), p + off, have);
+    }
+    const auto magic = GetLe<std::uint32_t>(header.data());
     if (magic == kTrailerMagic) break;
-    if (magic != kRecordMagic) return Corrupt(off, "record {}: bad magic {:#x}", records, magic);
-    if (size - off < kRecordHeaderSize) return Corrupt(off, "truncated record {} header", records);
-    const auto vaddr = GetLe<std::uint64_t>(p + off + 4);
-    const auto npages = GetLe<std::uint32_t>(p + off + 12);
-    const auto reserved = GetLe<std::uint32_t>(p + off + 16);
-    const auto stored = GetLe<std::uint64_t>(p + off + 20);
-    if (reserved != 0) return Corrupt(off, "record {}: reserved field is {}", records, reserved);
+    if (magic != kRecordMagic) return Corrupt(off, "record {}: bad magic {:#x}", n, magic);
+    if (have < kRecordHeaderSize) return Corrupt(off, "truncated record {} header", n);
+    const auto vaddr = GetLe<std::uint64_t>(&header[4]);
+    const auto npages = GetLe<std::uint32_t>(&header[12]);
+    const auto reserved = GetLe<std::uint32_t>(&header[16]);
+    if (reserved != 0) return Corrupt(off, "record {}: reserved field is {}", n, reserved);
     if (vaddr % kPageSize != 0) {
-      return Corrupt(off, "record {}: vaddr {:#x} is not page-aligned", records, vaddr);
+      return Corrupt(off, "record {}: vaddr {:#x} is not page-aligned", n, vaddr);
     }
     if (npages == 0 || npages > kMaxRecordPages) {
-      return Corrupt(off, "record {}: {} pages (allowed 1..{})", records, npages, kMaxRecordPages);
+      return Corrupt(off, "record {}: {} pages (allowed 1..{})", n, npages, kMaxRecordPages);
     }
     const std::uint64_t length = std::uint64_t{npages} * kPageSize;
     if (vaddr < next_vaddr) {
-      return Corrupt(off, "record {}: vaddr {:#x} is below the end of the previous record {:#x}",
-                     records, vaddr, next_vaddr);
+      return Corrupt(off, "record {}: vaddr {:#x} is below the end of the previous record {:#x}", n,
+                     vaddr, next_vaddr);
     }
     if (length > std::numeric_limits<std::uint64_t>::max() - vaddr) {
-      return Corrupt(off, "record {}: run at {:#x} wraps the address space", records, vaddr);
+      return Corrupt(off, "record {}: run at {:#x} wraps the address space", n, vaddr);
     }
     if (size - off - kRecordHeaderSize < length) {
-      return Corrupt(off, "record {}: truncated payload ({} pages, {} bytes left)", records, npages,
+      return Corrupt(off, "record {}: truncated payload ({} pages, {} bytes left)", n, npages,
                      size - off - kRecordHeaderSize);
     }
-    const std::span<const std::byte> payload(p + off + kRecordHeaderSize, length);
-    if (const auto computed = RecordChecksum(p + off, payload); computed != stored) {
-      return Corrupt(off, "record {} at {:#x}: checksum {:#x}, computed {:#x}", records, vaddr,
-                     stored, computed);
-    }
-    ROAM_TRY(fn(vaddr, payload));
-    chain = ChainChecksum(chain, stored);
-    ++records;
+    chain = ChainHeader(chain, header.data());
+    records.push_back({vaddr, off, npages, Record::Payload::kUnchecked});
     pages += npages;
     next_vaddr = vaddr + length;
     off += kRecordHeaderSize + length;
@@ -170,39 +207,51 @@ Status PageStreamReader::Walk(const RunFn& fn) const {
   const auto want_records = GetLe<std::uint64_t>(p + off + 8);
   const auto want_pages = GetLe<std::uint64_t>(p + off + 16);
   const auto want_chain = GetLe<std::uint64_t>(p + off + 24);
-  if (reserved != 0 || want_records != records || want_pages != pages || want_chain != chain) {
+  if (reserved != 0 || want_records != records.size() || want_pages != pages ||
+      want_chain != chain) {
     return Corrupt(off,
                    "trailer does not match the stream (reserved {}, records {} of {}, pages {} "
-                   "of {}, checksum {:#x} of {:#x})",
-                   reserved, records, want_records, pages, want_pages, chain, want_chain);
+                   "of {}, header chain {:#x} of {:#x})",
+                   reserved, records.size(), want_records, pages, want_pages, chain, want_chain);
+  }
+  records_ = std::move(records);
+  return Ok();
+}
+
+Status PageStreamReader::Verify(std::size_t index) {
+  Record& r = records_[index];
+  if (r.payload == Record::Payload::kGood) return Ok();
+  const std::byte* header = bytes_.data() + r.offset;
+  const auto stored = GetLe<std::uint64_t>(header + kRecordSeededBytes);
+  const std::uint64_t computed = RecordChecksum(header, PayloadOf(r));
+  if (computed != stored) {
+    r.payload = Record::Payload::kBad;  // rehashed on every later read: it stays bad
+    return Corrupt(r.offset, "record {} at {:#x}: checksum {:#x}, computed {:#x}", index, r.vaddr,
+                   stored, computed);
+  }
+  r.payload = Record::Payload::kGood;
+  return Ok();
+}
+
+Status PageStreamReader::ForEach(const RunFn& fn) {
+  for (std::size_t i = 0; i < records_.size(); ++i) {
+    ROAM_TRY(Verify(i));
+    ROAM_TRY(fn(records_[i].vaddr, PayloadOf(records_[i])));
   }
   return Ok();
 }
 
 Result<bool> PageStreamReader::ReadPage(std::uint64_t vaddr, std::span<std::byte> out4k) {
   ROAM_TRY(CheckPageRequest(vaddr, out4k));
-  if (!index_) {
-    std::vector<Run> runs;
-    Status walked = Walk([&runs](std::uint64_t start, std::span<const std::byte> data) {
-      runs.push_back({start, data});
-      return Ok();
-    });
-    if (walked) {
-      index_ = Result<std::vector<Run>>(std::move(runs));
-    } else {
-      index_ = Result<std::vector<Run>>(walked.error());  // a bad stream stays bad
-    }
-  }
-  if (!index_->has_value()) return index_->error();
-  const std::vector<Run>& runs = **index_;
-  // The last run starting at or below vaddr is the only one that can hold it.
-  auto it = std::upper_bound(runs.begin(), runs.end(), vaddr,
-                             [](std::uint64_t v, const Run& run) { return v < run.vaddr; });
-  if (it == runs.begin()) return false;
+  // The last record starting at or below vaddr is the only one that can hold it.
+  auto it = std::upper_bound(records_.begin(), records_.end(), vaddr,
+                             [](std::uint64_t v, const Record& r) { return v < r.vaddr; });
+  if (it == records_.begin()) return false;
   --it;
   const std::uint64_t offset = vaddr - it->vaddr;
-  if (offset >= it->pages.size()) return false;
-  std::memcpy(out4k.data(), it->pages.data() + offset, kPageSize);
+  if (offset >= std::uint64_t{it->npages} * kPageSize) return false;
+  ROAM_TRY(Verify(static_cast<std::size_t>(it - records_.begin())));
+  std::memcpy(out4k.data(), PayloadOf(*it).data() + offset, kPageSize);
   return true;
 }
 
@@ -225,13 +274,39 @@ class PageFileWriter final : public PageSink {
       return MakeError(Errc::kInvalidArgument, "{}: run at {:#x} is below the previous end {:#x}",
                        path_.string(), vaddr, next_vaddr_);
     }
-    while (!pages.empty()) {
-      const std::size_t length = std::min<std::size_t>(pages.size(), kMaxRecordPages * kPageSize);
-      ROAM_TRY(Record(vaddr, pages.first(length)));
-      vaddr += length;
-      pages = pages.subspan(length);
+    next_vaddr_ = vaddr + pages.size();
+    if (pages.size() < kDirectWriteMin) {
+      // Small runs are gathered in the buffer.
+      while (!pages.empty()) {
+        const std::size_t length = std::min<std::size_t>(pages.size(), kMaxRecordBytes);
+        std::array<std::byte, kRecordHeaderSize> header;
+        RecordHeader(vaddr, pages.first(length), header);
+        ROAM_TRY(Remember(Append(header)));
+        ROAM_TRY(Remember(Append(pages.first(length))));
+        vaddr += length;
+        pages = pages.subspan(length);
+      }
+      return Ok();
     }
-    next_vaddr_ = vaddr;
+    // Large runs go from the caller's memory to the file in one writev per
+    // batch of records (the buffer first): no payload byte is copied here.
+    while (!pages.empty()) {
+      const std::size_t nrecords = std::min<std::size_t>(
+          (pages.size() + kMaxRecordBytes - 1) / kMaxRecordBytes, kRecordsPerWrite);
+      headers_.resize(nrecords);
+      parts_.clear();
+      parts_.push_back(buffer_);
+      for (std::size_t i = 0; i < nrecords; ++i) {
+        const std::size_t length = std::min<std::size_t>(pages.size(), kMaxRecordBytes);
+        RecordHeader(vaddr, pages.first(length), headers_[i]);
+        parts_.push_back(headers_[i]);
+        parts_.push_back(pages.first(length));
+        vaddr += length;
+        pages = pages.subspan(length);
+      }
+      ROAM_TRY(Remember(WriteAllV(fd_.get(), parts_, path_)));
+      buffer_.clear();
+    }
     return Ok();
   }
 
@@ -253,6 +328,12 @@ class PageFileWriter final : public PageSink {
   }
 
  private:
+  static constexpr std::size_t kMaxRecordBytes = std::size_t{kMaxRecordPages} * kPageSize;
+  // Runs at least this long are written without copying them.
+  static constexpr std::size_t kDirectWriteMin = 64 << 10;
+  // Records per writev: 1 + 2 * 500 parts, under IOV_MAX (1024).
+  static constexpr std::size_t kRecordsPerWrite = 500;
+
   Status CheckUsable() const {
     if (error_) return *error_;
     if (finished_) return MakeError(Errc::kInvalidArgument, "{}: already finished", path_.string());
@@ -264,26 +345,21 @@ class PageFileWriter final : public PageSink {
     return status;
   }
 
-  Status Record(std::uint64_t vaddr, std::span<const std::byte> payload) {
-    std::array<std::byte, kRecordHeaderSize> header;
+  // Fills in the header of a record (at most kMaxRecordPages) and counts it.
+  void RecordHeader(std::uint64_t vaddr, std::span<const std::byte> payload,
+                    std::array<std::byte, kRecordHeaderSize>& header) {
     PutLe(&header[0], kRecordMagic);
     PutLe(&header[4], vaddr);
     PutLe(&header[12], static_cast<std::uint32_t>(payload.size() / kPageSize));
     PutLe(&header[16], std::uint32_t{0});
-    const std::uint64_t checksum = RecordChecksum(header.data(), payload);
-    PutLe(&header[20], checksum);
-    ROAM_TRY(Remember(Append(header)));
-    ROAM_TRY(Remember(Append(payload)));
-    chain_ = ChainChecksum(chain_, checksum);
+    PutLe(&header[20], RecordChecksum(header.data(), payload));
+    chain_ = ChainHeader(chain_, header.data());
     ++records_;
     pages_ += payload.size() / kPageSize;
-    return Ok();
   }
 
   Status Append(std::span<const std::byte> bytes) {
     if (buffer_.size() + bytes.size() > kWriteBufferSize) ROAM_TRY(Flush());
-    // Large payloads go straight to the file rather than through the buffer.
-    if (bytes.size() >= kWriteBufferSize) return WriteAll(fd_.get(), bytes, path_);
     buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
     return Ok();
   }
@@ -297,6 +373,8 @@ class PageFileWriter final : public PageSink {
   UniqueFd fd_;
   std::filesystem::path path_;
   std::vector<std::byte> buffer_;
+  std::vector<std::array<std::byte, kRecordHeaderSize>> headers_;  // of one writev
+  std::vector<std::span<const std::byte>> parts_;                  // of one writev
   std::uint64_t next_vaddr_ = 0;
   std::uint64_t records_ = 0;
   std::uint64_t pages_ = 0;
@@ -352,14 +430,14 @@ Result<std::unique_ptr<PageSink>> OpenPageFileWriter(const std::filesystem::path
 Result<std::unique_ptr<PageSource>> OpenPageStream(std::span<const std::byte> bytes,
                                                    std::string name) {
   auto reader = std::make_unique<PageStreamReader>(bytes, std::move(name));
-  ROAM_TRY(reader->CheckHeader());
+  ROAM_TRY(reader->Open());
   return reader;
 }
 
 Result<std::unique_ptr<PageSource>> OpenPageFileReader(const std::filesystem::path& path) {
   ROAM_ASSIGN_OR_RETURN(MappedFile file, MappedFile::Open(path));
   auto reader = std::make_unique<PageStreamReader>(std::move(file), path.string());
-  ROAM_TRY(reader->CheckHeader());
+  ROAM_TRY(reader->Open());
   return reader;
 }
 

@@ -4,24 +4,46 @@
 // implementations, MemoryPageStore another (tests, a daemon's staging area),
 // and a network stream can be a third.
 //
-// Page file format, version 1 (little-endian, no padding):
-//   header   "ROAMPAGE"  format version u32 (= 1)  page size u32 (= 4096)
+// Page file format, version 2 (little-endian, no padding):
+//   header   "ROAMPAGE"  format version u32 (= 2)  page size u32 (= 4096)
 //   record*  magic u32 "PREC"  vaddr u64  npages u32  reserved u32 (= 0)
 //            checksum u64  payload (npages * 4096 bytes)
 //   trailer  magic u32 "PEND"  reserved u32 (= 0)  record count u64
-//            total pages u64  stream checksum u64
+//            total pages u64  header chain u64
 // Checksums are XXH3_64bits. A record's checksum covers its payload, seeded
 // with XXH3_64bits of its first 20 header bytes (magic..reserved), so a
-// corrupted vaddr or npages cannot move good pages elsewhere. The stream
-// checksum chains the record checksums: c = XXH3_64bits_withSeed(record
-// checksum as 8 LE bytes, c), starting from 0. Records are strictly
-// increasing and non-overlapping, 1..262144 pages (1 GiB) each; pages not in
+// corrupted vaddr or npages cannot move good pages elsewhere. The header
+// chain covers every record header whole (28 bytes, its checksum included):
+// c = XXH3_64bits_withSeed(header, c), starting from 0. Records are strictly
+// increasing and non-overlapping, 1..64 pages (256 KiB) each; pages not in
 // the stream are all-zero or unmapped. The trailer is the last thing in the
-// file, so truncation anywhere is detected.
+// file, so truncation anywhere is detected. Version 1 (records up to 1 GiB,
+// a chain over the record checksums only) is refused as incompatible.
 //
-// Thread-safety: sinks and sources are used by one thread at a time (a
-// source builds its ReadPage index lazily). Lifetime: a span handed to a
-// ForEach callback is valid only during that call.
+// Two levels of checking, so that a post-copy restore can start without
+// hashing the whole payload:
+//  - Opening a stream checks its structure: the header, every record header
+//    (found by seeking from header to header, no payload read), the trailer's
+//    counts and the header chain. A truncated stream, a damaged record header
+//    or trailer, or a stray byte between records is refused here, so a
+//    source that opened knows exactly which pages exist and where: no page
+//    can be silently missing or misplaced.
+//  - A record's payload checksum is checked the first time the record is
+//    read, by ForEach (every record, in order, before its run is handed out)
+//    or by ReadPage (only the record holding the page, once; the result is
+//    remembered). A damaged payload makes that call fail with kCorrupt, and
+//    every later read of that record too; other records still read.
+// Stop-copy restore reads every page through ForEach before the process
+// runs, so it still refuses any damage before starting. Post-copy reads
+// pages on demand after the process resumed: damage in a payload is found
+// only when its record is first served (fault or background stream), and the
+// page server then kills the process and poisons its missing pages (see
+// LazyPageServer::Wait). Records are bounded so that such a check costs one
+// hash of at most 256 KiB on a fault.
+//
+// Thread-safety: sinks and sources are used by one thread at a time
+// (ReadPage remembers which records it verified). Lifetime: a span handed to
+// a ForEach callback is valid only during that call.
 #pragma once
 
 #include <cstddef>
@@ -39,8 +61,10 @@
 namespace roam::ckpt {
 
 inline constexpr std::size_t kPageSize = 4096;
-inline constexpr std::uint32_t kPageFormatVersion = 1;
-inline constexpr std::uint32_t kMaxRecordPages = (1u << 30) / kPageSize;
+inline constexpr std::uint32_t kPageFormatVersion = 2;
+// The largest record: what a fault may have to verify before its page is
+// served (XXH3 of 256 KiB, ~25-50 us here).
+inline constexpr std::uint32_t kMaxRecordPages = 64;
 
 class PageSink {
  public:
@@ -59,11 +83,13 @@ class PageSource {
   using RunFn = std::function<Status(std::uint64_t vaddr, std::span<const std::byte> pages)>;
   virtual ~PageSource() = default;
   // Calls `fn` for each run in address order and stops at its first error,
-  // which is returned as is. A stream is validated as it is read: `fn` may have
-  // seen earlier runs before an error, so treat the whole stream as failed.
+  // which is returned as is. Each run is verified before `fn` sees it, but
+  // `fn` may have seen earlier runs before an error: treat the whole stream as
+  // failed.
   virtual Status ForEach(const RunFn& fn) = 0;
   // Copies the page at `vaddr` into `out4k` (kPageSize bytes) and returns
-  // true, or returns false if the stream has no such page.
+  // true, or returns false if the stream has no such page. Fails (kCorrupt)
+  // if the page's own run is damaged; other pages may still read.
   virtual Result<bool> ReadPage(std::uint64_t vaddr, std::span<std::byte> out4k) = 0;
 };
 
@@ -90,9 +116,10 @@ class MemoryPageStore final : public PageSink, public PageSource {
 // Writes a page file at `path` (created 0600, truncated if it exists).
 Result<std::unique_ptr<PageSink>> OpenPageFileWriter(const std::filesystem::path& path);
 
-// Reads a page file; the header and the trailer's presence are checked here,
-// everything else by ForEach and by the pass that builds ReadPage's index.
-// The file is mapped: it must not be truncated while the source lives.
+// Reads a page file. The structure (header, record headers, trailer, header
+// chain) is checked here and a damaged or truncated file refused; payloads
+// are checked as they are read (see above). The file is mapped: it must not
+// be truncated while the source lives.
 Result<std::unique_ptr<PageSource>> OpenPageFileReader(const std::filesystem::path& path);
 
 // The same reader over an encoded stream in memory (a received buffer, a fuzz

@@ -265,7 +265,9 @@ std::string PageFile(const std::vector<std::pair<std::uint64_t, std::size_t>>& r
 std::vector<std::pair<std::string, std::vector<std::byte>>> CorpusSeeds() {
   const std::string stream = PageFile({{0x1000, 1}, {0x7ffd0000, 2}});
   auto checksum_flipped = Bytes(stream);
-  checksum_flipped[16 + 20] ^= std::byte{1};
+  checksum_flipped[16 + 20] ^= std::byte{1};  // refused at open (header chain)
+  auto payload_flipped = Bytes(stream);
+  payload_flipped[16 + 28 + 100] ^= std::byte{1};  // opens; refused when read
   const auto meta = Bytes(EncodeImageMeta(MinimalImage()));
   auto meta_v2 = meta;
   meta_v2[8] = std::byte{2};
@@ -273,6 +275,7 @@ std::vector<std::pair<std::string, std::vector<std::byte>>> CorpusSeeds() {
           {"valid_pages_empty", Bytes(PageFile({}))},
           {"pages_truncated", Bytes(stream.substr(0, 5000))},
           {"pages_bad_checksum", checksum_flipped},
+          {"pages_bad_payload", payload_flipped},
           {"valid_meta", meta},
           {"meta_payload_only", Bytes(MinimalImage().SerializeAsString())},
           {"meta_version_2", meta_v2},

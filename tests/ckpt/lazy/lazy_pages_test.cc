@@ -368,8 +368,9 @@ void ExpectEndsOnChildExit(bool with_pid) {
 TEST_F(LazyPagesTest, ChildExitingMidStreamEndsServingWithPidfd) { ExpectEndsOnChildExit(true); }
 TEST_F(LazyPagesTest, ChildExitingMidStreamEndsServingWithoutPid) { ExpectEndsOnChildExit(false); }
 
-// A page stream with a bad checksum in its only record, built with the
-// library's writer and then corrupted.
+// A page stream with a damaged payload, built with the library's writer and
+// then corrupted; `pages` a multiple of kMaxRecordPages.
+constexpr std::size_t kRecordHeaderSizeForTest = 28;  // page_stream.h
 std::vector<std::byte> CorruptStream(std::uint64_t base, std::uint64_t pages) {
   roam::testing::TempDir dir;
   const auto path = dir.path() / "pages";
@@ -385,7 +386,11 @@ std::vector<std::byte> CorruptStream(std::uint64_t base, std::uint64_t pages) {
   std::vector<char> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::vector<std::byte> bytes(raw.size());
   std::memcpy(bytes.data(), raw.data(), raw.size());
-  bytes[bytes.size() / 2] ^= std::byte{0x5a};  // inside the payload
+  // Inside the payload of the middle record: the stream still opens (its
+  // structure is sound) and the damage is found when that record is served.
+  const std::size_t record = kRecordHeaderSizeForTest + kMaxRecordPages * kPageSize;
+  const std::size_t records = (bytes.size() - 16 - 32) / record;
+  bytes[16 + records / 2 * record + kRecordHeaderSizeForTest + 1000] ^= std::byte{0x5a};
   return bytes;
 }
 

@@ -76,8 +76,11 @@ Status CheckCompatibility(const image::Image& meta);
 Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
                              const RestoreOptions& options, const RestoreHooks& hooks = {});
 
-// Validates the whole image directory (metadata, page stream, compatibility)
-// before starting anything, then restores it.
+// Validates the image directory (metadata, compatibility, the page stream's
+// structure) before starting anything, then restores it. Page payloads are
+// verified as they are read: all of them before the process runs for
+// stop-copy; for post-copy as they are served, a damaged one killing the
+// process after it resumed.
 Result<RestoreStats> RestoreFromDirectory(const std::filesystem::path& dir,
                                           const RestoreOptions& options,
                                           const RestoreHooks& hooks = {});
