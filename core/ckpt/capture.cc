@@ -246,6 +246,9 @@ class PageCapturer {
   // The process runs: a range that cannot be read (unmapped meanwhile) is
   // skipped instead of failing; the final capture reads what is missing.
   void SetBestEffort() { best_effort_ = true; }
+  // Records the runs of wanted pages instead of reading them (the process
+  // stays frozen and serves them itself).
+  void LocateInto(PageRuns* runs) { locate_ = runs; }
   // Also told which pages were all zero (a pre-copy store records them).
   void OnZeroPages(std::function<void(std::uint64_t, std::uint64_t)> fn) {
     on_zero_ = std::move(fn);
@@ -310,6 +313,15 @@ class PageCapturer {
   }
 
   Status CaptureRun(std::uint64_t address, std::uint64_t npages, bool readable) {
+    if (locate_ != nullptr) {
+      if (!locate_->empty() && locate_->back().second == address) {
+        locate_->back().second += npages * kPageSize;
+      } else {
+        locate_->emplace_back(address, address + npages * kPageSize);
+      }
+      stats_.pages_written += npages;
+      return Ok();
+    }
     if (known_ == nullptr) {
       ROAM_ASSIGN_OR_RETURN(const bool read, Read(address, npages, readable, buffer_.data()));
       if (!read) return Ok();
@@ -362,6 +374,7 @@ class PageCapturer {
   CaptureStats& stats_;
   std::vector<std::byte> buffer_;
   const PreCopied* known_ = nullptr;
+  PageRuns* locate_ = nullptr;
   bool best_effort_ = false;
   std::function<void(std::uint64_t, std::uint64_t)> on_zero_;
 };
@@ -608,32 +621,31 @@ Result<std::vector<PreCopy::Round>> PreCopy::Converge(int max_rounds, std::uint6
   return rounds;
 }
 
-Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Image* meta,
-                             PageSink& pages, const CaptureCommit& commit) {
-  ROAM_TRY(CheckCapturable(pid));
-  CaptureStats stats;
+namespace {
 
-  // Identify the mapped files while the process still runs: reading ELF
-  // notes of every library is the slowest part of the metadata, and a file
-  // does not change because its user is frozen. Mappings that appear in the
-  // meantime are identified after the freeze.
+// The mapped files, identified while the process still runs: reading ELF
+// notes of every library is the slowest part of the metadata, and a file
+// does not change because its user is frozen. Mappings that appear in the
+// meantime are identified after the freeze.
+Result<std::map<std::string, image::FileIdentity>> IdentifyMappedFiles(pid_t pid) {
   std::map<std::string, image::FileIdentity> identities;
-  {
-    ROAM_ASSIGN_OR_RETURN(const auto early, procfs::ReadMaps(pid));
-    for (const auto& v : early) {
-      const auto kind = KindOf(v);
-      if ((kind == image::Vma::FILE_PRIVATE || kind == image::Vma::FILE_SHARED) &&
-          identities.count(v.path) == 0) {
-        ROAM_ASSIGN_OR_RETURN(identities[v.path], IdentifyFile(v.path));
-      }
+  ROAM_ASSIGN_OR_RETURN(const auto early, procfs::ReadMaps(pid));
+  for (const auto& v : early) {
+    const auto kind = KindOf(v);
+    if ((kind == image::Vma::FILE_PRIVATE || kind == image::Vma::FILE_SHARED) &&
+        identities.count(v.path) == 0) {
+      ROAM_ASSIGN_OR_RETURN(identities[v.path], IdentifyFile(v.path));
     }
   }
-  const std::int64_t frozen_at = NowNs(CLOCK_MONOTONIC);
-  FrozenProcess frozen(pid);
-  ROAM_TRY(frozen.FreezeAll(stats.notes));
-  // What was checked before stopping may have changed since.
-  ROAM_TRY(CheckCapturable(pid, /*our_tracer=*/getpid()));
+  return identities;
+}
 
+// Everything of a capture while `frozen` holds the process. Pages go to
+// `pages`, or with `locate` set only the runs that would travel are listed,
+// unread.
+Status CaptureFrozen(pid_t pid, const CaptureOptions& options, FrozenProcess& frozen,
+                     std::map<std::string, image::FileIdentity>& identities, image::Image* meta,
+                     PageSink& pages, PageRuns* locate, CaptureStats& stats) {
   meta->Clear();
   std::size_t xstate_size = 0;
   for (const auto& t : frozen.threads()) {
@@ -674,6 +686,7 @@ Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Im
   ROAM_ASSIGN_OR_RETURN(vmas, procfs::ReadMaps(pid));
   ROAM_ASSIGN_OR_RETURN(procfs::PagemapReader pagemap, procfs::PagemapReader::Open(pid));
   PageCapturer capturer(pid, memory, pages, stats);
+  capturer.LocateInto(locate);
   // After a pre-copy, only what was written since its last round is read.
   PageRuns written;
   std::optional<PreCopied> pre_copied;
@@ -729,16 +742,134 @@ Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Im
   ROAM_TRY(CaptureFds(pid, meta));
   ROAM_TRY(CaptureProcessFacts(pid, meta));
   ROAM_TRY(CaptureCompat(meta, xstate_size));
-  ROAM_TRY(pages.Finish());
   meta->set_format_version(kImageFormatVersion);
   meta->set_captured_at_ns(NowNs(CLOCK_REALTIME));
   meta->set_page_bytes(stats.pages_written * kPageSize);
+  return Ok();
+}
+
+// A sink for a capture that writes no pages.
+class NoPages final : public PageSink {
+ public:
+  Status Add(std::uint64_t, std::span<const std::byte>) override {
+    return MakeError(Errc::kInternal, "pages written by a capture that keeps them in place");
+  }
+  Status Finish() override { return Ok(); }
+};
+
+}  // namespace
+
+Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Image* meta,
+                             PageSink& pages, const CaptureCommit& commit) {
+  ROAM_TRY(CheckCapturable(pid));
+  CaptureStats stats;
+  ROAM_ASSIGN_OR_RETURN(auto identities, IdentifyMappedFiles(pid));
+  const std::int64_t frozen_at = NowNs(CLOCK_MONOTONIC);
+  FrozenProcess frozen(pid);
+  ROAM_TRY(frozen.FreezeAll(stats.notes));
+  // What was checked before stopping may have changed since.
+  ROAM_TRY(CheckCapturable(pid, /*our_tracer=*/getpid()));
+  ROAM_TRY(CaptureFrozen(pid, options, frozen, identities, meta, pages, nullptr, stats));
+  ROAM_TRY(pages.Finish());
   if (commit) ROAM_TRY(commit(*meta));
 
   if (!options.leave_running) frozen.KillOnRelease();
   stats.frozen_ns = static_cast<std::uint64_t>(NowNs(CLOCK_MONOTONIC) - frozen_at);
   return stats;
 }
+
+struct FrozenSource::Impl {
+  pid_t pid;
+  std::unique_ptr<FrozenProcess> frozen;
+  PageRuns runs;  // pages that travel, sorted
+  std::uint64_t pages = 0;
+  std::vector<std::byte> buffer = std::vector<std::byte>(kReadChunk);
+
+  bool Wanted(std::uint64_t page) const {
+    auto it = std::upper_bound(runs.begin(), runs.end(), page,
+                               [](std::uint64_t a, const auto& run) { return a < run.first; });
+    return it != runs.begin() && page < std::prev(it)->second;
+  }
+  Status Read(std::uint64_t address, std::span<std::byte> out) const {
+    iovec local{out.data(), out.size()};
+    iovec remote{reinterpret_cast<void*>(address), out.size()};
+    if (process_vm_readv(pid, &local, 1, &remote, 1, 0) == static_cast<ssize_t>(out.size())) {
+      return Ok();
+    }
+    // Not readable by the process itself (PROT_NONE): /proc/PID/mem is.
+    ROAM_ASSIGN_OR_RETURN(RemoteMemory memory, RemoteMemory::Open(pid));
+    return memory.Read(address, out);
+  }
+};
+
+Result<std::unique_ptr<FrozenSource>> CaptureAsSource(pid_t pid, image::Image* meta,
+                                                      CaptureStats* stats) {
+  ROAM_TRY(CheckCapturable(pid));
+  *stats = CaptureStats{};
+  ROAM_ASSIGN_OR_RETURN(auto identities, IdentifyMappedFiles(pid));
+  const std::int64_t frozen_at = NowNs(CLOCK_MONOTONIC);
+  auto impl = std::make_unique<FrozenSource::Impl>();
+  impl->pid = pid;
+  impl->frozen = std::make_unique<FrozenProcess>(pid);
+  ROAM_TRY(impl->frozen->FreezeAll(stats->notes));
+  ROAM_TRY(CheckCapturable(pid, /*our_tracer=*/getpid()));
+  NoPages none;
+  ROAM_TRY(CaptureFrozen(pid, CaptureOptions{}, *impl->frozen, identities, meta, none, &impl->runs,
+                         *stats));
+  impl->pages = stats->pages_written;
+  stats->frozen_ns = static_cast<std::uint64_t>(NowNs(CLOCK_MONOTONIC) - frozen_at);
+  return std::unique_ptr<FrozenSource>(new FrozenSource(std::move(impl)));
+}
+
+FrozenSource::FrozenSource(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+FrozenSource::~FrozenSource() = default;
+
+pid_t FrozenSource::pid() const { return impl_->pid; }
+std::uint64_t FrozenSource::pages() const { return impl_->pages; }
+
+Status FrozenSource::ForEach(const RunFn& fn) {
+  if (!impl_->frozen) return MakeError(Errc::kInvalidArgument, "frozen source already released");
+  for (const auto& [start, end] : impl_->runs) {
+    for (std::uint64_t at = start; at < end;) {
+      const std::uint64_t bytes = std::min<std::uint64_t>(end - at, kReadChunk);
+      auto buffer = std::span(impl_->buffer.data(), bytes);
+      ROAM_TRY(impl_->Read(at, buffer));
+      // Zero pages stay out, as in a page stream.
+      std::uint64_t i = 0;
+      const std::uint64_t npages = bytes / kPageSize;
+      while (i < npages) {
+        if (IsZeroPage(buffer.data() + i * kPageSize)) {
+          ++i;
+          continue;
+        }
+        std::uint64_t j = i;
+        while (j < npages && !IsZeroPage(buffer.data() + j * kPageSize)) ++j;
+        ROAM_TRY(fn(at + i * kPageSize, buffer.subspan(i * kPageSize, (j - i) * kPageSize)));
+        i = j;
+      }
+      at += bytes;
+    }
+  }
+  return Ok();
+}
+
+Result<bool> FrozenSource::ReadPage(std::uint64_t vaddr, std::span<std::byte> out4k) {
+  if (!impl_->frozen) return MakeError(Errc::kInvalidArgument, "frozen source already released");
+  if (out4k.size() != kPageSize || vaddr % kPageSize != 0) {
+    return MakeError(Errc::kInvalidArgument, "ReadPage needs an aligned page and a page buffer");
+  }
+  if (!impl_->Wanted(vaddr)) return false;
+  ROAM_TRY(impl_->Read(vaddr, out4k));
+  return !IsZeroPage(out4k.data());
+}
+
+void FrozenSource::Kill() {
+  if (!impl_->frozen) return;
+  impl_->frozen->KillOnRelease();
+  impl_->frozen.reset();
+}
+
+void FrozenSource::Resume() { impl_->frozen.reset(); }
 
 Result<CaptureStats> CheckpointToDirectory(pid_t pid, const std::filesystem::path& dir,
                                            const CaptureOptions& options) {

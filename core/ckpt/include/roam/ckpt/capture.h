@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/ckpt/image/page_stream.h"
 #include "roam/base/error.h"
 
 namespace roam::image {
@@ -24,7 +25,6 @@ class Image;
 
 namespace roam::ckpt {
 
-class PageSink;
 class PageStore;
 class DirtyTracker;
 class PreCopy;
@@ -99,6 +99,40 @@ using CaptureCommit = std::function<Status(const image::Image& meta)>;
 
 Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Image* meta,
                              PageSink& pages, const CaptureCommit& commit = {});
+
+// Post-copy from the frozen process itself: records everything but the
+// pages and leaves the process frozen; the source reads its pages where they
+// are (process_vm_readv), for a Restore with `lazy` set, or a stop-copy one.
+// Nothing is written anywhere, so the freeze is as short as the metadata.
+//
+// The source must be released on the thread that called CaptureAsSource
+// (ptrace ties the frozen threads to it): Kill() once the restored process
+// runs with all its pages (never two copies running), Resume() if the
+// restore failed before the new process ran (the original goes on as it
+// was). Destroying it without either resumes the process. Reads (ForEach,
+// ReadPage) may come from another thread, one at a time (the page server).
+class FrozenSource final : public PageSource {
+ public:
+  struct Impl;
+  explicit FrozenSource(std::unique_ptr<Impl> impl);
+  ~FrozenSource() override;
+  FrozenSource(const FrozenSource&) = delete;
+  FrozenSource& operator=(const FrozenSource&) = delete;
+
+  Status ForEach(const RunFn& fn) override;
+  Result<bool> ReadPage(std::uint64_t vaddr, std::span<std::byte> out4k) override;
+  void Kill();
+  void Resume();
+
+  pid_t pid() const;
+  std::uint64_t pages() const;  // pages that travel (zero ones included)
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+Result<std::unique_ptr<FrozenSource>> CaptureAsSource(pid_t pid, image::Image* meta,
+                                                      CaptureStats* stats);
 
 // Capture into an image directory (created with mode 0700).
 Result<CaptureStats> CheckpointToDirectory(pid_t pid, const std::filesystem::path& dir,
