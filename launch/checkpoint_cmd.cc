@@ -29,6 +29,7 @@ struct CheckpointArgs {
 struct RestoreArgs {
   std::string dir;
   bool same_pid = false;
+  bool pid_ns = false;
   bool detach = false;
   bool lazy = false;
   std::string stdio_paths[3];
@@ -113,6 +114,7 @@ int RunCheckpoint() {
 int RunRestore() {
   ckpt::RestoreOptions options;
   options.same_pid = g_restore.same_pid;
+  options.pid_namespace = g_restore.pid_ns;
   options.lazy = g_restore.lazy;
   int opened[3] = {-1, -1, -1};
   for (int i = 0; i < 3; ++i) {
@@ -146,7 +148,12 @@ int RunRestore() {
     return 0;
   };
   if (g_restore.detach) {
-    std::printf("restored as pid %d\n", stats->pid);
+    if (stats->init_pid > 0) {
+      std::printf("restored as pid %d (pid %d in its own pid namespace, init %d)\n", stats->pid,
+                  stats->ns_pid, stats->init_pid);
+    } else {
+      std::printf("restored as pid %d\n", stats->pid);
+    }
     std::fflush(stdout);
     return finish_post_copy();
   }
@@ -157,6 +164,12 @@ int RunRestore() {
   int status = 0;
   while (waitpid(stats->pid, &status, 0) < 0) {
     if (errno != EINTR) return Fail("restore", ErrnoError(errno, "wait for pid {}", stats->pid));
+  }
+  if (stats->init_pid > 0) {
+    // The init exits once the process is gone; it could not finish exiting
+    // before the process was reaped above.
+    while (waitpid(stats->init_pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
   }
   if (const int failed = finish_post_copy(); failed != 0) return failed;
   if (WIFEXITED(status)) return WEXITSTATUS(status);
@@ -184,6 +197,9 @@ void AddCheckpointCommands(CLI::App& app) {
       app.add_subcommand("restore", "Rebuild a process from an image directory and wait for it");
   rs->add_option("dir", g_restore.dir, "Image directory")->required();
   rs->add_flag("--same-pid", g_restore.same_pid, "Keep the image's pid (must be free; needs root)");
+  rs->add_flag("--pid-ns", g_restore.pid_ns,
+               "Restore into a new pid namespace of its own, keeping its pid and tids there "
+               "(needs root)");
   rs->add_flag("--detach", g_restore.detach,
                "Do not wait for the process (with --lazy: only until its memory is in place)");
   rs->add_flag("--lazy", g_restore.lazy,

@@ -66,6 +66,13 @@ image::Vma::Kind KindOf(const procfs::Vma& v) {
   return image::Vma::ANONYMOUS;
 }
 
+// The id a task knows itself by: its pid in its own pid namespace (the last
+// NSpid field). A process restored into a fresh namespace gets these back,
+// so one restored so can be captured and restored again.
+pid_t IdInOwnNamespace(const procfs::Status& status) {
+  return status.ns_pid.empty() ? status.pid : status.ns_pid.back();
+}
+
 // One stopped thread and what to put back when it is released.
 struct FrozenThread {
   Tracee tracee;
@@ -460,7 +467,7 @@ Status CaptureFds(pid_t pid, image::Image* meta) {
 Status CaptureProcessFacts(pid_t pid, image::Image* meta) {
   ROAM_ASSIGN_OR_RETURN(const procfs::Status st, procfs::ReadStatus(pid));
   ROAM_ASSIGN_OR_RETURN(const procfs::Stat stat, procfs::ReadStat(pid));
-  meta->set_pid(pid);
+  meta->set_pid(IdInOwnNamespace(st));
   meta->set_umask(st.umask);
   ROAM_ASSIGN_OR_RETURN(std::string comm, procfs::ReadComm(pid));
   meta->set_comm(std::move(comm));
@@ -651,7 +658,8 @@ Status CaptureFrozen(pid_t pid, const CaptureOptions& options, FrozenProcess& fr
   for (const auto& t : frozen.threads()) {
     const pid_t tid = t.tracee.tid();
     auto* thread = meta->add_threads();
-    thread->set_tid(tid);
+    ROAM_ASSIGN_OR_RETURN(const procfs::Status thread_status, procfs::ReadStatus(tid));
+    thread->set_tid(IdInOwnNamespace(thread_status));
     thread->set_blocked_signals(t.sigmask);
     ROAM_ASSIGN_OR_RETURN(const auto xstate, arch::GetXstate(tid));
     xstate_size = xstate.size();

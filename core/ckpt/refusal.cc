@@ -232,10 +232,18 @@ Result<std::vector<Refusal>> FindRefusals(pid_t pid, pid_t our_tracer) {
   ROAM_ASSIGN_OR_RETURN(const auto ours, procfs::ReadNamespaces(getpid()));
   for (const auto& [name, inode] : theirs) {
     for (const auto& [our_name, our_inode] : ours) {
-      if (name == our_name && inode != our_inode) {
-        out.push_back(
-            {RefusalReason::kNamespaces, fmt::format("runs in another {} namespace", name)});
+      if (name != our_name || inode == our_inode) continue;
+      if (name == "pid") {
+        // A pid namespace of its own is how roam restores processes: its ids
+        // are recorded as the process sees them and restored into a fresh
+        // one. Its init is its parent's business and not captured; but a
+        // process that is itself pid 1 of its namespace reaps and holds it.
+        if (status.ns_pid.empty() || status.ns_pid.back() != 1) continue;
+        out.push_back({RefusalReason::kNamespaces, "is the init (pid 1) of its pid namespace"});
+        continue;
       }
+      out.push_back(
+          {RefusalReason::kNamespaces, fmt::format("runs in another {} namespace", name)});
     }
   }
   ROAM_ASSIGN_OR_RETURN(const auto fds, procfs::ListFds(pid));

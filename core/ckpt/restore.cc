@@ -28,6 +28,7 @@
 #include "core/ckpt/image/page_stream.h"
 #include "core/ckpt/inject/syscall_injector.h"
 #include "core/ckpt/lazy_pages.h"
+#include "core/ckpt/pid_namespace.h"
 #include "core/ckpt/procfs/procfs.h"
 
 namespace roam::ckpt {
@@ -92,26 +93,30 @@ Result<std::uint64_t> FindGap(std::vector<std::pair<std::uint64_t, std::uint64_t
   return candidate;
 }
 
-// The stub: a raw clone3 child (optionally with the image's pid) that wires
-// up fds 0-2, closes the rest, asks to be traced and stops itself. Only raw
-// syscalls run in the child: glibc state copied from the parent (the cached
-// tid among it) is not to be trusted there.
+// The stub: a raw clone3 child (optionally with the image's pid, in the pid
+// namespace the calling thread's children go to) that wires up fds 0-2,
+// closes the rest, asks to be traced and stops itself. Only raw syscalls run
+// in the child: glibc state copied from the parent (the cached tid among it)
+// is not to be trusted there.
 Result<pid_t> SpawnStub(const RestoreOptions& options, pid_t wanted_pid) {
   clone_args args{};
   args.exit_signal = SIGCHLD;
   pid_t set_tid = wanted_pid;
-  if (options.same_pid) {
+  const bool keep_pid = options.same_pid || options.pid_namespace;
+  if (keep_pid) {
     args.set_tid = reinterpret_cast<std::uint64_t>(&set_tid);
     args.set_tid_size = 1;
   }
   const long pid = syscall(SYS_clone3, &args, sizeof(args));
   if (pid < 0) {
     const int err = errno;
-    if (options.same_pid && err == EEXIST) {
-      return Error(Errc::kAlreadyExists, err,
-                   fmt::format("pid {} is in use on this node", wanted_pid));
+    if (keep_pid && err == EEXIST) {
+      return Error(
+          Errc::kAlreadyExists, err,
+          fmt::format("pid {} is in use {}", wanted_pid,
+                      options.pid_namespace ? "in the new pid namespace" : "on this node"));
     }
-    if (options.same_pid && err == EPERM) {
+    if (keep_pid && err == EPERM) {
       return Error(Errc::kPermissionDenied, err,
                    fmt::format("keeping pid {} needs CAP_CHECKPOINT_RESTORE", wanted_pid));
     }
@@ -509,7 +514,10 @@ class Rebuilder {
     if (created != tid) {
       return MakeError(Errc::kInternal, "clone3 made thread {} instead of {}", created, tid);
     }
-    return Tracee::AdoptStoppedChild(tid, /*kill_on_exit=*/true);
+    // In a pid namespace of its own the thread has another id out here.
+    const pid_t ours = injector_.last_clone_child();
+    if (ours <= 0) return MakeError(Errc::kInternal, "clone3 of thread {} was not traced", tid);
+    return Tracee::AdoptStoppedChild(ours, /*kill_on_exit=*/true);
   }
 
   // A root restorer gives the process the image's ids; anyone else restores
@@ -588,20 +596,32 @@ Status CheckCompatibility(const image::Image& meta) {
 Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
                              const RestoreOptions& options, const RestoreHooks& hooks) {
   const std::int64_t started = NowNs();
-  if (meta.threads_size() > 1 && !options.same_pid) {
+  if (meta.threads_size() > 1 && !options.same_pid && !options.pid_namespace) {
     // glibc caches each thread's tid (pthread_kill, robust mutexes): new
     // tids would break the process in ways it cannot notice.
     return MakeError(Errc::kUnsupported,
-                     "image has {} threads, whose ids can only be kept with --same-pid",
+                     "image has {} threads, whose ids can only be kept with --same-pid or --pid-ns",
                      meta.threads_size());
   }
   const image::Thread& thread = meta.threads(0);
   ROAM_ASSIGN_OR_RETURN(const bool privileged, MayCheckpointRestore());
   RestoreStats stats;
 
-  ROAM_ASSIGN_OR_RETURN(const pid_t stub, SpawnStub(options, meta.pid()));
+  // The namespace (and its init) outlives the stub's guard: a failure reaps
+  // the stub first, then kills the init, whose exit waits for that reap.
+  std::optional<PidNamespace> pid_ns;
+  if (options.pid_namespace) {
+    ROAM_ASSIGN_OR_RETURN(PidNamespace created, PidNamespace::Create());
+    pid_ns.emplace(std::move(created));
+  }
+  const auto spawn = [&options, &meta] { return SpawnStub(options, meta.pid()); };
+  ROAM_ASSIGN_OR_RETURN(const pid_t stub, pid_ns ? pid_ns->SpawnInside(spawn) : spawn());
   StubGuard guard(stub);
+  // Calls injected into the process name it (and its threads) by the ids of
+  // its own pid namespace; roam's own calls use `stub`.
+  const pid_t pid_inside = options.pid_namespace ? meta.pid() : stub;
   stats.pid = stub;
+  stats.ns_pid = pid_inside;
   ROAM_ASSIGN_OR_RETURN(Tracee tracee,
                         Tracee::AdoptStoppedChild(stub, /*kill_on_exit=*/true,
                                                   /*trace_clone=*/meta.threads_size() > 1));
@@ -697,8 +717,8 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
   ROAM_TRY(rebuild.RestoreFds());
   ROAM_TRY(rebuild.RestoreProcessState(stub));
   ROAM_TRY(rebuild.RestoreThreadState(thread));
-  ROAM_TRY(rebuild.QueueSharedSignals(stub));
-  ROAM_TRY(rebuild.QueueThreadSignals(stub, thread));
+  ROAM_TRY(rebuild.QueueSharedSignals(pid_inside));
+  ROAM_TRY(rebuild.QueueThreadSignals(pid_inside, thread));
 
   // 7. The other threads, cloned from the leader with their own tids; each
   // gets its per-thread state through its own injector.
@@ -717,7 +737,7 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
     SyscallInjector thread_injector(e.tracee, regs, trampoline);
     Rebuilder thread_rebuild(meta, e.tracee, memory, thread_injector, trampoline, stats);
     ROAM_TRY(thread_rebuild.RestoreThreadState(*e.image));
-    ROAM_TRY(thread_rebuild.QueueThreadSignals(stub, *e.image));
+    ROAM_TRY(thread_rebuild.QueueThreadSignals(pid_inside, *e.image));
     // Credentials are per thread in the kernel (glibc broadcasts setuid).
     ROAM_TRY(thread_rebuild.SetCredentials());
     stats.injected_syscalls += thread_injector.calls();
@@ -737,14 +757,18 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
   };
   ROAM_TRY(load(tracee, thread));
   for (auto& e : extras) ROAM_TRY(load(e.tracee, *e.image));
-  if (meta.pid() != stub) {
+  if (meta.pid() != pid_inside) {
     stats.notes.push_back(
         fmt::format("pid changed from {} to {}: the thread id glibc cached is stale (raise() and "
-                    "pthread_kill() may misfire); restore with --same-pid to keep it",
-                    meta.pid(), stub));
+                    "pthread_kill() may misfire); restore with --same-pid or --pid-ns to keep it",
+                    meta.pid(), pid_inside));
   }
   for (auto& e : extras) ROAM_TRY(e.tracee.Detach());
   ROAM_TRY(tracee.Detach());
+  if (pid_ns) {
+    ROAM_TRY(pid_ns->Serve(pid_inside));
+    stats.init_pid = pid_ns->Release();
+  }
   guard.Release();
   stats.restore_ns = static_cast<std::uint64_t>(NowNs() - started);
   stats.post_copy = std::move(server);

@@ -84,11 +84,17 @@ Result<long> SyscallInjector::Raw(long nr, std::uint64_t a0, std::uint64_t a1, s
   arch::PrepareSyscall(regs, insn_, nr, {a0, a1, a2, a3, a4, a5});
   ROAM_TRY(arch::SetRegs(tracee_.tid(), regs));
   ++calls_;
+  last_clone_child_ = -1;
   // Two stops: syscall entry, then exit. An injected clone under
   // PTRACE_O_TRACECLONE adds a PTRACE_EVENT_CLONE stop in between.
   for (int i = 0; i < 2; ++i) {
     ROAM_ASSIGN_OR_RETURN(const StopInfo stop, tracee_.StepSyscall());
     if (stop.kind == StopInfo::Kind::kEventStop && stop.event == PTRACE_EVENT_CLONE) {
+      unsigned long child = 0;
+      if (ptrace(PTRACE_GETEVENTMSG, tracee_.tid(), nullptr, &child) != 0) {
+        return ErrnoError(errno, "ptrace GETEVENTMSG thread {}", tracee_.tid());
+      }
+      last_clone_child_ = static_cast<pid_t>(child);
       --i;
       continue;
     }

@@ -71,11 +71,17 @@ class SyscallInjector final {
 
   std::size_t calls() const { return calls_; }
 
+  // What the last injected call created if it was a clone, by its id in
+  // roam's pid namespace (the call's own result is the id in the tracee's
+  // namespace); -1 otherwise. Needs PTRACE_O_TRACECLONE on the tracee.
+  pid_t last_clone_child() const { return last_clone_child_; }
+
  private:
   Tracee& tracee_;
   arch::Regs base_;
   std::uint64_t insn_;
   std::size_t calls_ = 0;
+  pid_t last_clone_child_ = -1;
 };
 
 // A private anonymous mapping made inside the tracee by injected mmap, for

@@ -39,6 +39,11 @@ struct RestoreOptions {
   // the caller needs CAP_CHECKPOINT_RESTORE. Without it the process gets a
   // new pid, and a multi-threaded image is refused.
   bool same_pid = false;
+  // Restore into a fresh PID namespace behind a small init (pid 1: reaps
+  // orphans, forwards signals, exits with the process), with the image's pid
+  // and every thread's tid there: they are always free, so multi-threaded
+  // images need nothing else. Needs CAP_SYS_ADMIN; implies same_pid's ids.
+  bool pid_namespace = false;
   // Files for fds 0-2 when the process had a pipe or terminal there; -1
   // gives the restorer's own.
   std::array<int, 3> stdio = {-1, -1, -1};
@@ -55,7 +60,12 @@ struct RestoreHooks {
 };
 
 struct RestoreStats {
-  pid_t pid = -1;
+  pid_t pid = -1;     // in the caller's pid namespace
+  pid_t ns_pid = -1;  // in its own pid namespace (the image's pid when kept)
+  // pid_namespace only: the namespace's init, also the caller's child. It
+  // exits once the process is gone; reap it after the process (the kernel
+  // holds a dying init until the process has been reaped).
+  pid_t init_pid = -1;
   std::uint64_t pages_written = 0;
   std::size_t injected_syscalls = 0;
   std::uint64_t restore_ns = 0;    // stub start to resume
@@ -72,7 +82,8 @@ struct RestoreStats {
 // difference otherwise.
 Status CheckCompatibility(const image::Image& meta);
 
-// The new process runs when this returns; it is the caller's child.
+// The new process runs when this returns; it is the caller's child, and so
+// is the init of its pid namespace (pid_namespace).
 Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
                              const RestoreOptions& options, const RestoreHooks& hooks = {});
 
