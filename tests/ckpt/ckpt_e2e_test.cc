@@ -107,6 +107,102 @@ bool WaitFor(const fs::path& path, const std::string& text, double seconds = 20)
   return false;
 }
 
+// Waits until `done()` holds.
+bool WaitUntil(const std::function<bool()>& done, double seconds = 20) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+std::string ProcFile(pid_t pid, const std::string& name) {
+  return Slurp("/proc/" + std::to_string(pid) + "/" + name);
+}
+
+// The value of `key` in /proc/PID/status ("" if the process is gone).
+std::string StatusField(pid_t pid, const std::string& key) {
+  std::istringstream in(ProcFile(pid, "status"));
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(key + ":", 0) == 0) {
+      const auto value = line.find_first_not_of(" \t", key.size() + 1);
+      return value == std::string::npos ? "" : line.substr(value);
+    }
+  }
+  return "";
+}
+
+std::vector<pid_t> ParsePids(const std::string& text) {
+  std::istringstream in(text);
+  std::vector<pid_t> pids;
+  for (pid_t p = 0; in >> p;) pids.push_back(p);
+  return pids;
+}
+
+// A task's pid in each pid namespace it is in, outermost first (NSpid).
+std::vector<pid_t> NsPids(pid_t pid) { return ParsePids(StatusField(pid, "NSpid")); }
+
+std::vector<pid_t> ChildrenOf(pid_t pid) {
+  return ParsePids(ProcFile(pid, "task/" + std::to_string(pid) + "/children"));
+}
+
+std::vector<pid_t> ThreadsOf(pid_t pid) {
+  std::vector<pid_t> tids;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    tids.push_back(std::stoi(e.path().filename().string()));
+  }
+  std::sort(tids.begin(), tids.end());
+  return tids;
+}
+
+std::string PidNamespaceOf(pid_t pid) {
+  std::error_code ec;
+  return fs::read_symlink("/proc/" + std::to_string(pid) + "/ns/pid", ec).string();
+}
+
+// `roam restore ... --pid-ns` running for a test, and the two children it
+// makes: the restored process and the init of its pid namespace. If the
+// namespace is still there when the test ends, its init is killed, which
+// kills everything in it.
+class NamespacedRestore {
+ public:
+  NamespacedRestore(const std::vector<std::string>& argv, const fs::path& log) : roam_(argv, log) {}
+  NamespacedRestore(const NamespacedRestore&) = delete;
+  NamespacedRestore& operator=(const NamespacedRestore&) = delete;
+  ~NamespacedRestore() {
+    const auto ids = init_ > 0 ? NsPids(init_) : std::vector<pid_t>{};
+    if (ids.size() > 1 && ids.back() == 1) kill(init_, SIGKILL);
+  }
+
+  // Waits until both children exist and the process, named `comm` by then,
+  // runs untraced: the restore is complete. False at once if roam exits.
+  bool Find(const std::string& comm) {
+    bool found = false;
+    WaitUntil([&] {
+      for (const pid_t c : ChildrenOf(roam_.pid())) {
+        const auto ids = NsPids(c);
+        if (ids.size() < 2) continue;
+        (ids.back() == 1 ? init_ : process_) = c;
+      }
+      found = init_ > 0 && process_ > 0 && ProcFile(process_, "comm") == comm + "\n" &&
+              StatusField(process_, "TracerPid") == "0";
+      return found || StatusField(roam_.pid(), "State").rfind('Z', 0) == 0;
+    });
+    return found;
+  }
+
+  Process& roam() { return roam_; }
+  pid_t process() const { return process_; }
+  pid_t init() const { return init_; }
+
+ private:
+  Process roam_;
+  pid_t init_ = -1;
+  pid_t process_ = -1;
+};
+
 class CkptTest : public ::testing::Test {
  protected:
   void SetUp() override { ROAM_SKIP_UNLESS_ROOT("checkpoint/restore tests run as root in CI"); }
@@ -327,6 +423,14 @@ TEST_F(CkptTest, UnprivilegedUserCheckpointsAndRestoresOwnProcess) {
       RunCommand(nobody({Bin("roam"), "restore", (home / "img").string(), "--same-pid"}));
   EXPECT_EQ(same.exit_code, 1);
   EXPECT_NE(same.err.find("permission-denied"), std::string::npos) << same.err;
+  // So does a pid namespace of its own (CAP_SYS_ADMIN).
+  const auto before = Slurp(home / "out");
+  const auto ns = RunCommand(nobody({Bin("roam"), "restore", (home / "img").string(), "--pid-ns"}));
+  EXPECT_EQ(ns.exit_code, 1);
+  EXPECT_EQ(std::count(ns.err.begin(), ns.err.end(), '\n'), 1) << ns.err;
+  EXPECT_NE(ns.err.find("permission-denied"), std::string::npos) << ns.err;
+  EXPECT_NE(ns.err.find("CAP_SYS_ADMIN"), std::string::npos) << ns.err;
+  EXPECT_EQ(Slurp(home / "out"), before) << "the refused restore ran the process";
 
   const auto rs = RunCommand(nobody({Bin("roam"), "restore", (home / "img").string()}));
   EXPECT_EQ(rs.exit_code, 0) << rs.err;
@@ -360,6 +464,114 @@ TEST_F(CkptTest, ThreadsKeepTheirIdsRobustMutexAndRaise) {
   const auto rs = RunCommand({Bin("roam"), "restore", Path("img").string(), "--same-pid"});
   EXPECT_EQ(rs.exit_code, 0) << rs.err << Slurp(Path("out"));
   EXPECT_NE(Slurp(Path("out")).find("ok threads"), std::string::npos) << Slurp(Path("out"));
+}
+
+// The pool's way: each process in a pid namespace of its own behind a roam
+// init, where its pid and every tid are free even while the original still
+// runs here with them. Restored twice at once, both keep the ids; the
+// workload's raise(), pthread_kill() and robust mutex check them.
+TEST_F(CkptTest, PidNamespaceRestoreKeepsIdsWhileTheyAreInUseHere) {
+  Process w({TestBin("ckpt_threads"), "4.0"}, Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto cp = RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o",
+                              Path("img").string(), "--leave-running"});
+  ASSERT_EQ(cp.exit_code, 0) << cp.err;
+  const std::vector<pid_t> tids = ThreadsOf(w.pid());
+  ASSERT_EQ(tids.size(), 5u);
+
+  NamespacedRestore first({Bin("roam"), "restore", Path("img").string(), "--pid-ns"},
+                          Path("first.log"));
+  NamespacedRestore second({Bin("roam"), "restore", Path("img").string(), "--pid-ns"},
+                           Path("second.log"));
+  for (auto* r : {&first, &second}) {
+    ASSERT_TRUE(r->Find("ckpt_threads")) << Slurp(Path("first.log")) << Slurp(Path("second.log"));
+    EXPECT_NE(PidNamespaceOf(r->process()), PidNamespaceOf(getpid()));
+    EXPECT_EQ(NsPids(r->process()).back(), w.pid());
+    std::vector<pid_t> inside;
+    for (const pid_t t : ThreadsOf(r->process())) inside.push_back(NsPids(t).back());
+    std::sort(inside.begin(), inside.end());
+    EXPECT_EQ(inside, tids);
+  }
+  EXPECT_NE(PidNamespaceOf(first.process()), PidNamespaceOf(second.process()));
+  EXPECT_EQ(w.Wait(), 0) << Slurp(Path("out"));
+  EXPECT_EQ(first.roam().Wait(), 0) << Slurp(Path("first.log")) << Slurp(Path("out"));
+  EXPECT_EQ(second.roam().Wait(), 0) << Slurp(Path("second.log")) << Slurp(Path("out"));
+  EXPECT_NE(Slurp(Path("out")).find("ok threads"), std::string::npos) << Slurp(Path("out"));
+  EXPECT_EQ(Slurp(Path("out")).find("broken"), std::string::npos) << Slurp(Path("out"));
+  // roam reaped the inits after the processes.
+  EXPECT_FALSE(fs::exists("/proc/" + std::to_string(first.init())));
+  EXPECT_FALSE(fs::exists("/proc/" + std::to_string(second.init())));
+}
+
+// A process restored into its own pid namespace is captured with the ids it
+// knows (those inside) and moves again into a fresh namespace.
+TEST_F(CkptTest, ProcessRestoredInAPidNamespaceMovesAgain) {
+  Process w({TestBin("ckpt_threads"), "3.0"}, Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const std::vector<pid_t> tids = ThreadsOf(w.pid());
+  ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
+  NamespacedRestore first({Bin("roam"), "restore", Path("img").string(), "--pid-ns"},
+                          Path("first.log"));
+  ASSERT_TRUE(first.Find("ckpt_threads")) << Slurp(Path("first.log")) << Slurp(Path("out"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const auto check =
+      RunCommand({Bin("roam"), "checkpoint", "--check", std::to_string(first.process())});
+  EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+  const auto cp = RunCommand(
+      {Bin("roam"), "checkpoint", std::to_string(first.process()), "-o", Path("img2").string()});
+  ASSERT_EQ(cp.exit_code, 0) << cp.err;
+  EXPECT_EQ(first.roam().Wait(), 128 + SIGKILL) << Slurp(Path("first.log"));
+  EXPECT_FALSE(fs::exists("/proc/" + std::to_string(first.init())));
+
+  NamespacedRestore again({Bin("roam"), "restore", Path("img2").string(), "--pid-ns"},
+                          Path("again.log"));
+  ASSERT_TRUE(again.Find("ckpt_threads")) << Slurp(Path("again.log")) << Slurp(Path("out"));
+  EXPECT_EQ(NsPids(again.process()).back(), w.pid());
+  std::vector<pid_t> inside;
+  for (const pid_t t : ThreadsOf(again.process())) inside.push_back(NsPids(t).back());
+  std::sort(inside.begin(), inside.end());
+  EXPECT_EQ(inside, tids);
+  EXPECT_EQ(again.roam().Wait(), 0) << Slurp(Path("again.log")) << Slurp(Path("out"));
+  EXPECT_NE(Slurp(Path("out")).find("ok threads"), std::string::npos) << Slurp(Path("out"));
+  EXPECT_EQ(Slurp(Path("out")).find("broken"), std::string::npos) << Slurp(Path("out"));
+}
+
+// Signals reach the restored process straight, through the init and through
+// roam restore; an orphan it leaves is reaped by the init; the init ends
+// with the process.
+TEST_F(CkptTest, PidNamespaceInitForwardsSignalsAndReapsOrphans) {
+  Process w({TestBin("ckpt_signals")}, Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
+  NamespacedRestore r({Bin("roam"), "restore", Path("img").string(), "--pid-ns"}, Path("log"));
+  ASSERT_TRUE(r.Find("ckpt_signals")) << Slurp(Path("log")) << Slurp(Path("out"));
+  EXPECT_EQ(NsPids(r.process()).back(), w.pid());
+  EXPECT_EQ(PidNamespaceOf(r.init()), PidNamespaceOf(r.process()));
+
+  // roam comes last: the init forwarding proves roam has finished restoring
+  // and is about to install its own forwarding.
+  int sent = 0;
+  for (const pid_t to : {r.process(), r.init(), r.roam().pid()}) {
+    ASSERT_GT(to, 0);
+    ASSERT_EQ(kill(to, SIGUSR1), 0);
+    EXPECT_TRUE(WaitFor(Path("out"), "usr1 " + std::to_string(++sent)))
+        << "SIGUSR1 sent to pid " << to << " did not arrive: " << Slurp(Path("out"));
+  }
+
+  ASSERT_EQ(kill(r.process(), SIGUSR2), 0);
+  ASSERT_TRUE(WaitFor(Path("out"), "orphan ")) << Slurp(Path("out"));
+  EXPECT_NE(Slurp(Path("out")).find(" ppid 1\n"), std::string::npos)
+      << "the orphan was not reparented to the namespace's init: " << Slurp(Path("out"));
+  EXPECT_TRUE(WaitUntil([&] { return ChildrenOf(r.init()).empty(); }))
+      << "the init left a zombie: children "
+      << ProcFile(r.init(), "task/" + std::to_string(r.init()) + "/children");
+
+  ASSERT_EQ(kill(r.init(), SIGTERM), 0);
+  EXPECT_EQ(r.roam().Wait(), 0) << Slurp(Path("log")) << Slurp(Path("out"));
+  EXPECT_NE(Slurp(Path("out")).find("term after 3 usr1"), std::string::npos) << Slurp(Path("out"));
+  EXPECT_FALSE(fs::exists("/proc/" + std::to_string(r.init())));
 }
 
 class RefusalTest : public CkptTest, public ::testing::WithParamInterface<const char*> {};

@@ -2,9 +2,12 @@
 // worker has thread-local state and takes a shared robust mutex; at the end
 // the main thread joins the workers (clear-child-tid futex wakes), raise()s
 // and pthread_kill()s itself (glibc's cached tids) and takes the mutex again.
+// Whoever holds the mutex checks that the owner tid glibc wrote into it (its
+// cached tid) is the one the kernel knows the thread by.
 // Usage: ckpt_threads SECONDS
 #include <pthread.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,11 +36,18 @@ double Now() {
   std::_Exit(1);
 }
 
+// A robust mutex records its owner by glibc's cached tid; the kernel clears
+// it at thread death only if that equals the real one.
+void CheckOwner(const char* what) {
+  if (g_mutex.__data.__owner != static_cast<int>(syscall(SYS_gettid))) Broke(what);
+}
+
 void* Worker(void* arg) {
   tls_id = reinterpret_cast<long>(arg);
   long mine = 0;
   while (Now() < g_end) {
     if (pthread_mutex_lock(&g_mutex) != 0) Broke("worker lock");
+    CheckOwner("worker's cached tid is not its tid");
     ++mine;
     g_total.fetch_add(1);
     pthread_mutex_unlock(&g_mutex);
@@ -78,6 +88,7 @@ int main(int argc, char** argv) {
   if (raise(SIGUSR1) != 0 || g_signals != 1) Broke("raise");
   if (pthread_kill(pthread_self(), SIGUSR1) != 0 || g_signals != 2) Broke("pthread_kill");
   if (pthread_mutex_lock(&g_mutex) != 0) Broke("main lock");
+  CheckOwner("main thread's cached tid is not its tid");
   pthread_mutex_unlock(&g_mutex);
   std::printf("ok threads: %ld increments\n", sum);
   return 0;
