@@ -2,8 +2,9 @@
 // capture time, how long the process is frozen, restore time to resume, the
 // downtime of a migration through an image on tmpfs (freeze to resume), and
 // for post-copy how long until every page is in place, for 16 MiB, 256 MiB
-// and 1 GiB resident sets. Same-run baseline: reading the same memory once
-// with process_vm_readv and writing it to tmpfs.
+// and 1 GiB resident sets. A third mode, post_copy_from_source, writes no
+// image: the copy's pages come from the frozen original (CaptureAsSource). Same-run baseline:
+// reading the same memory once with process_vm_readv and writing it to tmpfs.
 //
 // Run as root: build/bench/ckpt_bench [--sizes 16,256,1024] [--dir /dev/shm]
 // Prints one JSON object per size.
@@ -24,6 +25,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/ckpt/image/image.pb.h"
 #include "core/ckpt/lazy_pages.h"
 #include "roam/ckpt/capture.h"
 #include "roam/ckpt/restore.h"
@@ -112,7 +114,8 @@ int main(int argc, char** argv) {
   }
   const fs::path dir = base / ("roam-ckpt-bench-" + std::to_string(getpid()));
   for (const std::size_t mib : sizes_mib) {
-    for (const bool lazy : {false, true}) {
+    for (const std::string mode : {"stop_copy", "post_copy", "post_copy_from_source"}) {
+      const bool lazy = mode != "stop_copy";
       const std::size_t bytes = mib << 20;
       fs::remove_all(dir);
       fs::create_directories(dir);
@@ -120,22 +123,49 @@ int main(int argc, char** argv) {
       if (pid <= 0 || address == 0) return 1;
       const double baseline_ms = BaselineMs(pid, address, bytes, dir / "baseline");
 
-      const auto capture_start = Clock::now();
-      auto captured = roam::ckpt::CheckpointToDirectory(pid, dir / "img", {});
-      const double capture_ms = Ms(Clock::now() - capture_start);
+      roam::ckpt::RestoreOptions options;
+      options.lazy = lazy;
+      roam::Result<roam::ckpt::CaptureStats> captured;
+      roam::Result<roam::ckpt::RestoreStats> restored;
+      double capture_ms = 0, restore_ms = 0;
+      Clock::time_point restore_start;
+      std::unique_ptr<roam::ckpt::FrozenSource> source;
+      roam::image::Image meta;
+      if (mode == "post_copy_from_source") {
+        // Nothing written: the copy's pages come from the frozen original.
+        roam::ckpt::CaptureStats stats;
+        const auto capture_start = Clock::now();
+        auto frozen = roam::ckpt::CaptureAsSource(pid, &meta, &stats);
+        capture_ms = Ms(Clock::now() - capture_start);
+        if (!frozen) {
+          captured = tl::unexpected(frozen.error());
+        } else {
+          captured = stats;
+          source = std::move(*frozen);
+          restore_start = Clock::now();
+          restored = roam::ckpt::Restore(meta, *source, options);
+          restore_ms = Ms(Clock::now() - restore_start);
+        }
+      } else {
+        const auto capture_start = Clock::now();
+        captured = roam::ckpt::CheckpointToDirectory(pid, dir / "img", {});
+        capture_ms = Ms(Clock::now() - capture_start);
+        if (captured) {
+          waitpid(pid, nullptr, 0);  // the checkpoint killed it
+          restore_start = Clock::now();
+          restored = roam::ckpt::RestoreFromDirectory(dir / "img", options);
+          restore_ms = Ms(Clock::now() - restore_start);
+        }
+      }
       if (!captured) {
         std::fprintf(stderr, "ckpt_bench: %s\n", captured.error().ToString().c_str());
         Reap(pid);
         return 1;
       }
-      waitpid(pid, nullptr, 0);  // the checkpoint killed it
-      roam::ckpt::RestoreOptions options;
-      options.lazy = lazy;
-      const auto restore_start = Clock::now();
-      auto restored = roam::ckpt::RestoreFromDirectory(dir / "img", options);
-      const double restore_ms = Ms(Clock::now() - restore_start);
       if (!restored) {
         std::fprintf(stderr, "ckpt_bench: %s\n", restored.error().ToString().c_str());
+        if (source) source->Resume();
+        Reap(pid);
         return 1;
       }
       double all_pages_ms = restore_ms;
@@ -149,6 +179,10 @@ int main(int argc, char** argv) {
         all_pages_ms = Ms(Clock::now() - restore_start);
         faults = served->faults;
       }
+      if (source) {
+        source->Kill();  // the copy has every page now
+        waitpid(pid, nullptr, 0);
+      }
       // Alive and sleeping in its loop after restore?
       usleep(50000);
       const bool alive = waitpid(restored->pid, nullptr, WNOHANG) == 0;
@@ -156,7 +190,7 @@ int main(int argc, char** argv) {
 
       const double frozen_ms = static_cast<double>(captured->frozen_ns) / 1e6;
       const nlohmann::json out = {
-          {"bench", lazy ? "ckpt_post_copy" : "ckpt_stop_copy"},
+          {"bench", "ckpt_" + mode},
           {"size_mib", mib},
           {"image_dir", dir.string()},
           {"pages", captured->pages_written},

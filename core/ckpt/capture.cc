@@ -261,46 +261,37 @@ class PageCapturer {
     on_zero_ = std::move(fn);
   }
 
-  Status CaptureVma(const procfs::Vma& vma, image::Vma::Kind kind, procfs::PagemapReader& pagemap) {
-    return CaptureRange(vma.start, vma.end, vma.read, kind, pagemap);
+  Status CaptureVma(const procfs::Vma& vma, procfs::PagemapReader& pagemap) {
+    return CaptureRange(vma.start, vma.end, vma.read, pagemap);
   }
 
-  // The wanted pages of [start, end), which lies inside one VMA.
-  Status CaptureRange(std::uint64_t start, std::uint64_t end, bool readable, image::Vma::Kind kind,
+  // The wanted pages of [start, end), which lies inside one VMA: anonymous
+  // memory and the COW'd (private, written) pages of file mappings, present
+  // or swapped out; clean file pages are mapped from the file again at
+  // restore, and the shared zero page (read, never written) reads as zero
+  // anyway.
+  Status CaptureRange(std::uint64_t start, std::uint64_t end, bool readable,
                       procfs::PagemapReader& pagemap) {
-    const std::uint64_t npages = (end - start) / kPageSize;
-    for (std::uint64_t first = 0; first < npages;) {
-      const std::uint64_t count = std::min<std::uint64_t>(npages - first, kReadChunk / kPageSize);
-      const std::uint64_t base = start + first * kPageSize;
-      ROAM_ASSIGN_OR_RETURN(const auto entries, pagemap.Read(base, count));
-      // Runs of pages that must travel: anonymous memory and the COW'd
-      // (private, written) pages of file mappings; clean file pages are
-      // mapped from the file again at restore.
-      std::uint64_t i = 0;
-      while (i < count) {
-        if (!Wanted(entries[i], kind)) {
-          if (procfs::IsPresent(entries[i])) ++stats_.file_pages_skipped;
-          ++i;
-          continue;
-        }
-        std::uint64_t j = i;
-        while (j < count && Wanted(entries[j], kind)) ++j;
-        ROAM_TRY(CaptureRun(base + i * kPageSize, j - i, readable));
-        i = j;
+    ROAM_ASSIGN_OR_RETURN(const auto ranges, pagemap.Scan(start, end));
+    for (const auto& r : ranges) {
+      const std::uint64_t npages = (r.end - r.start) / kPageSize;
+      if (r.zero_pfn) {
+        stats_.zero_pages_skipped += npages;
+        continue;
       }
-      first += count;
+      if (r.file) {  // a swapped page is always an anonymous or COW copy
+        stats_.file_pages_skipped += npages;
+        continue;
+      }
+      for (std::uint64_t at = r.start; at < r.end; at += kReadChunk) {
+        const std::uint64_t bytes = std::min<std::uint64_t>(r.end - at, kReadChunk);
+        ROAM_TRY(CaptureRun(at, bytes / kPageSize, readable));
+      }
     }
     return Ok();
   }
 
  private:
-  static bool Wanted(std::uint64_t entry, image::Vma::Kind kind) {
-    if (kind == image::Vma::FILE_PRIVATE) {
-      return procfs::IsPresent(entry) && !procfs::IsFileOrSharedAnon(entry);
-    }
-    return procfs::IsPresent(entry) || procfs::IsSwapped(entry);
-  }
-
   // Reads [address, +npages) into buffer_ at `out`; false if best effort
   // gave up on it.
   Result<bool> Read(std::uint64_t address, std::uint64_t npages, bool readable, std::byte* out) {
@@ -602,7 +593,7 @@ Result<PreCopy::Round> PreCopy::CopyRound() {
     const auto kind = KindOf(v);
     if (!CarriesPages(kind)) continue;
     if (first_round_) {
-      ROAM_TRY(capturer.CaptureVma(v, kind, pagemap));
+      ROAM_TRY(capturer.CaptureVma(v, pagemap));
       continue;
     }
     while (run != written.end() && run->second <= v.start) ++run;
@@ -610,7 +601,7 @@ Result<PreCopy::Round> PreCopy::CopyRound() {
       const std::uint64_t lo = std::max(r->first, v.start), hi = std::min(r->second, v.end);
       // What was there is stale: gone, zero now, or read again below.
       store_->Drop(lo, (hi - lo) / kPageSize);
-      ROAM_TRY(capturer.CaptureRange(lo, hi, v.read, kind, pagemap));
+      ROAM_TRY(capturer.CaptureRange(lo, hi, v.read, pagemap));
     }
   }
   first_round_ = false;
@@ -736,7 +727,7 @@ Status CaptureFrozen(pid_t pid, const CaptureOptions& options, FrozenProcess& fr
       continue;
     }
     if (!CarriesPages(kind)) continue;
-    ROAM_TRY(capturer.CaptureVma(v, kind, pagemap));
+    ROAM_TRY(capturer.CaptureVma(v, pagemap));
   }
   stats.vmas = vmas.size();
   // Tracking is over: the process runs on (or dies) without it.

@@ -31,6 +31,16 @@ constexpr bool IsExclusive(uint64_t entry) { return (entry >> 56) & 1; }
 constexpr bool IsSoftDirty(uint64_t entry) { return (entry >> 55) & 1; }
 constexpr uint64_t Pfn(uint64_t entry) { return entry & ((uint64_t{1} << 55) - 1); }
 
+// A run of pages that are present or swapped, with the same state.
+struct PageRange {
+  uint64_t start = 0;  // page-aligned, [start, end)
+  uint64_t end = 0;
+  bool present = false;
+  bool swapped = false;
+  bool file = false;      // a page cache page (not an anonymous or COW copy)
+  bool zero_pfn = false;  // the shared zero page (read, never written)
+};
+
 class PagemapReader final {
  public:
   static Result<PagemapReader> Open(pid_t pid);
@@ -46,6 +56,13 @@ class PagemapReader final {
   // syscall. A range past the end of the user address space (the kernel's
   // [vsyscall] page included) is Errc::kInvalidArgument.
   Result<std::vector<uint64_t>> Read(uint64_t start_address, size_t npages) const;
+
+  // The present or swapped pages of [start, end), as runs, in address order:
+  // the PAGEMAP_SCAN ioctl (Linux >= 6.7) walks the page tables once and
+  // returns ranges (1 GiB resident in well under a millisecond, against
+  // ~20 ms for reading its 262144 entries); older kernels get the same from
+  // Read(). Pages that exist in no mapping are simply absent.
+  Result<std::vector<PageRange>> Scan(uint64_t start, uint64_t end) const;
 
   pid_t pid() const { return pid_; }
 

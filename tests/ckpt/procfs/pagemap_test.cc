@@ -61,6 +61,37 @@ TEST(PagemapTest, TouchedPageIsPresentAndFreshMappingIsNot) {
   EXPECT_TRUE(IsPresent((*entries)[1]));
 }
 
+// Written pages come as runs, a page only read is the shared zero page,
+// and the runs agree with the per-page entries.
+TEST(PagemapTest, ScanGivesRunsOfPresentPages) {
+  auto reader = PagemapReader::Open(getpid());
+  ASSERT_TRUE(reader.has_value()) << reader.error().ToString();
+  Mapping m(16 * kPageSize, PROT_READ | PROT_WRITE);
+  ASSERT_TRUE(m.ok());
+  for (int i : {2, 3, 4, 9}) m.data()[i * kPageSize] = 1;
+  volatile char sink = m.data()[12 * kPageSize];  // read fault: zero page
+  (void)sink;
+
+  auto ranges = reader->Scan(m.address(), m.address() + 16 * kPageSize);
+  ASSERT_TRUE(ranges.has_value()) << ranges.error().ToString();
+  std::vector<std::pair<uint64_t, uint64_t>> written, zero;
+  for (const auto& r : *ranges) {
+    EXPECT_TRUE(r.present);
+    EXPECT_FALSE(r.file);
+    (r.zero_pfn ? zero : written)
+        .emplace_back((r.start - m.address()) / kPageSize, (r.end - m.address()) / kPageSize);
+  }
+  EXPECT_EQ(written, (std::vector<std::pair<uint64_t, uint64_t>>{{2, 5}, {9, 10}}));
+  EXPECT_EQ(zero, (std::vector<std::pair<uint64_t, uint64_t>>{{12, 13}}));
+
+  // The libc text is file pages.
+  auto text = reader->Scan(reinterpret_cast<uint64_t>(&getpid) & ~(kPageSize - 1),
+                           (reinterpret_cast<uint64_t>(&getpid) & ~(kPageSize - 1)) + kPageSize);
+  ASSERT_TRUE(text.has_value()) << text.error().ToString();
+  ASSERT_EQ(text->size(), 1u);
+  EXPECT_TRUE((*text)[0].file);
+}
+
 TEST(PagemapTest, ReadsAGibibyteRange) {
   constexpr size_t kSize = size_t{1} << 30;
   Mapping reserved(kSize, PROT_NONE);
