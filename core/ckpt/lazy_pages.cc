@@ -34,9 +34,12 @@ constexpr unsigned long kUffdioPoison = _IOWR(UFFDIO, kIoctlPoisonNr, UffdioPois
 // The non-cooperative events we need: without REMOVE a page the process
 // discarded (madvise DONTNEED/FREE) before we placed it would later be
 // overwritten with stale data; without REMAP an mremap would move missing
-// pages out of the registration, to be silently zero-filled.
-constexpr std::uint64_t kWantedFeatures =
-    UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP;
+// pages out of the registration, to be silently zero-filled; without FORK
+// a child forked before every page is placed loses the registration (the
+// kernel clears it in the child's copy of the VMAs) and reads zeros where
+// its pages were still missing.
+constexpr std::uint64_t kWantedFeatures = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMOVE |
+                                          UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP;
 
 constexpr std::uint64_t kNeededIoctls = (std::uint64_t{1} << _UFFDIO_COPY) |
                                         (std::uint64_t{1} << _UFFDIO_ZEROPAGE) |
@@ -105,43 +108,85 @@ struct Range {
 
 enum class Origin { kFault, kStream };
 
+// mremap moved [from, from+len) to `to`: the unplaced pages it carried, by
+// their old address, still to be placed at the new one.
+struct Move {
+  std::uint64_t from = 0, to = 0, len = 0;
+  std::vector<std::uint64_t> pages;  // old addresses of the unplaced pages moved
+  std::size_t next = 0;              // pages[next...] are still to place
+};
+
+// Pages per stream batch for a forked child when the stream is off for the
+// restored process: a child is always streamed, since only a failing copy
+// (ESRCH) tells us that it exited or exec'd (the fork event names no pid).
+constexpr std::uint32_t kChildStreamBatchPages = 256;
+
+// One address space being filled: the restored process, or a child it (or
+// one of its children) forked while pages were still missing. A child's
+// userfaultfd comes with its UFFD_EVENT_FORK, already registered over the
+// child's copies of the ranges; its missing pages are exactly those the
+// parent lacked when the event was read (the forking thread waits in fork()
+// until then, and copies into the parent fail with EAGAIN meanwhile), with
+// the content the source has for them.
+struct Space {
+  OwnedFd uffd;
+  bool child = false;
+  bool gone = false;  // the process exited (or exec'd): nothing left to serve
+  std::vector<Range> ranges;
+  std::uint64_t unplaced = 0;  // over `ranges`
+  std::size_t cursor_range = 0;
+  std::uint64_t cursor_page = 0;
+  std::vector<std::uint64_t> deferred;  // fault addresses to retry
+  std::vector<Move> remaps;             // mremap events not yet carried out
+
+  bool Finished() const { return gone || (unplaced == 0 && deferred.empty() && remaps.empty()); }
+  std::uint64_t Unplaced() const {
+    std::uint64_t n = unplaced;
+    for (const Move& m : remaps) n += m.pages.size() - m.next;
+    return n;
+  }
+};
+
 }  // namespace
 
 // Everything the server thread touches; only that thread uses it after Start.
 //
-// One thread does both jobs: it drains the userfaultfd (zero-timeout poll)
+// One thread does both jobs: it drains the userfaultfds (zero-timeout poll)
 // before every stream batch, so a fault waits at most one batch (256 pages,
 // ~0.3 ms) plus its own block. A second thread would buy little: PageSource
 // is single-threaded (it would need a lock held across the read), the
-// bitmap would need one too, and both threads' UFFDIO_COPYs contend on the
-// same mm in the kernel anyway.
+// bitmaps would need one too, and both threads' UFFDIO_COPYs contend on the
+// same mm in the kernel anyway. Forked children are further spaces served by
+// the same loop; the stream takes one batch from each in turn.
 class LazyPageServer::Engine {
  public:
   Engine(OwnedFd uffd, OwnedFd pidfd, PageSource& source, const Options& options,
          std::vector<Range> ranges, bool poison, std::uint64_t started_ns)
-      : uffd_(std::move(uffd)),
-        pidfd_(std::move(pidfd)),
+      : pidfd_(std::move(pidfd)),
         source_(source),
         options_(options),
-        ranges_(std::move(ranges)),
         poison_(poison),
         started_ns_(started_ns),
-        staging_(std::size_t{std::max(options.fault_batch_pages, options.stream_batch_pages)} *
+        staging_(std::size_t{std::max({options.fault_batch_pages, options.stream_batch_pages,
+                                       kChildStreamBatchPages})} *
                  kPageSize),
-        present_(std::max(options.fault_batch_pages, options.stream_batch_pages)) {
+        present_(std::max(
+            {options.fault_batch_pages, options.stream_batch_pages, kChildStreamBatchPages})) {
     // staging_ is value-initialized, hence already faulted in: first touch of
     // fresh memory costs ~12 us a page on this VM.
-    for (const Range& r : ranges_) {
-      unplaced_ += r.unplaced;
+    auto root = std::make_unique<Space>();
+    root->uffd = std::move(uffd);
+    root->ranges = std::move(ranges);
+    for (const Range& r : root->ranges) {
+      root->unplaced += r.unplaced;
       stats_.pages_total += r.pages();
     }
+    root_ = root.get();
+    spaces_.push_back(std::move(root));
   }
 
   Result<LazyStats> Run(const std::atomic<bool>& stop) {
     Status status = Loop(stop);
-    stats_.pages_unplaced = unplaced_;
-    for (const Move& m : remaps_) stats_.pages_unplaced += m.pages.size() - m.next;
-    stats_.process_exited = gone_;
     if (!status) {
       Fail();
       stats_.total_ns = NowNs() - started_ns_;
@@ -149,147 +194,243 @@ class LazyPageServer::Engine {
     }
     // Closing wakes any thread still waiting (a stale fault whose page is in
     // place) and, with the last reference gone, drops the registrations.
-    uffd_.Close();
+    while (!spaces_.empty()) Retire(spaces_.size() - 1);
     stats_.total_ns = NowNs() - started_ns_;
     return stats_;
   }
 
  private:
   Status Loop(const std::atomic<bool>& stop) {
-    while ((unplaced_ > 0 || !deferred_.empty() || !remaps_.empty()) && !gone_ &&
-           !stop.load(std::memory_order_relaxed)) {
-      const bool streaming = options_.stream_batch_pages > 0 && cursor_range_ < ranges_.size();
-      const bool busy = streaming || !deferred_.empty() || !remaps_.empty();
+    for (;;) {
+      for (std::size_t i = spaces_.size(); i-- > 0;) {
+        if (spaces_[i]->Finished()) Retire(i);
+      }
+      if (spaces_.empty() || stop.load(std::memory_order_relaxed)) return Ok();
+      const bool busy = std::any_of(spaces_.begin(), spaces_.end(), [this](const auto& s) {
+        return Streaming(*s) || !s->deferred.empty() || !s->remaps.empty();
+      });
       ROAM_TRY(ServeMessages(busy ? 0 : options_.poll_timeout_ms));
-      if (gone_) break;
-      if (streaming) ROAM_TRY(StreamBatch());
+      ROAM_TRY(StreamNext());
+    }
+  }
+
+  // Done with spaces_[i]: its userfaultfd is closed (what is still missing
+  // reads as zero from now on: only after an exit, or on Stop) and its
+  // counts go into the stats.
+  void Retire(std::size_t i) {
+    Space& s = *spaces_[i];
+    if (&s == root_) {
+      stats_.pages_unplaced = s.Unplaced();
+      stats_.process_exited = s.gone;
+      root_ = nullptr;
+      pidfd_.Close();
+    } else {
+      stats_.child_pages_unplaced += s.Unplaced();
+      if (s.gone) ++stats_.children_exited;
+    }
+    s.uffd.Close();
+    spaces_.erase(spaces_.begin() + static_cast<std::ptrdiff_t>(i));
+    if (stream_next_ > i) --stream_next_;
+  }
+
+  std::uint32_t StreamBatchPages(const Space& s) const {
+    if (s.child && options_.stream_batch_pages == 0) return kChildStreamBatchPages;
+    return options_.stream_batch_pages;
+  }
+
+  bool Streaming(const Space& s) const {
+    return !s.gone && StreamBatchPages(s) > 0 && s.cursor_range < s.ranges.size();
+  }
+
+  // One stream batch, for the next space in turn that has one left.
+  Status StreamNext() {
+    const std::size_t n = spaces_.size();
+    for (std::size_t k = 0; k < n; ++k) {
+      const std::size_t i = (stream_next_ + k) % n;
+      Space& s = *spaces_[i];
+      if (!Streaming(s)) continue;
+      stream_next_ = i + 1;
+      return StreamBatch(s);
     }
     return Ok();
   }
 
-  // Waits up to `timeout_ms` for messages, then handles all that are queued:
-  // events first (reading one lets a blocked madvise/munmap/mremap go on and
-  // ends the kernel's "mm changing" window that fails copies with EAGAIN),
-  // then faults, then faults deferred by such an EAGAIN.
+  // Waits up to `timeout_ms` for messages on any space, then handles all
+  // that are queued: per space, events first (reading one lets a blocked
+  // fork/madvise/munmap/mremap go on and ends the kernel's "mm changing"
+  // window that fails copies with EAGAIN), then faults, then faults deferred
+  // by such an EAGAIN.
   Status ServeMessages(int timeout_ms) {
-    pollfd fds[2] = {{uffd_.get(), POLLIN, 0}, {pidfd_.get(), POLLIN, 0}};
-    const nfds_t nfds = pidfd_.get() >= 0 ? 2 : 1;
-    int ready = ::poll(fds, nfds, timeout_ms);
+    std::vector<pollfd> fds;
+    fds.reserve(spaces_.size() + 1);
+    for (const auto& s : spaces_) fds.push_back({s->uffd.get(), POLLIN, 0});
+    const std::size_t served = spaces_.size();  // children adopted below wait for the next poll
+    const bool watch_pid = root_ != nullptr && pidfd_.get() >= 0;
+    if (watch_pid) fds.push_back({pidfd_.get(), POLLIN, 0});
+    const int ready = ::poll(fds.data(), fds.size(), timeout_ms);
     if (ready < 0) {
       if (errno == EINTR) return Ok();
       return ErrnoError(errno, "poll userfaultfd");
     }
-    if (nfds == 2 && (fds[1].revents & (POLLIN | POLLHUP)) != 0) {
-      gone_ = true;  // the process exited: nothing left to serve
-      return Ok();
+    if (watch_pid && (fds.back().revents & (POLLIN | POLLHUP)) != 0) {
+      root_->gone = true;  // the process exited; its children (if any) go on
     }
-    if ((fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) != 0) {
-      gone_ = true;
-      return Ok();
-    }
-    if ((fds[0].revents & POLLIN) != 0) {
-      uffd_msg msgs[64];
-      for (;;) {
-        const ssize_t n = ::read(uffd_.get(), msgs, sizeof msgs);
-        if (n < 0) {
-          if (errno == EINTR) continue;
-          if (errno == EAGAIN) break;
-          if (errno == EBADF || errno == ENODEV) {
-            gone_ = true;
-            return Ok();
-          }
-          return ErrnoError(errno, "read userfaultfd");
-        }
-        if (n == 0) {
-          gone_ = true;
-          return Ok();
-        }
-        const std::size_t count = static_cast<std::size_t>(n) / sizeof(uffd_msg);
-        for (std::size_t i = 0; i < count; ++i) {
-          if (msgs[i].event != UFFD_EVENT_PAGEFAULT) ROAM_TRY(HandleEvent(msgs[i]));
-        }
-        ROAM_TRY(RetryRemaps());
-        for (std::size_t i = 0; i < count; ++i) {
-          if (msgs[i].event == UFFD_EVENT_PAGEFAULT) {
-            ++stats_.faults;
-            ROAM_TRY(ServeFault(msgs[i].arg.pagefault.address & ~(kPageSize - 1)));
-            if (gone_) return Ok();
-          }
-        }
-        if (static_cast<std::size_t>(n) < sizeof msgs) break;
+    for (std::size_t i = 0; i < served; ++i) {
+      Space& s = *spaces_[i];
+      if (s.gone) continue;
+      if ((fds[i].revents & (POLLERR | POLLHUP | POLLNVAL)) != 0) {
+        s.gone = true;
+        continue;
       }
+      if ((fds[i].revents & POLLIN) != 0) ROAM_TRY(ReadMessages(s));
     }
-    ROAM_TRY(RetryRemaps());
-    if (gone_) return Ok();
-    std::vector<std::uint64_t> retry;
-    retry.swap(deferred_);
-    for (const std::uint64_t addr : retry) {
-      ROAM_TRY(ServeFault(addr));
-      if (gone_) return Ok();
+    for (std::size_t i = 0; i < served; ++i) {
+      Space& s = *spaces_[i];
+      if (s.gone) continue;
+      ROAM_TRY(RetryRemaps(s));
+      std::vector<std::uint64_t> retry;
+      retry.swap(s.deferred);
+      for (const std::uint64_t addr : retry) {
+        if (s.gone) break;
+        ROAM_TRY(ServeFault(s, addr));
+      }
     }
     return Ok();
   }
 
-  Status HandleEvent(const uffd_msg& msg) {
+  Status ReadMessages(Space& s) {
+    uffd_msg msgs[64];
+    for (;;) {
+      const ssize_t n = ::read(s.uffd.get(), msgs, sizeof msgs);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) return Ok();
+        if (errno == EBADF || errno == ENODEV) {
+          s.gone = true;
+          return Ok();
+        }
+        return ErrnoError(errno, "read userfaultfd");
+      }
+      if (n == 0) {
+        s.gone = true;
+        return Ok();
+      }
+      const std::size_t count = static_cast<std::size_t>(n) / sizeof(uffd_msg);
+      // Every event is handled, in order, before anything can fail: a fork
+      // event's userfaultfd must be adopted (a child left registered with
+      // nobody serving it would hang), and a REMOVE before it must be seen
+      // before the child's missing pages are taken from ours.
+      Status events = Ok();
+      for (std::size_t i = 0; i < count; ++i) {
+        if (msgs[i].event == UFFD_EVENT_PAGEFAULT) continue;
+        Status st = HandleEvent(s, msgs[i]);
+        if (!st && events) events = std::move(st);
+      }
+      ROAM_TRY(std::move(events));
+      ROAM_TRY(RetryRemaps(s));
+      for (std::size_t i = 0; i < count; ++i) {
+        if (msgs[i].event == UFFD_EVENT_PAGEFAULT) {
+          if (!s.child) ++stats_.faults;
+          ROAM_TRY(ServeFault(s, msgs[i].arg.pagefault.address & ~(kPageSize - 1)));
+          if (s.gone) return Ok();
+        }
+      }
+      if (static_cast<std::size_t>(n) < sizeof msgs) return Ok();
+    }
+  }
+
+  Status HandleEvent(Space& s, const uffd_msg& msg) {
     switch (msg.event) {
+      case UFFD_EVENT_FORK:
+        return Adopt(s, static_cast<int>(msg.arg.fork.ufd));
       case UFFD_EVENT_REMOVE:
         // The process discarded these pages: they read as zero from now on,
         // so ours must never be placed there (a later fault is zero-filled).
-        Drop(msg.arg.remove.start, msg.arg.remove.end);
+        Drop(s, msg.arg.remove.start, msg.arg.remove.end);
         return Ok();
       case UFFD_EVENT_UNMAP:
-        Drop(msg.arg.remove.start, msg.arg.remove.end);
+        Drop(s, msg.arg.remove.start, msg.arg.remove.end);
         return Ok();
       case UFFD_EVENT_REMAP:
-        RecordMove(msg.arg.remap.from, msg.arg.remap.to, msg.arg.remap.len);
+        RecordMove(s, msg.arg.remap.from, msg.arg.remap.to, msg.arg.remap.len);
         return Ok();
       default:
         return MakeError(Errc::kInternal, "unexpected userfaultfd event {:#x}", msg.event);
     }
   }
 
-  void Drop(std::uint64_t start, std::uint64_t end) {
-    for (Range& r : ranges_) {
+  // `parent` forked; `fd` (installed in this process by the read) is the
+  // child's userfaultfd. The child gets its own copy of the parent's state
+  // as of now: what the parent discarded stays a hole, what is on its way
+  // to an mremap destination is still to come.
+  Status Adopt(const Space& parent, int fd) {
+    ++stats_.forks;
+    auto child = std::make_unique<Space>();
+    child->uffd = OwnedFd(fd);
+    child->child = true;
+    child->ranges = parent.ranges;
+    child->unplaced = parent.unplaced;
+    for (const Move& m : parent.remaps) {
+      Move copy{m.from, m.to, m.len, {}, 0};
+      copy.pages.assign(m.pages.begin() + static_cast<std::ptrdiff_t>(m.next), m.pages.end());
+      if (!copy.pages.empty()) child->remaps.push_back(std::move(copy));
+    }
+    spaces_.push_back(std::move(child));
+    // The fd inherits the O_CLOEXEC of the restored process's userfaultfd()
+    // call but not our O_NONBLOCK: reads must not block the loop.
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0 || flags < 0 ||
+        ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+      return ErrnoError(errno, "lazy pages: make a forked child's userfaultfd non-blocking");
+    }
+    return Ok();
+  }
+
+  void Drop(Space& s, std::uint64_t start, std::uint64_t end) {
+    for (Range& r : s.ranges) {
       const std::uint64_t lo = std::max(start, r.start);
       const std::uint64_t hi = std::min(end, r.end);
       for (std::uint64_t a = lo; a < hi; a += kPageSize) {
         if (r.Mark((a - r.start) / kPageSize)) {
-          --unplaced_;
-          ++stats_.pages_dropped;
+          --s.unplaced;
+          if (!s.child) ++stats_.pages_dropped;
         }
       }
     }
   }
 
-  struct Move {
-    std::uint64_t from, to, len;
-    std::vector<std::uint64_t> pages;  // old addresses of the unplaced pages moved
-    std::size_t next = 0;              // pages[next...] are still to place
-  };
-
   // The set of pages to carry is taken now: the UNMAP event of the old
   // range that follows must not erase it.
-  void RecordMove(std::uint64_t from, std::uint64_t to, std::uint64_t len) {
+  void RecordMove(Space& s, std::uint64_t from, std::uint64_t to, std::uint64_t len) {
     Move move{from, to, len, {}, 0};
-    for (Range& r : ranges_) {
+    for (Range& r : s.ranges) {
       const std::uint64_t lo = std::max(from, r.start);
       const std::uint64_t hi = std::min(from + len, r.end);
       for (std::uint64_t a = lo; a < hi; a += kPageSize) {
         if (!r.Mark((a - r.start) / kPageSize)) continue;
-        --unplaced_;
+        --s.unplaced;
         move.pages.push_back(a);
       }
     }
-    if (!move.pages.empty()) remaps_.push_back(std::move(move));
+    if (!move.pages.empty()) s.remaps.push_back(std::move(move));
   }
 
-  Status RetryRemaps() {
-    while (!remaps_.empty() && !gone_) {
-      ROAM_ASSIGN_OR_RETURN(const bool done, Remap(remaps_.front()));
+  Status RetryRemaps(Space& s) {
+    while (!s.remaps.empty() && !s.gone) {
+      ROAM_ASSIGN_OR_RETURN(const bool done, Remap(s, s.remaps.front()));
       if (!done) break;
-      remaps_.erase(remaps_.begin());
+      s.remaps.erase(s.remaps.begin());
     }
     return Ok();
+  }
+
+  void Count(const Space& s, Origin origin, bool zero) {
+    if (s.child) {
+      ++stats_.child_pages_placed;
+      return;
+    }
+    ++(origin == Origin::kFault ? stats_.pages_on_fault : stats_.pages_streamed);
+    if (zero) ++stats_.zero_pages;
   }
 
   // mremap moved [from, from+len) to `to`, missing pages included, and the
@@ -301,7 +442,7 @@ class LazyPageServer::Engine {
   // wait meanwhile. (A fault there by another thread before the event is read
   // is zero-filled: a race only a program that touches memory while it moves
   // it can hit.)
-  Result<bool> Remap(Move& move) {
+  Result<bool> Remap(Space& s, Move& move) {
     for (; move.next < move.pages.size(); ++move.next) {
       const std::uint64_t a = move.pages[move.next];
       const std::span<std::byte> buf(staging_.data(), kPageSize);
@@ -311,36 +452,35 @@ class LazyPageServer::Engine {
       copy.dst = move.to + (a - move.from);
       copy.src = reinterpret_cast<std::uint64_t>(buf.data());
       copy.len = kPageSize;
-      if (::ioctl(uffd_.get(), UFFDIO_COPY, &copy) != 0 && errno != EEXIST) {
+      if (::ioctl(s.uffd.get(), UFFDIO_COPY, &copy) != 0 && errno != EEXIST) {
         if (errno == EAGAIN) return false;
         if (errno == ESRCH) {
-          gone_ = true;
+          s.gone = true;
           return true;
         }
         return ErrnoError(errno, "UFFDIO_COPY of moved page {:#x} (was {:#x})", copy.dst, a);
       }
-      ++stats_.pages_streamed;
-      if (!present) ++stats_.zero_pages;
+      Count(s, Origin::kStream, !present);
     }
     return true;
   }
 
-  Range* FindRange(std::uint64_t addr) {
-    auto it = std::upper_bound(ranges_.begin(), ranges_.end(), addr,
+  static Range* FindRange(Space& s, std::uint64_t addr) {
+    auto it = std::upper_bound(s.ranges.begin(), s.ranges.end(), addr,
                                [](std::uint64_t a, const Range& r) { return a < r.start; });
-    if (it == ranges_.begin()) return nullptr;
+    if (it == s.ranges.begin()) return nullptr;
     --it;
     return addr < it->end ? &*it : nullptr;
   }
 
-  Status ServeFault(std::uint64_t addr) {
-    for (const Move& m : remaps_) {
+  Status ServeFault(Space& s, std::uint64_t addr) {
+    for (const Move& m : s.remaps) {
       if (addr >= m.to && addr - m.to < m.len) {
-        deferred_.push_back(addr);  // its data is still being moved in
+        s.deferred.push_back(addr);  // its data is still being moved in
         return Ok();
       }
     }
-    Range* r = FindRange(addr);
+    Range* r = FindRange(s, addr);
     bool placed = false;
     if (r == nullptr || r->IsPlaced((addr - r->start) / kPageSize)) {
       // A stale message (the stream placed the page and woke the thread
@@ -350,62 +490,61 @@ class LazyPageServer::Engine {
       uffdio_zeropage zp{};
       zp.range.start = addr;
       zp.range.len = kPageSize;
-      if (::ioctl(uffd_.get(), UFFDIO_ZEROPAGE, &zp) == 0) {
+      if (::ioctl(s.uffd.get(), UFFDIO_ZEROPAGE, &zp) == 0) {
         placed = true;
       } else if (errno == ESRCH) {
-        gone_ = true;
+        s.gone = true;
         return Ok();
       } else if (errno == EAGAIN) {
-        deferred_.push_back(addr);
+        s.deferred.push_back(addr);
         return Ok();
       } else if (errno != EEXIST && errno != ENOENT) {
         return ErrnoError(errno, "UFFDIO_ZEROPAGE {:#x} for a fault", addr);
       }
-      if (!placed) ROAM_TRY(Wake(addr, kPageSize));
+      if (!placed) ROAM_TRY(Wake(s, addr, kPageSize));
       return Ok();
     }
     const std::uint64_t page = (addr - r->start) / kPageSize;
     const std::uint64_t block = options_.fault_batch_pages;
     const std::uint64_t first = page / block * block;
     const std::uint64_t count = std::min(block, r->pages() - first);
-    if (stats_.first_fault_ns == 0) first_fault_pending_ = true;
-    ROAM_TRY(Place(*r, first, count, Origin::kFault));
-    if (gone_) return Ok();
+    const bool timed = !s.child && stats_.first_fault_ns == 0;
+    ROAM_TRY(Place(s, *r, first, count, Origin::kFault));
+    if (s.gone) return Ok();
     if (!r->IsPlaced(page)) {
-      deferred_.push_back(addr);  // EAGAIN: the mm was changing, retry after reading events
-    } else if (first_fault_pending_) {
+      s.deferred.push_back(addr);  // EAGAIN: the mm was changing, retry after reading events
+    } else if (timed) {
       stats_.first_fault_ns = std::max<std::uint64_t>(1, NowNs() - started_ns_);
-      first_fault_pending_ = false;
     }
     return Ok();
   }
 
-  Status StreamBatch() {
-    while (cursor_range_ < ranges_.size()) {
-      Range& r = ranges_[cursor_range_];
-      cursor_page_ = r.NextUnplaced(cursor_page_);
-      if (cursor_page_ < r.pages()) break;
-      ++cursor_range_;
-      cursor_page_ = 0;
+  Status StreamBatch(Space& s) {
+    while (s.cursor_range < s.ranges.size()) {
+      Range& r = s.ranges[s.cursor_range];
+      s.cursor_page = r.NextUnplaced(s.cursor_page);
+      if (s.cursor_page < r.pages()) break;
+      ++s.cursor_range;
+      s.cursor_page = 0;
     }
-    if (cursor_range_ >= ranges_.size()) return Ok();
-    Range& r = ranges_[cursor_range_];
+    if (s.cursor_range >= s.ranges.size()) return Ok();
+    Range& r = s.ranges[s.cursor_range];
     const std::uint64_t count =
-        std::min<std::uint64_t>(options_.stream_batch_pages, r.pages() - cursor_page_);
+        std::min<std::uint64_t>(StreamBatchPages(s), r.pages() - s.cursor_page);
     // The cursor stays put: pages an EAGAIN left unplaced are found again by
     // NextUnplaced on the next batch.
-    return Place(r, cursor_page_, count, Origin::kStream);
+    return Place(s, r, s.cursor_page, count, Origin::kStream);
   }
 
   // Places the unplaced pages among [first, first+count) of `r`.
-  Status Place(Range& r, std::uint64_t first, std::uint64_t count, Origin origin) {
+  Status Place(Space& s, Range& r, std::uint64_t first, std::uint64_t count, Origin origin) {
     std::uint64_t i = first;
     const std::uint64_t end = first + count;
-    while (i < end && !gone_) {
+    while (i < end && !s.gone) {
       while (i < end && r.IsPlaced(i)) ++i;
       std::uint64_t j = i;
       while (j < end && !r.IsPlaced(j)) ++j;
-      if (i < j) ROAM_TRY(PlaceSpan(r, i, j - i, origin));
+      if (i < j) ROAM_TRY(PlaceSpan(s, r, i, j - i, origin));
       i = j;
     }
     return Ok();
@@ -418,7 +557,7 @@ class LazyPageServer::Engine {
   }
 
   // [page, page+n) of `r`, all unplaced, n <= staging size.
-  Status PlaceSpan(Range& r, std::uint64_t page, std::uint64_t n, Origin origin) {
+  Status PlaceSpan(Space& s, Range& r, std::uint64_t page, std::uint64_t n, Origin origin) {
     for (std::uint64_t k = 0; k < n; ++k) {
       ROAM_ASSIGN_OR_RETURN(
           const bool present,
@@ -427,7 +566,7 @@ class LazyPageServer::Engine {
     }
     const std::uint64_t min_run = std::max<std::uint32_t>(1, options_.zeropage_min_run);
     std::uint64_t k = 0;
-    while (k < n && !gone_) {
+    while (k < n && !s.gone) {
       if (present_[k]) {
         std::uint64_t j = k;
         while (j < n) {
@@ -441,12 +580,12 @@ class LazyPageServer::Engine {
           std::memset(&staging_[j * kPageSize], 0, (e - j) * kPageSize);  // copied as zeros
           j = e;
         }
-        ROAM_TRY(Fill(r, page, k, j - k, &staging_[k * kPageSize], origin));
+        ROAM_TRY(Fill(s, r, page, k, j - k, &staging_[k * kPageSize], origin));
         k = j;
       } else {
         std::uint64_t e = k;
         while (e < n && !present_[e]) ++e;
-        ROAM_TRY(Fill(r, page, k, e - k, nullptr, origin));
+        ROAM_TRY(Fill(s, r, page, k, e - k, nullptr, origin));
         k = e;
       }
     }
@@ -462,16 +601,15 @@ class LazyPageServer::Engine {
   // wake it explicitly, a failed ioctl wakes nobody), EAGAIN with nothing
   // done (an event is pending: leave the rest for after reading it), ESRCH
   // (the process exited), ENOENT (the range was unmapped: its event follows).
-  Status Fill(Range& r, std::uint64_t base, std::uint64_t k, std::uint64_t n, const std::byte* src,
-              Origin origin) {
+  Status Fill(Space& s, Range& r, std::uint64_t base, std::uint64_t k, std::uint64_t n,
+              const std::byte* src, Origin origin) {
     const std::uint64_t page = base + k;
     std::uint64_t off = 0;  // pages done
     auto account = [&](std::uint64_t from_off, std::uint64_t pages) {
       for (std::uint64_t o = from_off; o < from_off + pages; ++o) {
         if (!r.Mark(page + o)) continue;
-        --unplaced_;
-        ++(origin == Origin::kFault ? stats_.pages_on_fault : stats_.pages_streamed);
-        if (src == nullptr || !present_[k + o]) ++stats_.zero_pages;
+        --s.unplaced;
+        Count(s, origin, src == nullptr || !present_[k + o]);
       }
     };
     while (off < n) {
@@ -484,13 +622,13 @@ class LazyPageServer::Engine {
         copy.dst = dst;
         copy.src = reinterpret_cast<std::uint64_t>(src + off * kPageSize);
         copy.len = len;
-        rc = ::ioctl(uffd_.get(), UFFDIO_COPY, &copy);
+        rc = ::ioctl(s.uffd.get(), UFFDIO_COPY, &copy);
         progress = copy.copy;
       } else {
         uffdio_zeropage zp{};
         zp.range.start = dst;
         zp.range.len = len;
-        rc = ::ioctl(uffd_.get(), UFFDIO_ZEROPAGE, &zp);
+        rc = ::ioctl(s.uffd.get(), UFFDIO_ZEROPAGE, &zp);
         progress = zp.zeropage;
       }
       if (rc == 0) {
@@ -505,21 +643,21 @@ class LazyPageServer::Engine {
         continue;
       }
       if (err == EEXIST) {
-        if (r.Mark(page + off)) --unplaced_;
-        ROAM_TRY(Wake(dst, kPageSize));
+        if (r.Mark(page + off)) --s.unplaced;
+        ROAM_TRY(Wake(s, dst, kPageSize));
         ++off;
         continue;
       }
       if (err == EAGAIN) break;
       if (err == ESRCH) {
-        gone_ = true;
+        s.gone = true;
         break;
       }
       if (err == ENOENT) {
         // Unmapped under us: nothing to place; a thread faulting there would
         // otherwise wait for a wake that never comes.
-        Drop(dst, r.Addr(page + n));
-        ROAM_TRY(Wake(dst, len));
+        Drop(s, dst, r.Addr(page + n));
+        ROAM_TRY(Wake(s, dst, len));
         break;
       }
       return ErrnoError(err, "{} [{:#x}, {:#x})", src ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE", dst,
@@ -528,9 +666,9 @@ class LazyPageServer::Engine {
     return Ok();
   }
 
-  Status Wake(std::uint64_t addr, std::uint64_t len) {
+  static Status Wake(const Space& s, std::uint64_t addr, std::uint64_t len) {
     uffdio_range range{addr, len};
-    if (::ioctl(uffd_.get(), UFFDIO_WAKE, &range) != 0 && errno != ESRCH) {
+    if (::ioctl(s.uffd.get(), UFFDIO_WAKE, &range) != 0 && errno != ESRCH) {
       return ErrnoError(errno, "UFFDIO_WAKE {:#x}", addr);
     }
     return Ok();
@@ -538,41 +676,64 @@ class LazyPageServer::Engine {
 
   // After an error: no thread may hang on a fault nobody will serve, and none
   // may read a zero page where its data was lost. Best effort, all of it.
+  // The restored process is killed first: a fork it is in the middle of
+  // then fails instead of leaving a child we never heard of. Forks already
+  // queued on any userfaultfd are adopted, so their children are poisoned
+  // like the rest (we have no pid to kill them by).
   void Fail() {
-    if (pidfd_.get() >= 0) ::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
-    if (poison_) {
-      for (Range& r : ranges_) {
-        std::uint64_t i = r.NextUnplaced(0);
-        while (i < r.pages()) {
-          std::uint64_t j = i;
-          while (j < r.pages() && !r.IsPlaced(j)) ++j;
-          UffdioPoison p{};
-          p.range.start = r.Addr(i);
-          p.range.len = (j - i) * kPageSize;
-          (void)::ioctl(uffd_.get(), kUffdioPoison, &p);  // wakes the range: they refault, SIGBUS
-          i = r.NextUnplaced(j);
+    if (root_ != nullptr && pidfd_.get() >= 0) {
+      ::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
+    }
+    for (std::size_t i = 0; i < spaces_.size(); ++i) {
+      Space& s = *spaces_[i];
+      uffd_msg msgs[64];
+      for (;;) {
+        const ssize_t n = ::read(s.uffd.get(), msgs, sizeof msgs);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        for (std::size_t m = 0; m < static_cast<std::size_t>(n) / sizeof(uffd_msg); ++m) {
+          if (msgs[m].event != UFFD_EVENT_PAGEFAULT) (void)HandleEvent(s, msgs[m]);
         }
       }
     }
-    uffd_.Close();
+    for (auto& space : spaces_) {
+      Space& s = *space;
+      if (poison_ && !s.gone) {
+        auto poison = [&s](std::uint64_t start, std::uint64_t len) {
+          UffdioPoison p{};
+          p.range.start = start;
+          p.range.len = len;
+          (void)::ioctl(s.uffd.get(), kUffdioPoison, &p);  // wakes the range: they refault, SIGBUS
+        };
+        for (Range& r : s.ranges) {
+          std::uint64_t i = r.NextUnplaced(0);
+          while (i < r.pages()) {
+            std::uint64_t j = i;
+            while (j < r.pages() && !r.IsPlaced(j)) ++j;
+            poison(r.Addr(i), (j - i) * kPageSize);
+            i = r.NextUnplaced(j);
+          }
+        }
+        for (const Move& m : s.remaps) {
+          for (std::size_t p = m.next; p < m.pages.size(); ++p) {
+            poison(m.to + (m.pages[p] - m.from), kPageSize);
+          }
+        }
+      }
+      s.uffd.Close();
+    }
   }
 
-  OwnedFd uffd_;
-  OwnedFd pidfd_;
+  OwnedFd pidfd_;  // of the restored process, while it is served
   PageSource& source_;
   const Options options_;
-  std::vector<Range> ranges_;
   const bool poison_;
   const std::uint64_t started_ns_;
   std::vector<std::byte> staging_;
   std::vector<bool> present_;
-  std::uint64_t unplaced_ = 0;
-  std::size_t cursor_range_ = 0;
-  std::uint64_t cursor_page_ = 0;
-  std::vector<std::uint64_t> deferred_;  // fault addresses to retry
-  std::vector<Move> remaps_;             // mremap events not yet carried out
-  bool gone_ = false;
-  bool first_fault_pending_ = false;
+  std::vector<std::unique_ptr<Space>> spaces_;  // the restored process first, then children
+  Space* root_ = nullptr;                       // the restored process, until retired
+  std::size_t stream_next_ = 0;                 // the space whose stream batch is next
   LazyStats stats_;
 };
 
@@ -636,23 +797,33 @@ Result<std::unique_ptr<LazyPageServer>> LazyPageServer::Start(
   uffdio_api api{};
   api.api = UFFD_API;
   api.features = kWantedFeatures | kFeaturePoison;
-  if (::ioctl(uffd.get(), UFFDIO_API, &api) != 0 && errno == EINVAL) {
+  int api_rc = ::ioctl(uffd.get(), UFFDIO_API, &api);
+  if (api_rc != 0 && errno == EINVAL) {
     api = {};  // a kernel without POISON refuses the unknown bit; nothing was set
     api.api = UFFD_API;
     api.features = kWantedFeatures;
-    if (::ioctl(uffd.get(), UFFDIO_API, &api) != 0) {
-      return ErrnoError(errno,
-                        "lazy pages: UFFDIO_API on fd {} (it must be a fresh userfaultfd, not yet "
-                        "initialized)",
-                        uffd_raw);
-    }
+    api_rc = ::ioctl(uffd.get(), UFFDIO_API, &api);
+  }
+  if (api_rc != 0 && errno == EPERM) {
+    // The kernel gives UFFD_FEATURE_EVENT_FORK only to CAP_SYS_PTRACE (it
+    // installs fds in the reader); without it a fork would corrupt memory.
+    return MakeError(Errc::kPermissionDenied,
+                     "lazy pages: userfaultfd fork events need CAP_SYS_PTRACE, without them a "
+                     "child forked during post-copy would read zeros");
+  }
+  if (api_rc != 0) {
+    return ErrnoError(errno,
+                      "lazy pages: UFFDIO_API on fd {} (it must be a fresh userfaultfd, not yet "
+                      "initialized)",
+                      uffd_raw);
   }
   const bool poison = (api.features & kFeaturePoison) != 0;
   if ((api.features & kWantedFeatures) != kWantedFeatures) {
-    return MakeError(Errc::kUnsupported,
-                     "lazy pages: this kernel's userfaultfd lacks the REMOVE/UNMAP/REMAP events "
-                     "(features {:#x})",
-                     api.features);
+    return MakeError(
+        Errc::kUnsupported,
+        "lazy pages: this kernel's userfaultfd lacks the FORK/REMOVE/UNMAP/REMAP events "
+        "(features {:#x})",
+        api.features);
   }
   for (const Range& r : table) {
     uffdio_register reg{};

@@ -5,6 +5,13 @@
 // large batches. When every page is in place the userfaultfd is closed and
 // the process no longer depends on us.
 //
+// A child the process forks while pages are missing is served too: the
+// userfaultfd asks for fork events, whose message brings the child's own
+// userfaultfd (already registered over the child's copies of the ranges).
+// The child's missing pages are those the parent lacked at the fork (minus
+// what it had discarded); they get their own fault handling and stream,
+// taking turns with the parent's. Children of children likewise.
+//
 // Thread-safety and lifetime: Start() spawns one server thread, the only user
 // of `source` and of the userfaultfd until Wait() returns; `source` must
 // outlive the server and must not be used by anyone else meanwhile. Wait()
@@ -39,6 +46,12 @@ struct LazyStats {
   std::uint64_t pages_unplaced = 0;  // never placed (the process exited first, or stopped early)
   std::uint64_t pages_dropped = 0;   // discarded by the process (madvise, munmap) before placement
   bool process_exited = false;       // serving ended because the process went away
+  // Children (and their children) forked while pages were missing. Their
+  // pages are not in the counts above.
+  std::uint64_t forks = 0;
+  std::uint64_t child_pages_placed = 0;    // pages placed into those children
+  std::uint64_t child_pages_unplaced = 0;  // never placed: the child exited (or exec'd) first
+  std::uint64_t children_exited = 0;       // children that went away before all were placed
 };
 
 class LazyPageServer final {
@@ -52,7 +65,9 @@ class LazyPageServer final {
     // Pages per background stream batch; faults wait at most one batch. 0 turns
     // the stream off: pages are placed only on fault (a measurement mode; the
     // server then ends when every page is placed or the process exits, and
-    // needs `pid` or `pidfd` to notice the exit).
+    // needs `pid` or `pidfd` to notice the exit). Forked children are always
+    // streamed (256 pages when this is 0): their exit is noticed only by a
+    // copy failing, the fork event names no pid.
     std::uint32_t stream_batch_pages = 256;
     // A run of at least this many pages absent from the source is placed with
     // UFFDIO_ZEROPAGE (maps the shared zero page, no memory used); shorter
@@ -78,14 +93,15 @@ class LazyPageServer final {
   // page-aligned [start, end) of private anonymous VMAs already mapped there,
   // sorted and disjoint. The server takes ownership of the fd and closes it
   // when it is done (or on failure here). It does the UFFDIO_API call itself,
-  // asking for the non-cooperative events REMOVE, UNMAP and REMAP (so a
-  // madvise(DONTNEED), munmap or mremap of a missing page is seen instead of
-  // later being overwritten or silently zero-filled) and for POISON where the
-  // kernel has it (6.6+). Any other user of the same fd (a copy left in the
-  // target process) must be closed by the caller, or the registrations
-  // outlive the server and a later discard makes a fault nobody serves.
-  // Pages absent from `source` are zero. Registers the ranges
-  // (UFFDIO_REGISTER_MODE_MISSING) and starts the server thread.
+  // asking for the non-cooperative events FORK, REMOVE, UNMAP and REMAP (so a
+  // fork, madvise(DONTNEED), munmap or mremap of a missing page is seen
+  // instead of later being overwritten or silently zero-filled) and for
+  // POISON where the kernel has it (6.6+). Fork events need CAP_SYS_PTRACE
+  // in the caller: without it Start fails with kPermissionDenied and
+  // nothing is registered (restore then falls back to stop-copy). Any other user of the same fd (a
+  // copy left in the target process) must be closed by the caller, or the registrations outlive the
+  // server and a later discard makes a fault nobody serves. Pages absent from `source` are zero.
+  // Registers the ranges (UFFDIO_REGISTER_MODE_MISSING) and starts the server thread.
   static Result<std::unique_ptr<LazyPageServer>> Start(
       int uffd, std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges, PageSource& source,
       Options options);
@@ -99,13 +115,16 @@ class LazyPageServer final {
   LazyPageServer& operator=(const LazyPageServer&) = delete;
 
   // Joins the server: the stats once every page is placed or the process went
-  // away (a normal end; pages_unplaced says what was never placed), or the
+  // away, and the same for every child it forked meanwhile (a normal end;
+  // pages_unplaced says what was never placed), or the
   // first error. On an error (a source that fails to read, an unexpected
   // ioctl failure) the server first SIGKILLs the process when it has its
   // pidfd, then poisons every unplaced page (UFFDIO_POISON, where available)
   // and closes the userfaultfd: a faulting thread never hangs and never reads
   // a zero page where data was lost; it dies of SIGKILL or SIGBUS. Restore
-  // would kill such a process anyway.
+  // would kill such a process anyway. Forked children (no pid is known for
+  // them) are poisoned the same way; a child leaving serving (exit, exec)
+  // is a normal end of that child, never an error.
   Result<LazyStats> Wait();
 
   // Asks the server to stop early (Wait then reports unplaced pages). Pages

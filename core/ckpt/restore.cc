@@ -702,11 +702,19 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
     } else {
       const auto ranges = rebuild.LazyRanges();
       ROAM_TRY(rebuild.WriteEagerPages(pages, ranges));
-      for (const auto& [start, end] : ranges) stats.lazy_pages += (end - start) / kPageSize;
       LazyPageServer::Options lazy_options;
       lazy_options.pid = stub;
       // From here the server alone reads `pages`.
-      ROAM_ASSIGN_OR_RETURN(server, LazyPageServer::Start(*uffd, ranges, pages, lazy_options));
+      auto serving = LazyPageServer::Start(*uffd, ranges, pages, lazy_options);
+      if (!serving && serving.error().code() == Errc::kPermissionDenied) {
+        // No fork events for us: a fork before the last page would hand the
+        // child zeros. Nothing was registered; every page is written below.
+        stats.notes.push_back("post-copy unavailable, restored by stop-copy: " +
+                              serving.error().ToString());
+      } else {
+        ROAM_ASSIGN_OR_RETURN(server, std::move(serving));
+        for (const auto& [start, end] : ranges) stats.lazy_pages += (end - start) / kPageSize;
+      }
     }
   }
   if (!server) ROAM_TRY(rebuild.WritePages(pages));

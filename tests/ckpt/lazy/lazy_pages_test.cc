@@ -494,6 +494,242 @@ TEST_F(LazyPagesTest, DiscardUnmapAndMoveByTheProcessAreHonoured) {
   region.size = half * kPageSize;
 }
 
+// Fork during post-copy. A restored-like process (its own mm, its
+// userfaultfd handed to the server) touches one page, discards another that
+// is still missing, and forks; the child does the same and forks again down
+// to `depth` levels. Every process checks every byte against the source:
+// the pages its ancestors and itself discarded before forking must read as
+// zero, all others as the source says, whether the parent had been given
+// them before the fork or not.
+constexpr std::uint64_t kTouched = 5;      // its 64-page block is placed before the fork
+constexpr std::uint64_t kDiscarded = 100;  // level L discards page kDiscarded + L
+
+// The bad pages a process at `level` (0: leaf) of a tree of `depth` sees.
+std::uint64_t BadPages(std::uint64_t base, std::uint64_t pages, int level, int depth) {
+  std::uint64_t bad = 0;
+  for (std::uint64_t p = 0; p < pages; ++p) {
+    const std::uint64_t addr = base + p * kPageSize;
+    const bool discarded = p >= kDiscarded + static_cast<std::uint64_t>(std::max(level, 1)) &&
+                           p <= kDiscarded + static_cast<std::uint64_t>(depth);
+    if (!discarded) {
+      bad += PageOk(addr, p) ? 0 : 1;
+      continue;
+    }
+    const auto* words = reinterpret_cast<const volatile std::uint64_t*>(addr);
+    for (std::uint64_t i = 0; i < kPageSize / 8; ++i) {
+      if (words[i] != 0) {
+        ++bad;
+        break;
+      }
+    }
+  }
+  return bad;
+}
+
+// Runs in a forked process only (it _exits in the children): the exit code
+// of the tree below and including this process, 0 when every byte was right.
+int ForkTree(std::uint64_t base, std::uint64_t pages, int level, int depth) {
+  if (level == 0) return BadPages(base, pages, 0, depth) == 0 ? 0 : 1;
+  (void)*reinterpret_cast<volatile char*>(base + kTouched * kPageSize);
+  if (::madvise(reinterpret_cast<void*>(base + (kDiscarded + level) * kPageSize), kPageSize,
+                MADV_DONTNEED) != 0) {
+    return 2;
+  }
+  const pid_t pid = ::fork();
+  if (pid < 0) return 3;
+  if (pid == 0) _exit(ForkTree(base, pages, level - 1, depth));
+  int rc = BadPages(base, pages, level, depth) == 0 ? 0 : 1;
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return 4;
+  return rc != 0 ? rc : WEXITSTATUS(status) * 16;
+}
+
+// A process whose child touches one page and exits at once, long before its
+// missing pages could all be placed; the process itself checks every byte.
+int ForkShortLivedChild(std::uint64_t base, std::uint64_t pages) {
+  (void)*reinterpret_cast<volatile char*>(base + kTouched * kPageSize);
+  const pid_t pid = ::fork();
+  if (pid < 0) return 3;
+  if (pid == 0) {
+    (void)*reinterpret_cast<volatile char*>(base + 4000 * kPageSize);
+    _exit(0);
+  }
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return 4;
+  return BadPages(base, pages, 1, 0) == 0 ? 0 : 1;
+}
+
+// Starts a process that owns a `bytes` region (missing pages registered with
+// its userfaultfd, served from `store`), waits for "go", runs `body` on the
+// region and exits with its result.
+struct ForkingProcess {
+  pid_t pid = -1;
+  int sock = -1;
+  int uffd = -1;
+  ~ForkingProcess() {
+    if (sock >= 0) ::close(sock);
+    if (pid > 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+template <typename Body>
+void StartForkingProcess(ForkingProcess& proc, Body body) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  proc.pid = ::fork();
+  ASSERT_GE(proc.pid, 0);
+  if (proc.pid == 0) {
+    ::close(sv[0]);
+    ::alarm(100);  // never outlive the test
+    const int uffd = NewUffd();
+    if (uffd < 0) _exit(91);
+    SendFd(sv[1], uffd);
+    ::close(uffd);
+    char go = 0;
+    if (::read(sv[1], &go, 1) != 1) _exit(92);
+    _exit(body());
+  }
+  ::close(sv[1]);
+  proc.sock = sv[0];
+  proc.uffd = ReceiveFd(proc.sock);
+  ASSERT_GE(proc.uffd, 0);
+}
+
+struct ForkRun {
+  LazyStats stats;
+  int status = 0;
+  double ms = 0;  // "go" to the process tree's end
+};
+
+// Serves a `bytes` region of a process running `body`; `stream` 0: the
+// process itself gets pages only on fault, so nearly all are missing when it
+// forks.
+template <typename Body>
+void ServeForkingProcess(std::uint64_t bytes, std::uint32_t stream, Body body, ForkRun& run) {
+  Region region(bytes);
+  ASSERT_NE(region.base, 0u);
+  MemoryPageStore store;
+  FillStore(store, region.base, region.pages());
+  ForkingProcess proc;
+  const std::uint64_t base = region.base;
+  const std::uint64_t pages = region.pages();
+  ASSERT_NO_FATAL_FAILURE(StartForkingProcess(proc, [&] { return body(base, pages); }));
+  LazyPageServer::Options options;
+  options.pid = proc.pid;
+  options.stream_batch_pages = stream;
+  auto server = LazyPageServer::Start(proc.uffd, region.ranges(), store, options);
+  ASSERT_TRUE(server.has_value()) << server.error().ToString();
+  const auto t0 = std::chrono::steady_clock::now();
+  const char go = 'g';
+  ASSERT_EQ(::send(proc.sock, &go, 1, MSG_NOSIGNAL), 1);
+  EXPECT_EQ(::waitpid(proc.pid, &run.status, 0), proc.pid);
+  run.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  proc.pid = -1;
+  auto stats = (*server)->Wait();
+  ASSERT_TRUE(stats.has_value()) << stats.error().ToString();
+  run.stats = *stats;
+}
+
+void ExpectForkTreeSeesEveryByte(int depth, std::uint32_t stream) {
+  constexpr std::uint64_t kBytes = 32 << 20;
+  ForkRun run;
+  ASSERT_NO_FATAL_FAILURE(ServeForkingProcess(
+      kBytes, stream,
+      [depth](std::uint64_t base, std::uint64_t pages) {
+        return ForkTree(base, pages, depth, depth);
+      },
+      run));
+  // 1: the process's own bytes, 16 * (1 + ...): its child's, and so on.
+  EXPECT_TRUE(WIFEXITED(run.status) && WEXITSTATUS(run.status) == 0) << "status " << run.status;
+  const LazyStats& s = run.stats;
+  EXPECT_EQ(s.forks, static_cast<std::uint64_t>(depth));
+  EXPECT_EQ(s.pages_unplaced, 0u);
+  EXPECT_EQ(s.child_pages_unplaced, 0u);  // every child read every page before it exited
+  // With the stream on, the discarded page may have been placed already.
+  EXPECT_EQ(s.pages_dropped, stream == 0 ? 1u : s.pages_dropped);
+  if (stream == 0 && depth == 1) {
+    // The child lacked what its parent lacked: all but the touched block and
+    // the discarded page.
+    EXPECT_EQ(s.child_pages_placed, kBytes / kPageSize - 64 - 1);
+  }
+  std::printf(
+      "fork tree of depth %d, 32 MiB, parent stream %u: %.1f ms, %lu forks, %lu pages into "
+      "children, parent %lu on fault + %lu streamed\n",
+      depth, stream, run.ms, s.forks, s.child_pages_placed, s.pages_on_fault, s.pages_streamed);
+}
+
+TEST_F(LazyPagesTest, ForkedChildReadsTheSourceWhereItsParentHadNoPages) {
+  ExpectForkTreeSeesEveryByte(1, 0);
+}
+
+TEST_F(LazyPagesTest, ForkedChildReadsEveryByteWhileTheParentStreams) {
+  ExpectForkTreeSeesEveryByte(1, 256);
+}
+
+TEST_F(LazyPagesTest, GrandchildForkedWhileItsPagesAreMissingReadsEveryByte) {
+  ExpectForkTreeSeesEveryByte(2, 0);
+  ExpectForkTreeSeesEveryByte(3, 256);
+}
+
+TEST_F(LazyPagesTest, ChildExitingMidFillLeavesTheParentServed) {
+  ForkRun run;
+  ASSERT_NO_FATAL_FAILURE(ServeForkingProcess(64 << 20, 0, ForkShortLivedChild, run));
+  EXPECT_TRUE(WIFEXITED(run.status) && WEXITSTATUS(run.status) == 0) << "status " << run.status;
+  const LazyStats& s = run.stats;
+  EXPECT_EQ(s.forks, 1u);
+  EXPECT_EQ(s.pages_unplaced, 0u);
+  EXPECT_FALSE(s.process_exited);
+  EXPECT_EQ(s.children_exited, 1u);
+  EXPECT_GT(s.child_pages_unplaced, 0u);
+  EXPECT_EQ(s.child_pages_placed + s.child_pages_unplaced, (64u << 20) / kPageSize - 64);
+  std::printf("child exiting mid-fill: %lu of its pages placed, %lu never\n", s.child_pages_placed,
+              s.child_pages_unplaced);
+}
+
+// Measurements for the docs (not asserted): what a fork costs while 64 MiB
+// are missing: the fork itself (the forking thread waits until the server
+// reads the event) and the child's own copy of every page it lacked.
+TEST_F(LazyPagesTest, MeasureForkDuringPostCopy) {
+  constexpr std::uint64_t kBytes = 64 << 20;
+  struct Timing {
+    double fork_us = 0;
+    double child_ms = 0;
+  };
+  for (const bool touch_all : {true, false}) {
+    ForkRun run;
+    Timing* shared = static_cast<Timing*>(
+        ::mmap(nullptr, sizeof(Timing), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    ASSERT_NE(shared, MAP_FAILED);
+    ASSERT_NO_FATAL_FAILURE(ServeForkingProcess(
+        kBytes, 0,
+        [shared, touch_all](std::uint64_t base, std::uint64_t pages) {
+          const auto t0 = std::chrono::steady_clock::now();
+          const pid_t pid = ::fork();
+          if (pid == 0) {
+            if (touch_all) (void)Checksum(base, pages);
+            _exit(0);
+          }
+          const auto t1 = std::chrono::steady_clock::now();
+          int status = 0;
+          ::waitpid(pid, &status, 0);
+          const auto t2 = std::chrono::steady_clock::now();
+          shared->fork_us = std::chrono::duration<double, std::micro>(t1 - t0).count();
+          shared->child_ms = std::chrono::duration<double, std::milli>(t2 - t0).count();
+          return 0;
+        },
+        run));
+    std::printf(
+        "[measure] fork with 64 MiB missing, child %s: fork() %.0f us, child done after %.1f ms, "
+        "%lu pages copied into it (%lu never)\n",
+        touch_all ? "reads all" : "exits at once", shared->fork_us, shared->child_ms,
+        run.stats.child_pages_placed, run.stats.child_pages_unplaced);
+    ::munmap(shared, sizeof(Timing));
+  }
+}
+
 TEST_F(LazyPagesTest, RefusesBadArguments) {
   MemoryPageStore store;
   auto unaligned = LazyPageServer::Start(NewUffd(), {{0x1000, 0x1800}}, store);
