@@ -267,6 +267,28 @@ TEST_F(CkptTest, SelfCheckingWorkloadSurvivesPostCopy) {
   EXPECT_EQ(out.find("broken"), std::string::npos) << out;
 }
 
+// Post-copy and fork: the restored process forks as soon as it runs, while
+// most of its 48 MiB are still missing; the child must see the source's
+// bytes, not zeros, and so must the parent.
+TEST_F(CkptTest, ChildForkedRightAfterLazyRestoreSeesEveryByte) {
+  Spit(Path("stdin"), "go\n");
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);  // blocks reading it until the restore gives a line
+  Process w({TestBin("ckpt_forker"), "48"}, Path("out"), p[0]);
+  close(p[0]);
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
+  close(p[1]);
+  const auto rs = RunCommand(
+      {Bin("roam"), "restore", Path("img").string(), "--lazy", "--stdin", Path("stdin").string()});
+  EXPECT_EQ(rs.exit_code, 0) << rs.err;
+  EXPECT_EQ(rs.err.find("post-copy unavailable"), std::string::npos) << rs.err;
+  const std::string out = Slurp(Path("out"));
+  EXPECT_NE(out.find("child ok"), std::string::npos) << out;
+  EXPECT_NE(out.find("parent ok"), std::string::npos) << out;
+}
+
 TEST_F(CkptTest, ThreadsSurvivePostCopy) {
   Process w({TestBin("ckpt_threads"), "1.0"}, Path("out"));
   ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
