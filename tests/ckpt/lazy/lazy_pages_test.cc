@@ -611,12 +611,14 @@ template <typename Body>
 void ServeForkingProcess(std::uint64_t bytes, std::uint32_t stream, Body body, ForkRun& run) {
   Region region(bytes);
   ASSERT_NE(region.base, 0u);
-  MemoryPageStore store;
-  FillStore(store, region.base, region.pages());
   ForkingProcess proc;
   const std::uint64_t base = region.base;
   const std::uint64_t pages = region.pages();
+  // Started before the store is filled, so that its own forks do not copy
+  // the page tables of our copy of the source.
   ASSERT_NO_FATAL_FAILURE(StartForkingProcess(proc, [&] { return body(base, pages); }));
+  MemoryPageStore store;
+  FillStore(store, region.base, region.pages());
   LazyPageServer::Options options;
   options.pid = proc.pid;
   options.stream_batch_pages = stream;
