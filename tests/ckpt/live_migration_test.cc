@@ -6,6 +6,7 @@
 // - post-copy from the frozen process: nothing is written anywhere, the
 //   restored process runs at once and its pages come from the original.
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -42,6 +43,25 @@ struct Pipe {
   int fd[2] = {-1, -1};
 };
 
+// The CPUs this test process may use, before roam touched anything: roam
+// pins tracer and tracee to one CPU while it works, and must undo it.
+cpu_set_t OurCpus() {
+  static const cpu_set_t initial = [] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    (void)sched_getaffinity(0, sizeof(set), &set);
+    return set;
+  }();
+  return initial;
+}
+
+// Whether thread `tid` (0: this one) may run on the CPUs we started with.
+bool SameAffinityAsUs(pid_t tid) {
+  cpu_set_t ours = OurCpus(), theirs;
+  if (sched_getaffinity(tid, sizeof(theirs), &theirs) != 0) return false;
+  return CPU_EQUAL(&ours, &theirs);
+}
+
 // Reads one line (without the newline); empty at end of file.
 std::string ReadLine(int fd) {
   std::string line;
@@ -69,7 +89,10 @@ struct Child {
 
 class LiveMigrationTest : public ::testing::Test {
  protected:
-  void SetUp() override { ROAM_SKIP_UNLESS_ROOT("seizes the workload and injects into it"); }
+  void SetUp() override {
+    ROAM_SKIP_UNLESS_ROOT("seizes the workload and injects into it");
+    (void)OurCpus();
+  }
 
   // Starts the workload with its stdin and stdout on the fixture's pipes.
   void Spawn(Child& child) {
@@ -182,6 +205,8 @@ TEST_F(LiveMigrationTest, PostCopyFromTheFrozenProcess) {
   Child copy;
   copy.pid = restored->pid;
   ASSERT_TRUE(restored->post_copy) << "post-copy was not used";
+  EXPECT_TRUE(SameAffinityAsUs(copy.pid)) << "the copy kept the pin of the restore";
+  EXPECT_TRUE(SameAffinityAsUs(0)) << "roam kept its own pin";
   std::printf("frozen %.2f ms, restored in %.2f ms, %llu pages left to post-copy\n",
               static_cast<double>(captured.frozen_ns) / 1e6,
               static_cast<double>(restored->restore_ns) / 1e6,
@@ -211,6 +236,8 @@ TEST_F(LiveMigrationTest, FailedRestoreResumesTheFrozenProcess) {
   restore.same_pid = true;  // the original still holds it: refused
   EXPECT_FALSE(Restore(meta, **source, restore).has_value());
   (*source)->Resume();
+  EXPECT_TRUE(SameAffinityAsUs(original.pid)) << "the original kept the pin of the capture";
+  EXPECT_TRUE(SameAffinityAsUs(0)) << "roam kept its own pin";
   EXPECT_EQ(Hash(in_.fd[1], out_.fd[0]), before) << "the original runs on as it was";
   ASSERT_EQ(write(in_.fd[1], "v", 1), 1);
   EXPECT_EQ(ReadLine(out_.fd[0]), "ok");
