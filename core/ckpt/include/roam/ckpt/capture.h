@@ -125,7 +125,9 @@ class FrozenSource final : public PageSource {
   void Resume();
 
   pid_t pid() const;
-  std::uint64_t pages() const;  // pages that travel (zero ones included)
+  // Pages that travel (zero ones written by the process included); walks
+  // the anonymous mappings if that was not done yet.
+  std::uint64_t pages();
 
  private:
   std::unique_ptr<Impl> impl_;
