@@ -117,8 +117,9 @@ class FrozenProcess {
                         [tid](const FrozenThread& t) { return t.tracee.tid() == tid; });
         if (known) continue;
         ROAM_ASSIGN_OR_RETURN(Tracee tracee, Tracee::Seize(tid));
-        ROAM_TRY(tracee.Interrupt());
+        // Pinned first: the stop itself is then a wakeup on our CPU.
         if (colocation_) colocation_->Add(tid);
+        ROAM_TRY(tracee.Interrupt());
         ROAM_ASSIGN_OR_RETURN(arch::Regs regs, arch::GetRegs(tid));
         ROAM_ASSIGN_OR_RETURN(const std::uint64_t sigmask, tracee.GetSigmask());
         // Resuming with these registers re-issues an interrupted syscall, in
