@@ -647,8 +647,8 @@ Result<std::map<std::string, image::FileIdentity>> IdentifyMappedFiles(pid_t pid
 }
 
 // Where the pages of a process kept frozen are: runs of pages that travel,
-// and anonymous mappings not walked yet (walking a gibibyte of page tables
-// takes 15-30 ms here: done after the freeze, when the pages are wanted).
+// and writable anonymous mappings not walked yet (walking a gibibyte of page
+// tables takes 15-30 ms here: done after the freeze, when pages are wanted).
 struct Located {
   PageRuns runs;
   PageRuns unscanned;
@@ -742,7 +742,9 @@ Status CaptureFrozen(pid_t pid, const CaptureOptions& options, FrozenProcess& fr
       continue;
     }
     if (!CarriesPages(kind)) continue;
-    if (locate != nullptr && kind == image::Vma::ANONYMOUS) {
+    // Writable anonymous memory is what post-copy serves later; the rest
+    // (mostly empty reservations) is walked now, which is quick.
+    if (locate != nullptr && kind == image::Vma::ANONYMOUS && v.write) {
       locate->unscanned.emplace_back(v.start, v.end);
       continue;
     }
@@ -911,6 +913,14 @@ Result<bool> FrozenSource::ReadPage(std::uint64_t vaddr, std::span<std::byte> ou
   }
   ROAM_TRY(impl_->Read(vaddr, out4k));
   return !IsZeroPage(out4k.data());
+}
+
+std::optional<std::vector<std::pair<std::uint64_t, std::uint64_t>>> FrozenSource::Extent() const {
+  // The runs found so far and the anonymous mappings not walked yet.
+  PageRuns all = impl_->located.runs;
+  all.insert(all.end(), impl_->located.unscanned.begin(), impl_->located.unscanned.end());
+  std::sort(all.begin(), all.end());
+  return all;
 }
 
 void FrozenSource::Kill() {

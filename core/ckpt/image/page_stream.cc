@@ -95,6 +95,18 @@ class PageStreamReader final : public PageSource {
   Status Open();
   Status ForEach(const RunFn& fn) override;
   Result<bool> ReadPage(std::uint64_t vaddr, std::span<std::byte> out4k) override;
+  std::optional<std::vector<std::pair<std::uint64_t, std::uint64_t>>> Extent() const override {
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
+    for (const auto& r : records_) {
+      const std::uint64_t end = r.vaddr + std::uint64_t{r.npages} * kPageSize;
+      if (!runs.empty() && runs.back().second == r.vaddr) {
+        runs.back().second = end;
+      } else {
+        runs.emplace_back(r.vaddr, end);
+      }
+    }
+    return runs;
+  }
 
  private:
   template <typename... Args>

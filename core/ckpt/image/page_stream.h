@@ -52,6 +52,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -91,6 +92,12 @@ class PageSource {
   // true, or returns false if the stream has no such page. Fails (kCorrupt)
   // if the page's own run is damaged; other pages may still read.
   virtual Result<bool> ReadPage(std::uint64_t vaddr, std::span<std::byte> out4k) = 0;
+  // Where its pages may be, as sorted, disjoint [start, end) ranges, when
+  // that is known without reading them (an index); nullopt when it is not.
+  // A page outside them is absent; one inside may still be (ReadPage says).
+  virtual std::optional<std::vector<std::pair<std::uint64_t, std::uint64_t>>> Extent() const {
+    return std::nullopt;
+  }
 };
 
 // Pages held in memory, in any order of Add (overlap is still refused).

@@ -121,6 +121,7 @@ class FrozenSource final : public PageSource {
 
   Status ForEach(const RunFn& fn) override;
   Result<bool> ReadPage(std::uint64_t vaddr, std::span<std::byte> out4k) override;
+  std::optional<std::vector<std::pair<std::uint64_t, std::uint64_t>>> Extent() const override;
   void Kill();
   void Resume();
 
