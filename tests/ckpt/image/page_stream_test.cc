@@ -190,6 +190,19 @@ TEST_F(PageStreamTest, ReadPageHitsAndMisses) {
   EXPECT_EQ((*source)->ReadPage(0x1001, page).error().code(), Errc::kInvalidArgument);
 }
 
+// Adjacent records (a long run is several) come back as one range.
+TEST_F(PageStreamTest, ExtentComesFromTheIndex) {
+  const Runs runs = {
+      {0x10000, RandomPages(100, 1)}, {0x84000, RandomPages(2, 2)}, {0x86000, RandomPages(1, 3)}};
+  WriteRuns(runs);
+  auto source = OpenPageFileReader(path());
+  ASSERT_TRUE(source.has_value()) << source.error().ToString();
+  const auto extent = (*source)->Extent();
+  ASSERT_TRUE(extent.has_value());
+  EXPECT_EQ(*extent, (std::vector<std::pair<std::uint64_t, std::uint64_t>>{
+                         {0x10000, 0x10000 + 100 * kPageSize}, {0x84000, 0x87000}}));
+}
+
 TEST_F(PageStreamTest, WriterRefusesBadRuns) {
   auto sink = OpenPageFileWriter(path());
   ASSERT_TRUE(sink.has_value());
