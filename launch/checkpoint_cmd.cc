@@ -104,8 +104,7 @@ int RunCheckpoint() {
   if (pre_copy) {
     std::printf("pre-copy: %llu pages came from the rounds, %llu read while frozen\n",
                 static_cast<unsigned long long>(stats->pre_copied_pages),
-                static_cast<unsigned long long>(stats->pages_written + stats->zero_pages_skipped -
-                                                stats->pre_copied_pages));
+                static_cast<unsigned long long>(stats->pages_read));
   }
   for (const auto& note : stats->notes) std::printf("note: %s\n", note.c_str());
   return 0;

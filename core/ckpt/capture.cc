@@ -308,13 +308,17 @@ class PageCapturer {
       iovec local{out, bytes};
       iovec remote{reinterpret_cast<void*>(address), bytes};
       const ssize_t n = process_vm_readv(pid_, &local, 1, &remote, 1, 0);
-      if (n == static_cast<ssize_t>(bytes)) return true;
+      if (n == static_cast<ssize_t>(bytes)) {
+        stats_.pages_read += npages;
+        return true;
+      }
     }
     // Not readable by the process itself (PROT_NONE after mprotect, say):
     // /proc/PID/mem reads it anyway.
     auto read = memory_.Read(address, std::span(out, bytes));
     if (!read && best_effort_) return false;
     ROAM_TRY(read);
+    stats_.pages_read += npages;
     return true;
   }
 

@@ -44,6 +44,7 @@ struct CaptureStats {
   std::uint64_t file_pages_skipped = 0;  // clean pages of private file mappings
   std::uint64_t frozen_ns = 0;           // how long the process was stopped
   std::size_t injected_syscalls = 0;
+  std::uint64_t pages_read = 0;        // read out of the process
   std::uint64_t pre_copied_pages = 0;  // taken from the pre-copy's store
   std::vector<std::string> notes;      // what was adjusted, one line each
 };
