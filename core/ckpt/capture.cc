@@ -600,6 +600,10 @@ Result<PreCopy::Round> PreCopy::CopyRound() {
   capturer.SetBestEffort();
   capturer.OnZeroPages(
       [this](std::uint64_t vaddr, std::uint64_t npages) { store_->PutZero(vaddr, npages); });
+  // What was written is stale in the store, all of it before anything is
+  // read: a round that fails halfway must not leave old copies that the
+  // next Collect no longer names (the final capture reads what is missing).
+  for (const auto& [lo, hi] : written) store_->Drop(lo, (hi - lo) / kPageSize);
   auto run = written.begin();
   for (const auto& v : vmas) {
     const auto kind = KindOf(v);
@@ -611,14 +615,15 @@ Result<PreCopy::Round> PreCopy::CopyRound() {
     while (run != written.end() && run->second <= v.start) ++run;
     for (auto r = run; r != written.end() && r->first < v.end; ++r) {
       const std::uint64_t lo = std::max(r->first, v.start), hi = std::min(r->second, v.end);
-      // What was there is stale: gone, zero now, or read again below.
-      store_->Drop(lo, (hi - lo) / kPageSize);
       ROAM_TRY(capturer.CaptureRange(lo, hi, v.read, pagemap));
     }
   }
   first_round_ = false;
-  return Round{stats.pages_written + stats.zero_pages_skipped,
-               static_cast<std::uint64_t>(NowNs(CLOCK_MONOTONIC) - started)};
+  return Round{stats.pages_read, static_cast<std::uint64_t>(NowNs(CLOCK_MONOTONIC) - started)};
+}
+
+void PreCopy::Forget(const PageRuns& runs) {
+  for (const auto& [lo, hi] : runs) store_->Drop(lo, (hi - lo) / kPageSize);
 }
 
 Result<std::vector<PreCopy::Round>> PreCopy::Converge(int max_rounds, std::uint64_t enough_pages) {
@@ -714,6 +719,9 @@ Status CaptureFrozen(pid_t pid, const CaptureOptions& options, FrozenProcess& fr
                        options.pre_copy->pid(), pid);
     }
     ROAM_ASSIGN_OR_RETURN(written, options.pre_copy->tracker().Collect());
+    // Forgotten at once, so a capture that fails later and is tried again
+    // cannot take them from the store (the next Collect would not name them).
+    options.pre_copy->Forget(written);
     pre_copied.emplace(PreCopied{options.pre_copy->store(), written});
     capturer.UsePreCopied(&*pre_copied);
   }
@@ -822,16 +830,21 @@ struct FrozenSource::Impl {
   }
   // Walks the anonymous mappings: every page that exists travels.
   Status ScanAll() {
+    PageRuns found = located.runs;
+    std::uint64_t count = 0;
     for (const auto& [start, end] : located.unscanned) {
       ROAM_ASSIGN_OR_RETURN(const auto ranges, pagemap->Scan(start, end));
       for (const auto& r : ranges) {
         if (r.zero_pfn || r.file) continue;
-        located.runs.emplace_back(r.start, r.end);
-        pages += (r.end - r.start) / kPageSize;
+        found.emplace_back(r.start, r.end);
+        count += (r.end - r.start) / kPageSize;
       }
     }
+    // Only complete walks replace what is known (the runs stay sorted).
+    std::sort(found.begin(), found.end());
+    located.runs = std::move(found);
     located.unscanned.clear();
-    std::sort(located.runs.begin(), located.runs.end());
+    pages += count;
     return Ok();
   }
   Status Read(std::uint64_t address, std::span<std::byte> out) const {

@@ -87,7 +87,7 @@ class DirtyTracker final {
   static Status Probe();
 
   // `pid` is frozen (every thread in a ptrace stop) and `injector` drives one
-  // of its threads. Injects userfaultfd(O_CLOEXEC|O_NONBLOCK), takes it out
+  // of its threads. Injects userfaultfd(O_CLOEXEC|O_NONBLOCK|UFFD_USER_MODE_ONLY), takes it out
   // with pidfd_getfd and closes it in the target right away (2 injected
   // calls), enables async write protection and registers and write-protects
   // every tracked VMA. The target may be resumed as soon as this returns.
@@ -101,7 +101,7 @@ class DirtyTracker final {
 
   // Pages written since Start or the previous Collect, re-protected for the
   // next round in the same walk. VMAs that appeared since (mmap, mremap, brk
-  // growth, a mapping placed over a tracked one) or became writable are
+  // growth, a mapping placed over a tracked one) are
   // reported whole and registered. The target may run meanwhile: a write
   // racing with the scan lands in this round or the next, never in none.
   // Fails when the process is gone.

@@ -435,9 +435,11 @@ TEST_F(CkptTest, UnprivilegedUserCheckpointsAndRestoresOwnProcess) {
   Process w(nobody({TestBin("ckpt_workload"), "1.0", (home / "data").string()}), home / "out");
   ASSERT_TRUE(WaitFor(home / "out", "ready")) << Slurp(home / "out");
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  const auto cp = RunCommand(
-      nobody({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o", (home / "img").string()}));
+  // Pre-copy too: its userfaultfd is made by the target, here not root.
+  const auto cp = RunCommand(nobody({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o",
+                                     (home / "img").string(), "--pre-copy", "2"}));
   ASSERT_EQ(cp.exit_code, 0) << cp.err;
+  EXPECT_NE(cp.out.find("pre-copy round 1"), std::string::npos) << cp.out;
   w.Wait();
 
   // Keeping the pid needs CAP_CHECKPOINT_RESTORE: refused, nothing started.

@@ -61,7 +61,7 @@ struct CaptureStats {
 class PreCopy final {
  public:
   struct Round {
-    std::uint64_t pages_read = 0;  // pages copied in this round
+    std::uint64_t pages_read = 0;  // pages read out of the process in this round
     std::uint64_t ns = 0;          // how long it took
   };
 
@@ -83,6 +83,8 @@ class PreCopy final {
 
   pid_t pid() const { return pid_; }
   const PageStore& store() const { return *store_; }
+  // Drops these runs from the store (the final capture reads them instead).
+  void Forget(const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs);
   DirtyTracker& tracker() { return *tracker_; }
 
  private:
