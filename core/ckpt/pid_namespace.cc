@@ -45,8 +45,10 @@ void ReapChildren() {
 // to pid 1 from inside its namespace with no handler would be dropped; a
 // blocked one is queued, so forwarding works from anywhere.
 [[noreturn]] void RunInit(int control) {
-  // Hold nothing of the restorer's: its image files, its stdio (a reader
-  // waiting for EOF), its cwd.
+  // Hold no file of the restorer's: its open files, its stdio (a reader
+  // waiting for EOF), its cwd. (The image's page file is mapped
+  // MADV_DONTFORK, so it never reaches here; the restorer's other memory
+  // does, copy-on-write, for as long as the init lives.)
   if (control > 0) syscall(SYS_close_range, 0, control - 1, 0);
   syscall(SYS_close_range, control + 1, ~0U, 0);
   syscall(SYS_chdir, "/");

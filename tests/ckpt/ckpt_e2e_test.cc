@@ -520,6 +520,9 @@ TEST_F(CkptTest, PidNamespaceRestoreKeepsIdsWhileTheyAreInUseHere) {
     for (const pid_t t : ThreadsOf(r->process())) inside.push_back(NsPids(t).back());
     std::sort(inside.begin(), inside.end());
     EXPECT_EQ(inside, tids);
+    // The init lives as long as the process: it must not hold the image.
+    EXPECT_EQ(ProcFile(r->init(), "maps").find("pages.img"), std::string::npos)
+        << ProcFile(r->init(), "maps");
   }
   EXPECT_NE(PidNamespaceOf(first.process()), PidNamespaceOf(second.process()));
   EXPECT_EQ(w.Wait(), 0) << Slurp(Path("out"));

@@ -92,6 +92,10 @@ Result<MappedFile> MappedFile::Open(const std::filesystem::path& path) {
   const auto size = static_cast<std::size_t>(st.st_size);
   void* data = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
   if (data == MAP_FAILED) return ErrnoError(errno, "mmap {}", path.string());
+  // Processes forked while it is mapped (a restore's stub, a pid namespace's
+  // init, which lives as long as the restored process) must not hold the
+  // image: it could not be freed, nor its file system unmounted.
+  (void)::madvise(data, size, MADV_DONTFORK);
   return MappedFile(std::move(fd), static_cast<const std::byte*>(data), size, path);
 }
 
