@@ -9,6 +9,13 @@
 // and every thread added are pinned to the CPU the caller runs on; each
 // gets its own affinity mask back when it ends, in every case.
 //
+// Giving a mask back makes it the thread's requested mask (Linux >= 6.2),
+// which a later widening of its cpuset does not reach. A thread that could
+// use every online CPU therefore gets all CPUs back, which keeps it as
+// unrestricted as before; one that was narrower (its own sched_setaffinity,
+// or a cpuset) gets exactly its list, and may miss CPUs its cpuset gains
+// later.
+//
 // Best effort: a CPU a thread may not use (cpuset) or a failing call leaves
 // that thread as it was; it only costs speed. If roam dies meanwhile, the
 // threads keep the pin (still correct, just confined to one CPU).
