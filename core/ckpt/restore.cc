@@ -521,14 +521,16 @@ class Rebuilder {
     return Ok();
   }
 
-  Status QueueThreadSignals(pid_t pid, const image::Thread& t) {
+  // `tid`: the thread as the process knows it (its image tid when the ids
+  // were kept, the new pid for a single-threaded process that got one).
+  Status QueueThreadSignals(pid_t pid, pid_t tid, const image::Thread& t) {
     for (const auto& s : t.pending_signals()) {
       if (s.size() != sizeof(siginfo_t))
         return MakeError(Errc::kCorrupt, "pending signal record of {} bytes", s.size());
       siginfo_t info{};
       std::memcpy(&info, s.data(), sizeof(info));
       ROAM_ASSIGN_OR_RETURN(const std::uint64_t at, Stage(BytesOf(info)));
-      ROAM_TRY(Call("rt_tgsigqueueinfo", SYS_rt_tgsigqueueinfo, pid, t.tid(), info.si_signo, at));
+      ROAM_TRY(Call("rt_tgsigqueueinfo", SYS_rt_tgsigqueueinfo, pid, tid, info.si_signo, at));
     }
     return Ok();
   }
@@ -771,7 +773,8 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
   ROAM_TRY(rebuild.RestoreProcessState(stub));
   ROAM_TRY(rebuild.RestoreThreadState(thread));
   ROAM_TRY(rebuild.QueueSharedSignals(pid_inside));
-  ROAM_TRY(rebuild.QueueThreadSignals(pid_inside, thread));
+  const bool ids_kept = options.same_pid || options.pid_namespace;
+  ROAM_TRY(rebuild.QueueThreadSignals(pid_inside, ids_kept ? thread.tid() : pid_inside, thread));
 
   // 7. The other threads, cloned from the leader with their own tids; each
   // gets its per-thread state through its own injector.
@@ -790,7 +793,7 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
     SyscallInjector thread_injector(e.tracee, regs, trampoline);
     Rebuilder thread_rebuild(meta, e.tracee, memory, thread_injector, trampoline, stats);
     ROAM_TRY(thread_rebuild.RestoreThreadState(*e.image));
-    ROAM_TRY(thread_rebuild.QueueThreadSignals(pid_inside, *e.image));
+    ROAM_TRY(thread_rebuild.QueueThreadSignals(pid_inside, e.image->tid(), *e.image));
     // Credentials are per thread in the kernel (glibc broadcasts setuid).
     ROAM_TRY(thread_rebuild.SetCredentials());
     stats.injected_syscalls += thread_injector.calls();

@@ -378,6 +378,25 @@ TEST_F(CkptTest, PythonLoopMatchesUndisturbedRun) {
   CompareWithUndisturbed(dir_, {"/usr/bin/python3", Path("loop.py").string()}, "", 600);
 }
 
+// A signal pending for the thread itself (tgkill while blocked) is still
+// pending after a restore that gave the process a new pid.
+TEST_F(CkptTest, ThreadSignalPendingAcrossANewPid) {
+  if (access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/python3";
+  Spit(Path("pending.py"),
+       "import signal, threading, time\n"
+       "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])\n"
+       "signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)\n"
+       "print('ready', flush=True)\n"
+       "time.sleep(1.0)\n"
+       "print('pending' if signal.SIGUSR1 in signal.sigpending() else 'lost', flush=True)\n");
+  Process w({"/usr/bin/python3", Path("pending.py").string()}, Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
+  const auto rs = RunCommand({Bin("roam"), "restore", Path("img").string()});
+  EXPECT_EQ(rs.exit_code, 0) << rs.err;
+  EXPECT_NE(Slurp(Path("out")).find("pending"), std::string::npos) << Slurp(Path("out"));
+}
+
 TEST_F(CkptTest, BcPiMatchesUndisturbedRun) {
   if (access("/usr/bin/bc", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/bc";
   Spit(Path("pi.bc"), "scale=2000\n4*a(1)\nquit\n");
