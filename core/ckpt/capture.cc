@@ -141,6 +141,12 @@ class FrozenProcess {
   void KillOnRelease() { kill_ = true; }
   // Every thread, the tracer included, gets its CPU affinity back.
   void EndColocation() { colocation_.reset(); }
+  // No more injected calls: each thread gets its own signal mask back while
+  // still stopped, so that if roam dies and the kernel lets the process go,
+  // it does not run on with every signal blocked.
+  void RestoreSigmasks() {
+    for (auto& t : threads_) (void)t.tracee.SetSigmask(t.sigmask);
+  }
 
  private:
   pid_t pid_;
@@ -878,6 +884,7 @@ Result<std::unique_ptr<FrozenSource>> CaptureAsSource(pid_t pid, image::Image* m
   impl->pagemap.emplace(std::move(pagemap));
   // No more injection: the restore that follows must not inherit the pin.
   impl->frozen->EndColocation();
+  impl->frozen->RestoreSigmasks();
   stats->frozen_ns = static_cast<std::uint64_t>(NowNs(CLOCK_MONOTONIC) - frozen_at);
   return std::unique_ptr<FrozenSource>(new FrozenSource(std::move(impl)));
 }

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,18 @@ bool SameAffinityAsUs(pid_t tid) {
   cpu_set_t ours = OurCpus(), theirs;
   if (sched_getaffinity(tid, sizeof(theirs), &theirs) != 0) return false;
   return CPU_EQUAL(&ours, &theirs);
+}
+
+// A field of /proc/PID/status, without its name.
+std::string StatusField(pid_t pid, const std::string& name) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(name + ":", 0) == 0) {
+      const auto value = line.find_first_not_of(" \t", name.size() + 1);
+      return value == std::string::npos ? "" : line.substr(value);
+    }
+  }
+  return "";
 }
 
 // Reads one line (without the newline); empty at end of file.
@@ -232,6 +245,9 @@ TEST_F(LiveMigrationTest, FailedRestoreResumesTheFrozenProcess) {
   CaptureStats captured;
   auto source = CaptureAsSource(original.pid, &meta, &captured);
   ASSERT_TRUE(source.has_value()) << source.error().ToString();
+  // Frozen, but with its own signal mask again: should roam die now, the
+  // process would run on as it was, not with every signal blocked.
+  EXPECT_EQ(StatusField(original.pid, "SigBlk"), "0000000000000000");
   RestoreOptions restore;
   restore.same_pid = true;  // the original still holds it: refused
   EXPECT_FALSE(Restore(meta, **source, restore).has_value());
