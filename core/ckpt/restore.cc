@@ -745,7 +745,10 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
                             uffd.error().ToString());
     } else {
       const auto ranges = rebuild.LazyRanges();
-      ROAM_TRY(rebuild.WriteEagerPages(pages, ranges));
+      if (auto eager = rebuild.WriteEagerPages(pages, ranges); !eager) {
+        close(*uffd);  // the server never took it
+        return tl::unexpected(eager.error());
+      }
       LazyPageServer::Options lazy_options;
       lazy_options.pid = stub;
       // From here the server alone reads `pages`.
