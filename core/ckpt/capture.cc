@@ -54,6 +54,28 @@ bool IsZeroPage(const std::byte* page) {
   return true;
 }
 
+// Splits `pages` (whole pages read from `address`) into runs of all-zero
+// and of other pages, in order: `zero(vaddr, npages)` for the former,
+// `data(vaddr, run)` for the latter; stops at the first error of `data`.
+template <typename Zero, typename Data>
+Status SplitZeroRuns(std::uint64_t address, std::span<const std::byte> pages, Zero zero,
+                     Data data) {
+  const std::uint64_t npages = pages.size() / kPageSize;
+  std::uint64_t i = 0;
+  while (i < npages) {
+    const bool is_zero = IsZeroPage(pages.data() + i * kPageSize);
+    std::uint64_t j = i + 1;
+    while (j < npages && IsZeroPage(pages.data() + j * kPageSize) == is_zero) ++j;
+    if (is_zero) {
+      zero(address + i * kPageSize, j - i);
+    } else {
+      ROAM_TRY(data(address + i * kPageSize, pages.subspan(i * kPageSize, (j - i) * kPageSize)));
+    }
+    i = j;
+  }
+  return Ok();
+}
+
 image::Vma::Kind KindOf(const procfs::Vma& v) {
   if (v.path == "[vdso]") return image::Vma::VDSO;
   if (v.path == "[vvar]") return image::Vma::VVAR;
@@ -244,26 +266,14 @@ Result<std::vector<std::string>> PendingSignals(pid_t tid, bool shared) {
   return out;
 }
 
-// Pages a pre-copy already holds: the store's copy of a page is current
-// unless the final scan names it as written since.
-struct PreCopied {
-  const PageStore& store;
-  const PageRuns& dirty;  // sorted, coalesced
-
-  bool Current(std::uint64_t page) const {
-    auto it = std::upper_bound(dirty.begin(), dirty.end(), page,
-                               [](std::uint64_t a, const auto& run) { return a < run.first; });
-    return it == dirty.begin() || page >= std::prev(it)->second;
-  }
-};
-
 class PageCapturer {
  public:
   PageCapturer(pid_t pid, const RemoteMemory& memory, PageSink& sink, CaptureStats& stats)
       : pid_(pid), memory_(memory), sink_(sink), stats_(stats), buffer_(kReadChunk) {}
 
-  // Takes the pre-copied pages instead of reading them again.
-  void UsePreCopied(const PreCopied* known) { known_ = known; }
+  // Takes the pages a pre-copy holds instead of reading them again (the
+  // store no longer has any page written since its last round).
+  void UsePreCopied(const PageStore* store) { known_ = store; }
   // The process runs: a range that cannot be read (unmapped meanwhile) is
   // skipped instead of failing; the final capture reads what is missing.
   void SetBestEffort() { best_effort_ = true; }
@@ -346,7 +356,7 @@ class PageCapturer {
       std::uint64_t i = 0;
       while (i < npages) {
         const std::uint64_t page = address + i * kPageSize;
-        const std::byte* copy = known_->Current(page) ? known_->store.Find(page) : nullptr;
+        const std::byte* copy = known_->Find(page);
         if (copy != nullptr) {
           std::memcpy(buffer_.data() + i * kPageSize, copy, kPageSize);
           ++stats_.pre_copied_pages;
@@ -354,8 +364,7 @@ class PageCapturer {
           continue;
         }
         std::uint64_t j = i;
-        while (j < npages && (!known_->Current(address + j * kPageSize) ||
-                              known_->store.Find(address + j * kPageSize) == nullptr)) {
+        while (j < npages && known_->Find(address + j * kPageSize) == nullptr) {
           ++j;
         }
         ROAM_TRY(Read(page, j - i, readable, buffer_.data() + i * kPageSize));
@@ -363,25 +372,17 @@ class PageCapturer {
       }
     }
     // Skip all-zero pages: restore maps fresh anonymous memory, which is zero.
-    std::uint64_t i = 0;
-    while (i < npages) {
-      if (IsZeroPage(buffer_.data() + i * kPageSize)) {
-        std::uint64_t j = i + 1;
-        while (j < npages && IsZeroPage(buffer_.data() + j * kPageSize)) ++j;
-        stats_.zero_pages_skipped += j - i;
-        if (on_zero_) on_zero_(address + i * kPageSize, j - i);
-        i = j;
-        continue;
-      }
-      std::uint64_t j = i;
-      while (j < npages && !IsZeroPage(buffer_.data() + j * kPageSize)) ++j;
-      ROAM_TRY(sink_.Add(
-          address + i * kPageSize,
-          std::span<const std::byte>(buffer_.data() + i * kPageSize, (j - i) * kPageSize)));
-      stats_.pages_written += j - i;
-      i = j;
-    }
-    return Ok();
+    return SplitZeroRuns(
+        address, std::span<const std::byte>(buffer_.data(), npages * kPageSize),
+        [this](std::uint64_t vaddr, std::uint64_t n) {
+          stats_.zero_pages_skipped += n;
+          if (on_zero_) on_zero_(vaddr, n);
+        },
+        [this](std::uint64_t vaddr, std::span<const std::byte> run) -> Status {
+          ROAM_TRY(sink_.Add(vaddr, run));
+          stats_.pages_written += run.size() / kPageSize;
+          return Ok();
+        });
   }
 
   pid_t pid_;
@@ -389,7 +390,7 @@ class PageCapturer {
   PageSink& sink_;
   CaptureStats& stats_;
   std::vector<std::byte> buffer_;
-  const PreCopied* known_ = nullptr;
+  const PageStore* known_ = nullptr;
   PageRuns* locate_ = nullptr;
   bool best_effort_ = false;
   std::function<void(std::uint64_t, std::uint64_t)> on_zero_;
@@ -609,7 +610,7 @@ Result<PreCopy::Round> PreCopy::CopyRound() {
   // What was written is stale in the store, all of it before anything is
   // read: a round that fails halfway must not leave old copies that the
   // next Collect no longer names (the final capture reads what is missing).
-  for (const auto& [lo, hi] : written) store_->Drop(lo, (hi - lo) / kPageSize);
+  Forget(written);
   auto run = written.begin();
   for (const auto& v : vmas) {
     const auto kind = KindOf(v);
@@ -717,19 +718,17 @@ Status CaptureFrozen(pid_t pid, const CaptureOptions& options, FrozenProcess& fr
   PageCapturer capturer(pid, memory, pages, stats);
   capturer.LocateInto(locate != nullptr ? &locate->runs : nullptr);
   // After a pre-copy, only what was written since its last round is read.
-  PageRuns written;
-  std::optional<PreCopied> pre_copied;
   if (options.pre_copy != nullptr) {
     if (options.pre_copy->pid() != pid) {
       return MakeError(Errc::kInvalidArgument, "pre-copy of pid {} given to capture pid {}",
                        options.pre_copy->pid(), pid);
     }
-    ROAM_ASSIGN_OR_RETURN(written, options.pre_copy->tracker().Collect());
-    // Forgotten at once, so a capture that fails later and is tried again
-    // cannot take them from the store (the next Collect would not name them).
+    ROAM_ASSIGN_OR_RETURN(const PageRuns written, options.pre_copy->tracker().Collect());
+    // Forgotten at once: the store then holds only current pages, also for
+    // a capture that fails later and is tried again (the next Collect would
+    // not name them).
     options.pre_copy->Forget(written);
-    pre_copied.emplace(PreCopied{options.pre_copy->store(), written});
-    capturer.UsePreCopied(&*pre_copied);
+    capturer.UsePreCopied(&options.pre_copy->store());
   }
   std::map<std::string, int> file_index;
   for (const auto& v : vmas) {
@@ -907,18 +906,8 @@ Status FrozenSource::ForEach(const RunFn& fn) {
       auto buffer = std::span(impl_->buffer.data(), bytes);
       ROAM_TRY(impl_->Read(at, buffer));
       // Zero pages stay out, as in a page stream.
-      std::uint64_t i = 0;
-      const std::uint64_t npages = bytes / kPageSize;
-      while (i < npages) {
-        if (IsZeroPage(buffer.data() + i * kPageSize)) {
-          ++i;
-          continue;
-        }
-        std::uint64_t j = i;
-        while (j < npages && !IsZeroPage(buffer.data() + j * kPageSize)) ++j;
-        ROAM_TRY(fn(at + i * kPageSize, buffer.subspan(i * kPageSize, (j - i) * kPageSize)));
-        i = j;
-      }
+      ROAM_TRY(SplitZeroRuns(
+          at, buffer, [](std::uint64_t, std::uint64_t) {}, fn));
       at += bytes;
     }
   }

@@ -35,8 +35,7 @@ cpu_set_t OnlineCpus() {
 // a mask makes it the thread's requested one (Linux >= 6.2), and a
 // requested list would keep it off CPUs its cpuset gains later, as if it
 // had been pinned. One that was narrower gets exactly what it had.
-cpu_set_t MaskToRestore(const cpu_set_t& saved) {
-  const cpu_set_t online = OnlineCpus();
+cpu_set_t MaskToRestore(const cpu_set_t& saved, const cpu_set_t& online) {
   if (CPU_COUNT(&online) == 0 || !CPU_EQUAL(&saved, &online)) return saved;
   cpu_set_t all;
   CPU_ZERO(&all);
@@ -54,8 +53,9 @@ Colocation::Colocation() {
 
 Colocation::~Colocation() {
   // The calling thread (added first) last.
+  const cpu_set_t online = OnlineCpus();
   for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) {
-    const cpu_set_t mask = MaskToRestore(it->mask);
+    const cpu_set_t mask = MaskToRestore(it->mask, online);
     (void)sched_setaffinity(it->tid, sizeof(mask), &mask);
   }
 }
@@ -76,7 +76,7 @@ void Colocation::Release(pid_t tid) {
   const auto it =
       std::find_if(saved_.begin(), saved_.end(), [tid](const Saved& s) { return s.tid == tid; });
   if (it == saved_.end()) return;
-  const cpu_set_t mask = MaskToRestore(it->mask);
+  const cpu_set_t mask = MaskToRestore(it->mask, OnlineCpus());
   (void)sched_setaffinity(it->tid, sizeof(mask), &mask);
   saved_.erase(it);
 }

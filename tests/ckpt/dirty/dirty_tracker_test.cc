@@ -3,6 +3,7 @@
 // whole ranges it mapped, grew or moved since. After Stop it checks its own
 // memory and keeps working.
 #include "core/ckpt/dirty_tracker.h"
+#include "core/ckpt/procfs/maps.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -228,15 +229,12 @@ class Child final {
   std::vector<std::uint64_t> stamps_;
 };
 
+// Where the process's [vdso] is ({0, 0} if it has none).
 std::pair<std::uint64_t, std::uint64_t> VdsoOf(pid_t pid) {
-  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
-  std::string line;
-  while (std::getline(maps, line)) {
-    if (line.find("[vdso]") != std::string::npos) {
-      unsigned long start = 0, end = 0;
-      std::sscanf(line.c_str(), "%lx-%lx", &start, &end);
-      return {start, end};
-    }
+  const auto vmas = procfs::ReadMaps(pid);
+  if (!vmas) return {0, 0};
+  for (const auto& v : *vmas) {
+    if (v.path == "[vdso]") return {v.start, v.end};
   }
   return {0, 0};
 }

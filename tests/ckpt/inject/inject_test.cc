@@ -5,13 +5,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
-#include <fstream>
 #include <string>
 
 #include <gtest/gtest.h>
 
 #include "core/ckpt/inject/syscall_injector.h"
+#include "core/ckpt/procfs/maps.h"
 
 namespace roam::ckpt {
 namespace {
@@ -48,15 +47,12 @@ class CountingChild {
   pid_t pid_;
 };
 
+// Where the process's [vdso] is ({0, 0} if it has none).
 std::pair<std::uint64_t, std::uint64_t> VdsoOf(pid_t pid) {
-  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
-  std::string line;
-  while (std::getline(maps, line)) {
-    if (line.find("[vdso]") != std::string::npos) {
-      unsigned long start = 0, end = 0;
-      std::sscanf(line.c_str(), "%lx-%lx", &start, &end);
-      return {start, end};
-    }
+  const auto vmas = procfs::ReadMaps(pid);
+  if (!vmas) return {0, 0};
+  for (const auto& v : *vmas) {
+    if (v.path == "[vdso]") return {v.start, v.end};
   }
   return {0, 0};
 }

@@ -187,7 +187,10 @@ struct Child {
   }
 };
 
-void StartChild(Child& child, const Region& region, ChildPlan plan) {
+// Forks the child, takes its userfaultfd, and leaves it waiting for "go";
+// then it exits with `body(sock)` (its end of the socket).
+template <typename Body>
+void StartChild(Child& child, Body body) {
   int sv[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
   child.pid = ::fork();
@@ -201,25 +204,30 @@ void StartChild(Child& child, const Region& region, ChildPlan plan) {
     ::close(uffd);
     char go = 0;
     if (::read(sv[1], &go, 1) != 1) _exit(92);
-    switch (plan) {
-      case ChildPlan::kChecksumAll: {
-        const std::uint64_t sum = Checksum(region.base, region.pages());
-        if (::write(sv[1], &sum, sizeof sum) != sizeof sum) _exit(93);
-        _exit(0);
-      }
-      case ChildPlan::kTouchOneAndExit:
-        (void)*reinterpret_cast<volatile char*>(region.base + 5 * kPageSize);
-        _exit(0);
-      case ChildPlan::kTouchAll:
-        (void)Checksum(region.base, region.pages());
-        _exit(0);
-    }
-    _exit(94);
+    _exit(body(sv[1]));
   }
   ::close(sv[1]);
   child.sock = sv[0];
   child.uffd = ReceiveFd(child.sock);
   ASSERT_GE(child.uffd, 0);
+}
+
+void StartChild(Child& child, const Region& region, ChildPlan plan) {
+  StartChild(child, [&region, plan](int sock) {
+    switch (plan) {
+      case ChildPlan::kChecksumAll: {
+        const std::uint64_t sum = Checksum(region.base, region.pages());
+        return ::write(sock, &sum, sizeof sum) == sizeof sum ? 0 : 93;
+      }
+      case ChildPlan::kTouchOneAndExit:
+        (void)*reinterpret_cast<volatile char*>(region.base + 5 * kPageSize);
+        return 0;
+      case ChildPlan::kTouchAll:
+        (void)Checksum(region.base, region.pages());
+        return 0;
+    }
+    return 94;
+  });
 }
 
 class LazyPagesTest : public ::testing::Test {
@@ -559,45 +567,6 @@ int ForkShortLivedChild(std::uint64_t base, std::uint64_t pages) {
   return BadPages(base, pages, 1, 0) == 0 ? 0 : 1;
 }
 
-// Starts a process that owns a `bytes` region (missing pages registered with
-// its userfaultfd, served from `store`), waits for "go", runs `body` on the
-// region and exits with its result.
-struct ForkingProcess {
-  pid_t pid = -1;
-  int sock = -1;
-  int uffd = -1;
-  ~ForkingProcess() {
-    if (sock >= 0) ::close(sock);
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  }
-};
-
-template <typename Body>
-void StartForkingProcess(ForkingProcess& proc, Body body) {
-  int sv[2];
-  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-  proc.pid = ::fork();
-  ASSERT_GE(proc.pid, 0);
-  if (proc.pid == 0) {
-    ::close(sv[0]);
-    ::alarm(100);  // never outlive the test
-    const int uffd = NewUffd();
-    if (uffd < 0) _exit(91);
-    SendFd(sv[1], uffd);
-    ::close(uffd);
-    char go = 0;
-    if (::read(sv[1], &go, 1) != 1) _exit(92);
-    _exit(body());
-  }
-  ::close(sv[1]);
-  proc.sock = sv[0];
-  proc.uffd = ReceiveFd(proc.sock);
-  ASSERT_GE(proc.uffd, 0);
-}
-
 struct ForkRun {
   LazyStats stats;
   int status = 0;
@@ -611,12 +580,12 @@ template <typename Body>
 void ServeForkingProcess(std::uint64_t bytes, std::uint32_t stream, Body body, ForkRun& run) {
   Region region(bytes);
   ASSERT_NE(region.base, 0u);
-  ForkingProcess proc;
+  Child proc;
   const std::uint64_t base = region.base;
   const std::uint64_t pages = region.pages();
   // Started before the store is filled, so that its own forks do not copy
   // the page tables of our copy of the source.
-  ASSERT_NO_FATAL_FAILURE(StartForkingProcess(proc, [&] { return body(base, pages); }));
+  ASSERT_NO_FATAL_FAILURE(StartChild(proc, [&](int) { return body(base, pages); }));
   MemoryPageStore store;
   FillStore(store, region.base, region.pages());
   LazyPageServer::Options options;
@@ -627,9 +596,8 @@ void ServeForkingProcess(std::uint64_t bytes, std::uint32_t stream, Body body, F
   const auto t0 = std::chrono::steady_clock::now();
   const char go = 'g';
   ASSERT_EQ(::send(proc.sock, &go, 1, MSG_NOSIGNAL), 1);
-  EXPECT_EQ(::waitpid(proc.pid, &run.status, 0), proc.pid);
+  run.status = proc.Reap();
   run.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  proc.pid = -1;
   auto stats = (*server)->Wait();
   ASSERT_TRUE(stats.has_value()) << stats.error().ToString();
   run.stats = *stats;
