@@ -12,40 +12,10 @@
 
 namespace roam::ckpt {
 
-UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
-  if (this != &other) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = std::exchange(other.fd_, -1);
-  }
-  return *this;
-}
-
-UniqueFd::~UniqueFd() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
-Status UniqueFd::Close(const std::filesystem::path& path) {
-  // Linux releases the descriptor even when close() fails: never retry.
-  if (::close(std::exchange(fd_, -1)) != 0) return ErrnoError(errno, "close {}", path.string());
-  return Ok();
-}
-
 Result<UniqueFd> OpenFile(const std::filesystem::path& path, int flags, unsigned mode) {
   const int fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
   if (fd < 0) return ErrnoError(errno, "open {}", path.string());
   return UniqueFd(fd);
-}
-
-Status WriteAll(int fd, std::span<const std::byte> bytes, const std::filesystem::path& path) {
-  while (!bytes.empty()) {
-    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError(errno, "write {}", path.string());
-    }
-    bytes = bytes.subspan(static_cast<std::size_t>(n));
-  }
-  return Ok();
 }
 
 Status WriteAllV(int fd, std::span<const std::span<const std::byte>> parts,

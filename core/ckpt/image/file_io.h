@@ -1,8 +1,8 @@
-// The OS calls behind the image files: an owned descriptor, complete writes,
+// The OS calls behind the image files: opening (into a roam::UniqueFd), complete writes,
 // fsync, and a read-only mapping of a whole file. Every errno of the image
 // library becomes an Error here or in image_dir.cc, with the path named.
 //
-// Thread-safety: UniqueFd and MappedFile are move-only owners used by one
+// Thread-safety: MappedFile is a move-only owner used by one
 // thread at a time. A MappedFile's bytes stay valid while it lives, provided
 // nobody truncates the file meanwhile (that would raise SIGBUS on access;
 // image directories are 0700 and owned by the runtime, which never does).
@@ -14,28 +14,14 @@
 #include <utility>
 
 #include "roam/base/error.h"
+#include "roam/base/unique_fd.h"
 
 namespace roam::ckpt {
 
-class UniqueFd final {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  UniqueFd& operator=(UniqueFd&& other) noexcept;
-  ~UniqueFd();
-
-  int get() const { return fd_; }
-  // Closes now, reporting the error close() may carry (NFS write-back).
-  Status Close(const std::filesystem::path& path);
-
- private:
-  int fd_ = -1;
-};
+using ::roam::UniqueFd;
+using ::roam::WriteAll;
 
 Result<UniqueFd> OpenFile(const std::filesystem::path& path, int flags, unsigned mode = 0);
-// Writes all of `bytes`, retrying short writes and EINTR.
-Status WriteAll(int fd, std::span<const std::byte> bytes, const std::filesystem::path& path);
 // Writes all of `parts` in order with writev, retrying short writes and
 // EINTR; at most IOV_MAX parts.
 Status WriteAllV(int fd, std::span<const std::span<const std::byte>> parts,
