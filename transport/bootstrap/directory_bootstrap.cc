@@ -1,0 +1,282 @@
+// The shared-directory bootstrap (roam/transport/bootstrap.h
+// OpenDirectoryBootstrap).
+//
+// At fence round n each rank writes "round-<n>.rank-<r>": every entry it has
+// put so far (a RankFile), under a temporary name first and then renamed
+// into place, so that a reader sees either no file or a whole one. The
+// file's presence is the rank's arrival; the round is complete for a rank
+// once it sees the files of all ranks. Get reads a rank's file of the last
+// completed round, once, and keeps it: a renamed file never changes.
+//
+// Old files: when round n completes at rank r, every rank has arrived at n
+// and so has completed n - 1; none will read rank r's files of round n - 2
+// again, even after a failed round, and rank r removes that one.
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <optional>
+#include <thread>
+
+#include "roam/base/unique_fd.h"
+#include "roam/transport/bootstrap.h"
+#include "transport/bootstrap/bootstrap.pb.h"
+#include "transport/bootstrap/entries.h"
+
+namespace roam::transport {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+constexpr std::uint32_t kFileVersion = 1;
+// One rank's entries; a larger file is not one of ours.
+constexpr std::size_t kMaxFileBytes = std::size_t{256} << 20;
+constexpr auto kFirstPoll = std::chrono::milliseconds(1);
+constexpr auto kMaxPoll = std::chrono::milliseconds(50);
+
+std::string RankFileName(std::uint64_t round, int rank) {
+  return fmt::format("round-{}.rank-{}", round, rank);
+}
+
+struct RankFileId {
+  std::uint64_t round;
+  int rank;
+};
+
+template <typename T>
+bool ParseNumber(std::string_view text, T& out) {
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+  return !text.empty() && ec == std::errc() && end == text.data() + text.size();
+}
+
+// "round-<n>.rank-<r>"; nullopt for any other name (temporary files start
+// with a dot).
+std::optional<RankFileId> ParseRankFileName(std::string_view name) {
+  constexpr std::string_view kRound = "round-";
+  constexpr std::string_view kRank = ".rank-";
+  if (!name.starts_with(kRound)) return std::nullopt;
+  name.remove_prefix(kRound.size());
+  const auto dot = name.find(kRank);
+  if (dot == std::string_view::npos) return std::nullopt;
+  RankFileId id{};
+  if (!ParseNumber(name.substr(0, dot), id.round)) return std::nullopt;
+  if (!ParseNumber(name.substr(dot + kRank.size()), id.rank)) return std::nullopt;
+  return id;
+}
+
+// Opening the directory afresh each time matters on NFS: the open makes the
+// client revalidate the directory (close-to-open consistency), so a file
+// another client renamed in appears in the listing.
+Result<std::vector<std::string>> ListDirectory(const fs::path& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return ErrnoError(errno, "open directory {}", dir.string());
+  std::unique_ptr<DIR, int (*)(DIR*)> owner(d, ::closedir);
+  std::vector<std::string> names;
+  for (;;) {
+    errno = 0;
+    const dirent* entry = ::readdir(d);
+    if (entry == nullptr) break;
+    if (entry->d_name[0] != '.') names.emplace_back(entry->d_name);
+  }
+  if (errno != 0) return ErrnoError(errno, "read directory {}", dir.string());
+  return names;
+}
+
+// Writes `bytes` to `temp`, then renames it to `path`. No fsync: the files
+// matter only while the job runs, and close() is where an NFS client flushes
+// its writes and reports their errors.
+Status WriteFileAtomically(const fs::path& temp, const fs::path& path, std::string_view bytes) {
+  UniqueFd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (!fd.valid()) return ErrnoError(errno, "create {}", temp.string());
+  Status written = WriteAll(fd.get(), std::as_bytes(std::span(bytes)), temp);
+  if (Status closed = fd.Close(temp); !closed && written) written = closed;
+  if (written && ::rename(temp.c_str(), path.c_str()) != 0) {
+    written = ErrnoError(errno, "rename {} to {}", temp.string(), path.string());
+  }
+  if (!written) ::unlink(temp.c_str());
+  return written;
+}
+
+Result<std::string> ReadWholeFile(const fs::path& path) {
+  const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoError(errno, "open {}", path.string());
+  std::string out;
+  constexpr std::size_t kChunk = std::size_t{64} * 1024;
+  for (;;) {
+    if (out.size() > kMaxFileBytes) {
+      return MakeError(Errc::kCorrupt, "{} exceeds {} bytes", path.string(), kMaxFileBytes);
+    }
+    const std::size_t old = out.size();
+    out.resize(old + kChunk);
+    const ssize_t n = ::read(fd.get(), out.data() + old, kChunk);
+    out.resize(old + static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
+    if (n == 0) return out;
+    if (n < 0 && errno != EINTR) return ErrnoError(errno, "read {}", path.string());
+  }
+}
+
+class DirectoryBootstrap final : public Bootstrap {
+ public:
+  DirectoryBootstrap(fs::path dir, int rank, int size)
+      : dir_(std::move(dir)), rank_(rank), size_(size), cache_(size) {}
+
+  // Refuses a directory that already holds files of this rank: the earlier
+  // run's files of the other ranks would complete our rounds with old data.
+  Status CheckFresh() const {
+    ROAM_ASSIGN_OR_RETURN(const auto names, ListDirectory(dir_));
+    for (const std::string& name : names) {
+      const auto id = ParseRankFileName(name);
+      if (id && id->rank == rank_) {
+        return MakeError(Errc::kAlreadyExists,
+                         "bootstrap directory {} already holds {} from an earlier run of rank {}; "
+                         "use a fresh directory for each job",
+                         dir_.string(), name, rank_);
+      }
+    }
+    return Ok();
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  Status Put(std::string_view key, std::span<const std::byte> value) override {
+    if (failed_) return tl::unexpected(*failed_);
+    ROAM_TRY(CheckEntry(key, value));
+    mine_.insert_or_assign(std::string(key), std::vector<std::byte>(value.begin(), value.end()));
+    return Ok();
+  }
+
+  Status Fence(std::chrono::milliseconds timeout) override {
+    if (failed_) return tl::unexpected(*failed_);
+    Status done = RunFence(Clock::now() + timeout, timeout);
+    if (!done) failed_ = done.error();
+    return done;
+  }
+
+  Result<std::vector<std::byte>> Get(int rank, std::string_view key) const override {
+    ROAM_TRY(CheckPeerRank(rank, size_));
+    if (round_ == 0 || rank == rank_) return FindEntry(published_, rank, key, round_);
+    if (!cache_[rank]) {
+      ROAM_ASSIGN_OR_RETURN(cache_[rank], Load(rank, round_ - 1));
+    }
+    return FindEntry(*cache_[rank], rank, key, round_);
+  }
+
+ private:
+  Status RunFence(Clock::time_point deadline, std::chrono::milliseconds timeout) {
+    const std::uint64_t round = round_;
+    bootstrap::RankFile file;
+    file.set_version(kFileVersion);
+    file.mutable_entries()->set_rank(static_cast<std::uint32_t>(rank_));
+    file.mutable_entries()->set_round(round);
+    for (const auto& [key, value] : mine_) {
+      bootstrap::Entry* e = file.mutable_entries()->add_entries();
+      e->set_key(key);
+      e->set_value(std::string(AsText(value)));
+    }
+    const std::string name = RankFileName(round, rank_);
+    const std::string bytes = file.SerializeAsString();
+    // Refused here rather than by every reader as a corrupt file.
+    if (bytes.size() > kMaxFileBytes) {
+      return MakeError(Errc::kResourceExhausted, "rank {} would publish {} bytes (at most {})",
+                       rank_, bytes.size(), kMaxFileBytes);
+    }
+    const fs::path temp = dir_ / fmt::format(".{}.{}", name, ::getpid());
+    ROAM_TRY(WriteFileAtomically(temp, dir_ / name, bytes));
+
+    std::vector<bool> arrived(size_, false);
+    arrived[rank_] = true;
+    int missing = size_ - 1;
+    auto pause = std::chrono::duration_cast<Clock::duration>(kFirstPoll);
+    while (missing > 0) {
+      ROAM_ASSIGN_OR_RETURN(const auto names, ListDirectory(dir_));
+      for (const std::string& n : names) {
+        const auto id = ParseRankFileName(n);
+        if (!id || id->round != round || id->rank < 0 || id->rank >= size_) continue;
+        if (!arrived[id->rank]) {
+          arrived[id->rank] = true;
+          --missing;
+        }
+      }
+      if (missing == 0) break;
+      const auto now = Clock::now();
+      if (now >= deadline) {
+        std::vector<int> absent;
+        for (int r = 0; r < size_; ++r) {
+          if (!arrived[r]) absent.push_back(r);
+        }
+        return MakeError(Errc::kTimeout, "fence round {}: {} did not arrive within {} ms (in {})",
+                         round, DescribeRanks(std::move(absent)), timeout.count(), dir_.string());
+      }
+      std::this_thread::sleep_for(std::min(pause, deadline - now));
+      pause = std::min<Clock::duration>(pause * 2, kMaxPoll);
+    }
+
+    round_ = round + 1;
+    published_ = mine_;
+    for (auto& cached : cache_) cached.reset();
+    if (round >= 2) {
+      // Nobody reads it again (see the top of this file); a failure to
+      // remove it only leaves a file behind.
+      (void)::unlink((dir_ / RankFileName(round - 2, rank_)).c_str());
+    }
+    return Ok();
+  }
+
+  Result<EntryMap> Load(int rank, std::uint64_t round) const {
+    const fs::path path = dir_ / RankFileName(round, rank);
+    ROAM_ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(path));
+    bootstrap::RankFile file;
+    if (!file.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+      return MakeError(Errc::kCorrupt, "{}: not a bootstrap rank file ({} bytes)", path.string(),
+                       bytes.size());
+    }
+    if (file.version() != kFileVersion) {
+      return MakeError(Errc::kIncompatible, "{}: bootstrap file version {}, this build reads {}",
+                       path.string(), file.version(), kFileVersion);
+    }
+    if (file.entries().rank() != static_cast<std::uint32_t>(rank) ||
+        file.entries().round() != round) {
+      return MakeError(Errc::kCorrupt, "{}: holds rank {} round {}", path.string(),
+                       file.entries().rank(), file.entries().round());
+    }
+    EntryMap out;
+    for (const bootstrap::Entry& e : file.entries().entries()) {
+      const auto value = std::as_bytes(std::span(e.value()));
+      if (auto ok = CheckEntry(e.key(), value); !ok) {
+        return ok.error().WithContext(path.string()).WithContext("corrupt bootstrap file");
+      }
+      out.insert_or_assign(e.key(), std::vector<std::byte>(value.begin(), value.end()));
+    }
+    return out;
+  }
+
+  const fs::path dir_;
+  const int rank_;
+  const int size_;
+  EntryMap mine_;            // every put of this rank, including those since the last round
+  EntryMap published_;       // this rank's entries as of the last completed round
+  std::uint64_t round_ = 0;  // rounds completed, the number of the next
+  std::optional<Error> failed_;
+  // Other ranks' entries of the last completed round, read on first Get.
+  mutable std::vector<std::optional<EntryMap>> cache_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Bootstrap>> OpenDirectoryBootstrap(const std::filesystem::path& dir,
+                                                          int rank, int size) {
+  ROAM_TRY(CheckRankAndSize(rank, size));
+  if (dir.empty()) return MakeError(Errc::kInvalidArgument, "empty bootstrap directory path");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return ErrnoError(ec.value(), "create bootstrap directory {}", dir.string());
+  auto boot = std::make_unique<DirectoryBootstrap>(dir, rank, size);
+  ROAM_TRY(boot->CheckFresh());
+  return std::unique_ptr<Bootstrap>(std::move(boot));
+}
+
+}  // namespace roam::transport

@@ -1,0 +1,905 @@
+// The fake backend (fake.h): every node of a FakeNetwork is a Fabric in this
+// process, and the network is a set of per-node inboxes of messages ordered
+// by (delivery time on the network's clock, sequence number). A node's
+// Progress() takes the messages that are due, applies them (a put lands, a
+// get is read, a request is served) and answers on the reverse link; the
+// initiator sees the answer in its own Progress(). Nothing is delivered
+// inside the call that sends it, so the progress model is that of UCX tcp.
+//
+// Lifetime. Messages name endpoints and regions by id, never by pointer: an
+// answer for an endpoint that was destroyed, or a put into a region that was
+// deregistered, finds no one and is dropped or refused. A node's state lives
+// in the network until the network is destroyed, so an object that outlives
+// its fabric against the contract still finds its node (closed) instead of
+// freed memory. Endpoint state is shared between the Endpoint and whoever is
+// running its completions, so a completion may destroy its own endpoint; the
+// completions left after that are dropped, never run.
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <limits>
+#include <map>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <unistd.h>
+
+#include "roam/transport/fake.h"
+#include "transport/requests.h"
+#include "transport/wire/wire.h"
+
+namespace roam::transport {
+namespace {
+
+using NodeId = std::uint64_t;
+using TimePoint = FakeNetwork::Clock::time_point;
+
+constexpr std::string_view kBackend = "fake";
+// Address: network id, node id. Key: network id, node id, region id.
+constexpr std::size_t kAddressIdBytes = 16;
+constexpr std::size_t kKeyIdBytes = 24;
+
+// Distinguishes the networks of one process, so that an address or key from
+// another FakeNetwork is refused instead of naming a stranger's node.
+std::atomic<std::uint64_t> g_next_network_id{1};
+
+void AppendU64(Bytes& out, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::byte>(v >> (8 * i)));
+}
+
+std::uint64_t ReadU64(ByteView in, std::size_t at) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) {
+    v |= static_cast<std::uint64_t>(in[at + static_cast<std::size_t>(i)]) << (8 * i);
+  }
+  return v;
+}
+
+std::size_t PageSize() {
+  static const std::size_t page = [] {
+    const auto p = ::sysconf(_SC_PAGESIZE);
+    return p > 0 ? static_cast<std::size_t>(p) : std::size_t{4096};
+  }();
+  return page;
+}
+
+struct FreeDeleter {
+  void operator()(std::byte* p) const { std::free(p); }
+};
+
+// A message between two nodes.
+struct Event {
+  enum class Kind : std::uint8_t {
+    kPut,       // initiator -> target: `data` for `addr` in `region`
+    kPutAck,    // target -> initiator: the put `op` landed, or `error`
+    kGet,       // initiator -> target: `length` bytes at `addr` in `region`
+    kGetReply,  // target -> initiator: `data` for get `op`, or `error`
+    kRequest,   // initiator -> target: `header` and `data`
+    kReply,     // target -> initiator: `header` and `data`
+  };
+  Kind kind = Kind::kPut;
+  NodeId from = 0;
+  NodeId to = 0;
+  std::uint64_t endpoint = 0;  // the initiator's endpoint: answers go to it
+  std::uint64_t op = 0;        // the put or get, in the endpoint's issue order
+  std::uint64_t region = 0;
+  std::uint64_t addr = 0;
+  std::uint64_t length = 0;
+  Bytes data;
+  std::optional<Error> error;
+  wire::MessageHeader header;
+};
+
+// A completion and the outcome it is to run with, collected while state is
+// updated and run afterwards, so that a completion never sees half an update.
+using PendingCall = std::pair<Completion, Status>;
+
+// One endpoint's operations, shared by the Endpoint object and the progress
+// loop that completes them.
+struct EndpointState {
+  struct PendingGet {
+    std::span<std::byte> dst;
+    Completion done;
+  };
+  struct PendingFlush {
+    std::uint64_t before = 0;  // waits for every op numbered below this
+    Completion done;
+    std::optional<Error> error;  // the first op before it that failed
+  };
+
+  std::uint64_t id = 0;
+  NodeId node = 0;
+  NodeId peer = 0;
+  std::string peer_name;
+  bool closed = false;  // the Endpoint was destroyed: run nothing more
+  std::optional<Error> failure;
+
+  std::uint64_t next_op = 1;
+  std::map<std::uint64_t, Completion> puts;  // local completion not yet run
+  std::map<std::uint64_t, PendingGet> gets;
+  std::set<std::uint64_t> unacked;  // puts and gets not yet complete at the peer
+  std::deque<PendingFlush> flushes;
+  PendingRequests requests;
+
+  // What max_outstanding limits: operations whose completion has not run.
+  std::size_t outstanding() const { return puts.size() + gets.size() + requests.size(); }
+};
+
+using EndpointRef = std::shared_ptr<EndpointState>;
+
+// Work a node's next Progress() does for one of its own endpoints, queued by
+// the call that started it.
+struct ReadyWork {
+  enum class Kind : std::uint8_t { kPutDone, kFlushCheck };
+  Kind kind = Kind::kPutDone;
+  std::uint64_t endpoint = 0;
+  std::uint64_t op = 0;
+};
+
+struct Node {
+  NodeId id = 0;
+  std::string name;
+  std::size_t max_outstanding = 0;
+  bool killed = false;
+  bool closed = false;  // its Fabric was destroyed
+
+  RequestRouter router;
+  std::map<std::uint64_t, std::span<std::byte>> regions;
+  std::map<std::uint64_t, EndpointRef> endpoints;
+  std::deque<ReadyWork> ready;
+  // Messages to this node by (delivery time, network-wide sequence number).
+  std::map<std::pair<TimePoint, std::uint64_t>, Event> inbox;
+  // The network's fault epoch this node's endpoints were last checked at.
+  std::uint64_t fault_epoch_seen = 0;
+};
+
+// A directed link's faults and the time its last message is due, which the
+// next one may not precede (delivery stays FIFO when the delay shrinks).
+struct Link {
+  FakeNetwork::LinkFaults faults;
+  TimePoint last_delivery{};
+};
+
+void RunCalls(const EndpointState& ep, std::vector<PendingCall>& calls) {
+  for (auto& [done, status] : calls) {
+    if (ep.closed) return;
+    if (done) done(std::move(status));
+  }
+}
+
+std::vector<EndpointRef> EndpointsOf(const Node& node) {
+  std::vector<EndpointRef> out;
+  out.reserve(node.endpoints.size());
+  for (const auto& [id, ep] : node.endpoints) out.push_back(ep);
+  return out;
+}
+
+// The bytes `ev` addresses in one of `n`'s regions. Checked again here: the
+// key's bounds came from the peer, the region's are the truth.
+Result<std::span<std::byte>> RegionRange(const Node& n, const Event& ev, std::uint64_t length) {
+  auto it = n.regions.find(ev.region);
+  if (it == n.regions.end()) {
+    return MakeError(Errc::kInvalidArgument,
+                     "region {} of node {} is gone (destroyed before the operation arrived)",
+                     ev.region, n.name);
+  }
+  const std::span<std::byte> memory = it->second;
+  const auto base = reinterpret_cast<std::uintptr_t>(memory.data());
+  if (ev.addr < base || ev.addr - base > memory.size() ||
+      length > memory.size() - (ev.addr - base)) {
+    return MakeError(Errc::kInvalidArgument, "{} bytes at {:#x} lie outside region {} of node {}",
+                     length, ev.addr, ev.region, n.name);
+  }
+  return memory.subspan(ev.addr - base, length);
+}
+
+Status WriteRegion(const Node& n, const Event& ev) {
+  ROAM_ASSIGN_OR_RETURN(std::span<std::byte> target, RegionRange(n, ev, ev.data.size()));
+  if (!ev.data.empty()) std::memcpy(target.data(), ev.data.data(), ev.data.size());
+  return Ok();
+}
+
+Result<Bytes> ReadRegion(const Node& n, const Event& ev) {
+  ROAM_ASSIGN_OR_RETURN(std::span<std::byte> source, RegionRange(n, ev, ev.length));
+  return Bytes(source.begin(), source.end());
+}
+
+// Runs the flushes that no earlier put or get holds up any more, in order.
+unsigned CompleteFlushes(const EndpointRef& ep) {
+  std::vector<PendingCall> calls;
+  while (!ep->flushes.empty()) {
+    EndpointState::PendingFlush& flush = ep->flushes.front();
+    if (!ep->unacked.empty() && *ep->unacked.begin() < flush.before) break;
+    Status status = Ok();
+    if (flush.error) status = *flush.error;
+    calls.emplace_back(std::move(flush.done), std::move(status));
+    ep->flushes.pop_front();
+  }
+  RunCalls(*ep, calls);
+  return static_cast<unsigned>(calls.size());
+}
+
+// Breaks `ep` for good: everything pending on it completes with `error`.
+unsigned Fail(const EndpointRef& ep, const Error& error) {
+  ep->failure = error;
+  std::vector<PendingCall> calls;
+  for (auto& [op, done] : ep->puts) calls.emplace_back(std::move(done), error);
+  for (auto& [op, get] : ep->gets) calls.emplace_back(std::move(get.done), error);
+  for (auto& flush : ep->flushes) calls.emplace_back(std::move(flush.done), error);
+  ep->puts.clear();
+  ep->gets.clear();
+  ep->flushes.clear();
+  ep->unacked.clear();
+  RunCalls(*ep, calls);
+  auto handled = static_cast<unsigned>(calls.size());
+  if (!ep->closed) handled += ep->requests.FailAll(error);
+  return handled;
+}
+
+// A put's local completion, or a flush that may have nothing to wait for.
+unsigned RunReady(Node& n, const ReadyWork& work) {
+  auto it = n.endpoints.find(work.endpoint);
+  if (it == n.endpoints.end()) return 0;
+  const EndpointRef ep = it->second;  // a completion may destroy the Endpoint
+  if (work.kind == ReadyWork::Kind::kFlushCheck) return CompleteFlushes(ep);
+  auto put = ep->puts.find(work.op);
+  if (put == ep->puts.end()) return 0;  // failed meanwhile
+  Completion done = std::move(put->second);
+  ep->puts.erase(put);
+  if (done) done(Ok());
+  return 1;
+}
+
+// A put's ack or a get's data is back at the initiator.
+void OpDone(Node& n, Event ev) {
+  auto it = n.endpoints.find(ev.endpoint);
+  if (it == n.endpoints.end()) return;  // the initiator is gone
+  const EndpointRef ep = it->second;
+  if (ep->failure || !ep->unacked.contains(ev.op)) return;  // already failed
+  ep->unacked.erase(ev.op);
+  if (ev.error) {
+    for (EndpointState::PendingFlush& flush : ep->flushes) {
+      if (flush.before > ev.op && !flush.error) flush.error = ev.error;
+    }
+  }
+  if (ev.kind == Event::Kind::kGetReply) {
+    auto get = ep->gets.find(ev.op);
+    if (get != ep->gets.end()) {
+      Status status = Ok();
+      if (ev.error) {
+        status = *ev.error;
+      } else if (ev.data.size() != get->second.dst.size()) {
+        status = MakeError(Errc::kInternal, "get answered {} bytes for {}", ev.data.size(),
+                           get->second.dst.size());
+      } else if (!ev.data.empty()) {
+        std::memcpy(get->second.dst.data(), ev.data.data(), ev.data.size());
+      }
+      std::vector<PendingCall> calls;
+      calls.emplace_back(std::move(get->second.done), std::move(status));
+      ep->gets.erase(get);
+      RunCalls(*ep, calls);
+      if (ep->closed) return;
+    }
+  }
+  CompleteFlushes(ep);
+}
+
+}  // namespace
+
+class FakeNetwork::Impl {
+ public:
+  explicit Impl(Options options)
+      : network_id_(g_next_network_id.fetch_add(1, std::memory_order_relaxed)),
+        now_(options.now ? std::move(options.now) : [] { return Clock::now(); }),
+        rng_(options.seed) {}
+
+  // FakeNetwork's operations.
+  Result<std::unique_ptr<Fabric>> AddNode(const FabricOptions& options);
+  Status SetFaults(std::string_view from, std::string_view to, LinkFaults faults);
+  Status Disconnect(std::string_view a, std::string_view b);
+  Status Kill(std::string_view name);
+  std::size_t in_flight() const;
+
+  // For the fabrics, endpoints and regions.
+  TimePoint now() const { return now_(); }
+  std::uint64_t network_id() const { return network_id_; }
+  Node& node(NodeId id) { return *nodes_.at(id); }
+  std::string NodeName(NodeId id) const;
+  Bytes NodeAddress(NodeId id) const;
+  Result<std::unique_ptr<Endpoint>> Connect(NodeId self, ByteView address);
+  Result<std::unique_ptr<MemoryRegion>> AddRegion(NodeId node_id, std::span<std::byte> memory,
+                                                  std::unique_ptr<std::byte, FreeDeleter> owned);
+  void RemoveRegion(NodeId node_id, std::uint64_t region);
+  void CloseEndpoint(EndpointState& ep);
+  void CloseNode(NodeId id);
+  // Why `self` and `peer` cannot talk, or nullopt while they can.
+  std::optional<std::string> BreakReason(NodeId self, NodeId peer) const;
+  // Puts `ev` on the wire (or loses it: a broken link, a drop).
+  void Send(Event ev);
+  void QueueReady(NodeId node_id, ReadyWork work) { node(node_id).ready.push_back(work); }
+  unsigned Progress(NodeId id);
+  bool Arm(NodeId id);
+
+ private:
+  Result<NodeId> Find(std::string_view name) const;
+  double Draw() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+  void FaultsChanged();
+  unsigned FailBrokenEndpoints(Node& n) const;
+  void Deliver(Node& n, Event ev);
+
+  const std::uint64_t network_id_;
+  const std::function<TimePoint()> now_;
+  std::mt19937_64 rng_;
+  std::uint64_t next_node_id_ = 1;
+  std::uint64_t next_endpoint_id_ = 1;
+  std::uint64_t next_region_id_ = 1;
+  std::uint64_t next_seq_ = 1;
+  // Bumped by every Kill, Disconnect and closed fabric: nodes re-check their
+  // endpoints in their next Progress.
+  std::uint64_t fault_epoch_ = 0;
+  std::map<NodeId, std::unique_ptr<Node>> nodes_;
+  std::map<std::string, NodeId, std::less<>> names_;  // nodes whose fabric is open
+  std::map<std::pair<NodeId, NodeId>, Link> links_;
+  std::set<std::pair<NodeId, NodeId>> disconnected_;  // (lower id, higher id)
+};
+
+namespace {
+
+class FakeRemoteKey final : public RemoteKey {
+ public:
+  FakeRemoteKey(std::uint64_t base, std::uint64_t length, std::uint64_t region,
+                std::uint64_t endpoint)
+      : base_(base), length_(length), region_(region), endpoint_(endpoint) {}
+  std::uint64_t base() const override { return base_; }
+  std::uint64_t length() const override { return length_; }
+  std::uint64_t region() const { return region_; }
+  std::uint64_t endpoint() const { return endpoint_; }
+
+ private:
+  std::uint64_t base_;
+  std::uint64_t length_;
+  std::uint64_t region_;
+  std::uint64_t endpoint_;  // the one that unpacked it: usable only there
+};
+
+class FakeRegion final : public MemoryRegion {
+ public:
+  FakeRegion(FakeNetwork::Impl& net, NodeId node, std::uint64_t id, std::span<std::byte> memory,
+             std::unique_ptr<std::byte, FreeDeleter> owned)
+      : net_(net), node_(node), id_(id), memory_(memory), owned_(std::move(owned)) {}
+  // Deregisters first: a put that arrives later is refused, never written.
+  ~FakeRegion() override { net_.RemoveRegion(node_, id_); }
+  FakeRegion(const FakeRegion&) = delete;
+  FakeRegion& operator=(const FakeRegion&) = delete;
+
+  std::byte* data() const override { return memory_.data(); }
+  std::size_t size() const override { return memory_.size(); }
+  Result<Bytes> PackKey() const override {
+    Bytes ids;
+    AppendU64(ids, net_.network_id());
+    AppendU64(ids, node_);
+    AppendU64(ids, id_);
+    return wire::EncodeKey(kBackend, reinterpret_cast<std::uintptr_t>(memory_.data()),
+                           memory_.size(), ids);
+  }
+
+ private:
+  FakeNetwork::Impl& net_;
+  NodeId node_;
+  std::uint64_t id_;
+  std::span<std::byte> memory_;
+  std::unique_ptr<std::byte, FreeDeleter> owned_;  // null when registered
+};
+
+class FakeEndpoint final : public Endpoint {
+ public:
+  FakeEndpoint(FakeNetwork::Impl& net, EndpointRef state) : net_(net), state_(std::move(state)) {}
+  ~FakeEndpoint() override { net_.CloseEndpoint(*state_); }
+  FakeEndpoint(const FakeEndpoint&) = delete;
+  FakeEndpoint& operator=(const FakeEndpoint&) = delete;
+
+  const std::string& peer() const override { return state_->peer_name; }
+  Status status() const override {
+    if (state_->failure) return *state_->failure;
+    return Ok();
+  }
+
+  Result<std::unique_ptr<RemoteKey>> UnpackKey(ByteView packed) override {
+    ROAM_ASSIGN_OR_RETURN(wire::DecodedKey key, wire::DecodeKey(packed, kBackend));
+    if (key.backend_key.size() != kKeyIdBytes) {
+      return MakeError(Errc::kCorrupt, "fake memory key holds {} bytes of ids, not {}",
+                       key.backend_key.size(), kKeyIdBytes);
+    }
+    if (ReadU64(key.backend_key, 0) != net_.network_id()) {
+      return MakeError(Errc::kInvalidArgument, "key belongs to another fake network, not to {}'s",
+                       state_->peer_name);
+    }
+    const NodeId owner = ReadU64(key.backend_key, 8);
+    if (owner != state_->peer) {
+      return MakeError(Errc::kInvalidArgument, "key belongs to node {}, not {}",
+                       net_.NodeName(owner), state_->peer_name);
+    }
+    return std::make_unique<FakeRemoteKey>(key.base, key.length, ReadU64(key.backend_key, 16),
+                                           state_->id);
+  }
+
+  Status Put(ByteView src, std::uint64_t remote_addr, const RemoteKey& key,
+             Completion done) override {
+    if (src.data() == nullptr && !src.empty()) {
+      return MakeError(Errc::kInvalidArgument, "put of {} bytes from a null buffer", src.size());
+    }
+    ROAM_ASSIGN_OR_RETURN(const FakeRemoteKey* fake_key, CheckOp(key, remote_addr, src.size()));
+    const std::uint64_t op = state_->next_op++;
+    state_->puts.emplace(op, std::move(done));
+    state_->unacked.insert(op);
+    Event ev = NewEvent(Event::Kind::kPut, op);
+    ev.region = fake_key->region();
+    ev.addr = remote_addr;
+    // Copied now: `src` is the caller's again as soon as this returns, and
+    // the local completion says so at the next Progress.
+    ev.data.assign(src.begin(), src.end());
+    net_.Send(std::move(ev));
+    net_.QueueReady(state_->node, {ReadyWork::Kind::kPutDone, state_->id, op});
+    return Ok();
+  }
+
+  Status Get(std::span<std::byte> dst, std::uint64_t remote_addr, const RemoteKey& key,
+             Completion done) override {
+    if (dst.data() == nullptr && !dst.empty()) {
+      return MakeError(Errc::kInvalidArgument, "get of {} bytes into a null buffer", dst.size());
+    }
+    ROAM_ASSIGN_OR_RETURN(const FakeRemoteKey* fake_key, CheckOp(key, remote_addr, dst.size()));
+    const std::uint64_t op = state_->next_op++;
+    state_->gets.emplace(op, EndpointState::PendingGet{dst, std::move(done)});
+    state_->unacked.insert(op);
+    Event ev = NewEvent(Event::Kind::kGet, op);
+    ev.region = fake_key->region();
+    ev.addr = remote_addr;
+    ev.length = dst.size();
+    net_.Send(std::move(ev));
+    return Ok();
+  }
+
+  // Delivery is FIFO per link, so every fence holds already.
+  Status Fence() override { return Usable(); }
+
+  Status Flush(Completion done) override {
+    ROAM_TRY(Usable());
+    state_->flushes.push_back({state_->next_op, std::move(done), std::nullopt});
+    // With nothing before it in flight it completes at the next Progress.
+    net_.QueueReady(state_->node, {ReadyWork::Kind::kFlushCheck, state_->id, 0});
+    return Ok();
+  }
+
+  Status Request(std::uint16_t tag, ByteView payload, std::chrono::milliseconds timeout,
+                 ReplyHandler on_reply) override {
+    ROAM_TRY(CheckMessageSize(payload.size()));
+    ROAM_TRY(Usable());
+    ROAM_TRY(CheckOutstanding());
+    // The handler lives inside the state's PendingRequests, so the raw
+    // pointer cannot outlive the state; `closed` stops a reply, a timeout or
+    // a failure from reaching a caller who destroyed the endpoint.
+    const EndpointState* state = state_.get();
+    const std::uint64_t id = state_->requests.Add(
+        net_.now() + timeout, [state, on_reply = std::move(on_reply)](Result<Bytes> reply) {
+          if (!state->closed && on_reply) on_reply(std::move(reply));
+        });
+    Event ev = NewEvent(Event::Kind::kRequest, 0);
+    ev.header = {wire::MessageKind::kRequest, tag, id};
+    ev.data.assign(payload.begin(), payload.end());
+    net_.Send(std::move(ev));
+    return Ok();
+  }
+
+ private:
+  Event NewEvent(Event::Kind kind, std::uint64_t op) const {
+    Event ev;
+    ev.kind = kind;
+    ev.from = state_->node;
+    ev.to = state_->peer;
+    ev.endpoint = state_->id;
+    ev.op = op;
+    return ev;
+  }
+
+  Status Usable() const {
+    if (state_->failure) return *state_->failure;
+    if (net_.node(state_->node).closed) {
+      return MakeError(Errc::kUnavailable, "endpoint to {} outlived its fabric", state_->peer_name);
+    }
+    return Ok();
+  }
+
+  Status CheckOutstanding() const {
+    const std::size_t limit = net_.node(state_->node).max_outstanding;
+    if (state_->outstanding() >= limit) {
+      return MakeError(Errc::kResourceExhausted,
+                       "{} operations in flight to {} (the limit): progress, then retry",
+                       state_->outstanding(), state_->peer_name);
+    }
+    return Ok();
+  }
+
+  Result<const FakeRemoteKey*> CheckOp(const RemoteKey& key, std::uint64_t addr,
+                                       std::size_t len) const {
+    const auto* fake_key = dynamic_cast<const FakeRemoteKey*>(&key);
+    if (fake_key == nullptr || fake_key->endpoint() != state_->id) {
+      return MakeError(Errc::kInvalidArgument,
+                       "foreign key: it was not unpacked on this endpoint to {}",
+                       state_->peer_name);
+    }
+    ROAM_TRY(wire::CheckRange(key, addr, len, state_->peer_name));
+    ROAM_TRY(Usable());
+    ROAM_TRY(CheckOutstanding());
+    return fake_key;
+  }
+
+  FakeNetwork::Impl& net_;
+  EndpointRef state_;
+};
+
+class FakeFabric final : public Fabric {
+ public:
+  FakeFabric(FakeNetwork::Impl& net, NodeId id, std::string name)
+      : net_(net), id_(id), name_(std::move(name)) {}
+  ~FakeFabric() override { net_.CloseNode(id_); }
+  FakeFabric(const FakeFabric&) = delete;
+  FakeFabric& operator=(const FakeFabric&) = delete;
+
+  std::string_view backend() const override { return kBackend; }
+  Capabilities capabilities() const override {
+    return {Capability::kFaultInjection, Capability::kDeterministic};
+  }
+  const std::string& name() const override { return name_; }
+
+  Result<Bytes> Address() const override {
+    return wire::EncodeAddress(kBackend, name_, net_.NodeAddress(id_));
+  }
+  Result<std::unique_ptr<Endpoint>> Connect(ByteView peer_address) override {
+    return net_.Connect(id_, peer_address);
+  }
+
+  Result<std::unique_ptr<MemoryRegion>> Allocate(std::size_t bytes) override {
+    if (bytes == 0) return MakeError(Errc::kInvalidArgument, "cannot allocate an empty region");
+    const std::size_t page = PageSize();
+    if (bytes > std::numeric_limits<std::size_t>::max() - page) {
+      return MakeError(Errc::kResourceExhausted, "cannot allocate a region of {} bytes", bytes);
+    }
+    // Whole pages, as UCX and verbs register them (and aligned_alloc wants a
+    // multiple of the alignment).
+    const std::size_t rounded = (bytes + page - 1) / page * page;
+    std::unique_ptr<std::byte, FreeDeleter> memory(
+        static_cast<std::byte*>(std::aligned_alloc(page, rounded)));
+    if (!memory) {
+      return MakeError(Errc::kResourceExhausted, "cannot allocate a region of {} bytes", bytes);
+    }
+    std::memset(memory.get(), 0, rounded);
+    std::span<std::byte> span(memory.get(), bytes);
+    return net_.AddRegion(id_, span, std::move(memory));
+  }
+
+  Result<std::unique_ptr<MemoryRegion>> Register(std::span<std::byte> memory) override {
+    if (memory.empty() || memory.data() == nullptr) {
+      return MakeError(Errc::kInvalidArgument, "cannot register an empty region");
+    }
+    return net_.AddRegion(id_, memory, nullptr);
+  }
+
+  void Handle(std::uint16_t tag, RequestHandler handler) override {
+    net_.node(id_).router.Handle(tag, std::move(handler));
+  }
+
+  unsigned Progress() override { return net_.Progress(id_); }
+  int event_fd() const override { return -1; }
+  bool Arm() override { return net_.Arm(id_); }
+
+ private:
+  FakeNetwork::Impl& net_;
+  NodeId id_;
+  std::string name_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Fabric>> FakeNetwork::Impl::AddNode(const FabricOptions& options) {
+  if (options.name.empty()) return MakeError(Errc::kInvalidArgument, "a fake node needs a name");
+  if (options.max_outstanding == 0) {
+    return MakeError(Errc::kInvalidArgument, "node {}: max_outstanding must be at least 1",
+                     options.name);
+  }
+  if (names_.contains(options.name)) {
+    return MakeError(Errc::kAlreadyExists, "a node named {} is already in this fake network",
+                     options.name);
+  }
+  const NodeId id = next_node_id_++;
+  auto n = std::make_unique<Node>();
+  n->id = id;
+  n->name = options.name;
+  n->max_outstanding = options.max_outstanding;
+  n->fault_epoch_seen = fault_epoch_;
+  nodes_.emplace(id, std::move(n));
+  names_.emplace(options.name, id);
+  return std::make_unique<FakeFabric>(*this, id, options.name);
+}
+
+Result<NodeId> FakeNetwork::Impl::Find(std::string_view name) const {
+  auto it = names_.find(name);
+  if (it == names_.end()) {
+    return MakeError(Errc::kNotFound, "no node {} in this fake network", name);
+  }
+  return it->second;
+}
+
+Status FakeNetwork::Impl::SetFaults(std::string_view from, std::string_view to, LinkFaults faults) {
+  ROAM_ASSIGN_OR_RETURN(const NodeId a, Find(from));
+  ROAM_ASSIGN_OR_RETURN(const NodeId b, Find(to));
+  if (!(faults.drop >= 0.0 && faults.drop <= 1.0)) {  // NaN fails both
+    return MakeError(Errc::kInvalidArgument, "drop probability {} is outside [0, 1]", faults.drop);
+  }
+  if (faults.delay.count() < 0) {
+    return MakeError(Errc::kInvalidArgument, "negative delay {} us", faults.delay.count());
+  }
+  links_[{a, b}].faults = faults;
+  return Ok();
+}
+
+Status FakeNetwork::Impl::Disconnect(std::string_view a, std::string_view b) {
+  ROAM_ASSIGN_OR_RETURN(const NodeId x, Find(a));
+  ROAM_ASSIGN_OR_RETURN(const NodeId y, Find(b));
+  disconnected_.insert(std::minmax(x, y));
+  FaultsChanged();
+  return Ok();
+}
+
+Status FakeNetwork::Impl::Kill(std::string_view name) {
+  ROAM_ASSIGN_OR_RETURN(const NodeId id, Find(name));
+  Node& n = node(id);
+  n.killed = true;
+  FaultsChanged();
+  return Ok();
+}
+
+void FakeNetwork::Impl::FaultsChanged() {
+  ++fault_epoch_;
+  // What is on a broken link is lost with it (Deliver would drop it anyway;
+  // dropping it now keeps in_flight() honest).
+  for (auto& [id, n] : nodes_) {
+    std::erase_if(n->inbox, [this](const auto& entry) {
+      return BreakReason(entry.second.from, entry.second.to).has_value();
+    });
+  }
+}
+
+std::size_t FakeNetwork::Impl::in_flight() const {
+  std::size_t total = 0;
+  for (const auto& [id, n] : nodes_) total += n->inbox.size();
+  return total;
+}
+
+std::string FakeNetwork::Impl::NodeName(NodeId id) const {
+  auto it = nodes_.find(id);
+  if (it == nodes_.end()) return fmt::format("#{}", id);
+  return it->second->name;
+}
+
+Bytes FakeNetwork::Impl::NodeAddress(NodeId id) const {
+  Bytes out;
+  AppendU64(out, network_id_);
+  AppendU64(out, id);
+  return out;
+}
+
+std::optional<std::string> FakeNetwork::Impl::BreakReason(NodeId self, NodeId peer) const {
+  const Node& s = *nodes_.at(self);
+  const Node& p = *nodes_.at(peer);
+  if (p.killed) return "killed";
+  if (s.killed) return fmt::format("{} was killed", s.name);
+  if (disconnected_.contains(std::minmax(self, peer))) return "disconnected";
+  if (p.closed) return "its fabric was closed";
+  if (s.closed) return fmt::format("the fabric of {} was closed", s.name);
+  return std::nullopt;
+}
+
+Result<std::unique_ptr<Endpoint>> FakeNetwork::Impl::Connect(NodeId self, ByteView address) {
+  ROAM_ASSIGN_OR_RETURN(wire::DecodedAddress decoded, wire::DecodeAddress(address, kBackend));
+  if (decoded.backend_address.size() != kAddressIdBytes) {
+    return MakeError(Errc::kCorrupt, "fake address of {} holds {} bytes of ids, not {}",
+                     decoded.name, decoded.backend_address.size(), kAddressIdBytes);
+  }
+  if (ReadU64(decoded.backend_address, 0) != network_id_) {
+    return MakeError(Errc::kNotFound, "{} is a node of another fake network", decoded.name);
+  }
+  const NodeId peer = ReadU64(decoded.backend_address, 8);
+  auto it = nodes_.find(peer);
+  if (it == nodes_.end()) {
+    return MakeError(Errc::kNotFound, "no node {} (id {}) in this fake network", decoded.name,
+                     peer);
+  }
+  if (it->second->name != decoded.name) {
+    return MakeError(Errc::kCorrupt, "fake address names {}, but node id {} is {}", decoded.name,
+                     peer, it->second->name);
+  }
+  if (auto reason = BreakReason(self, peer)) {
+    return MakeError(Errc::kUnavailable, "node {} is unreachable: {}", decoded.name, *reason);
+  }
+  auto state = std::make_shared<EndpointState>();
+  state->id = next_endpoint_id_++;
+  state->node = self;
+  state->peer = peer;
+  state->peer_name = decoded.name;
+  node(self).endpoints.emplace(state->id, state);
+  return std::make_unique<FakeEndpoint>(*this, std::move(state));
+}
+
+Result<std::unique_ptr<MemoryRegion>> FakeNetwork::Impl::AddRegion(
+    NodeId node_id, std::span<std::byte> memory, std::unique_ptr<std::byte, FreeDeleter> owned) {
+  const std::uint64_t id = next_region_id_++;
+  node(node_id).regions.emplace(id, memory);
+  return std::make_unique<FakeRegion>(*this, node_id, id, memory, std::move(owned));
+}
+
+void FakeNetwork::Impl::RemoveRegion(NodeId node_id, std::uint64_t region) {
+  node(node_id).regions.erase(region);
+}
+
+void FakeNetwork::Impl::CloseEndpoint(EndpointState& ep) {
+  ep.closed = true;
+  node(ep.node).endpoints.erase(ep.id);
+  // The caller's completions are dropped, never run; answers still on the
+  // wire find no endpoint and are dropped too. Pending requests keep their
+  // (now silent) handlers until the state goes.
+  ep.puts.clear();
+  ep.gets.clear();
+  ep.flushes.clear();
+  ep.unacked.clear();
+}
+
+void FakeNetwork::Impl::CloseNode(NodeId id) {
+  Node& n = node(id);
+  n.closed = true;
+  n.ready.clear();
+  n.router = RequestRouter();
+  if (auto it = names_.find(n.name); it != names_.end() && it->second == id) names_.erase(it);
+  // Its peers' endpoints fail at their next Progress, as over a real network
+  // when a daemon goes away.
+  FaultsChanged();
+}
+
+void FakeNetwork::Impl::Send(Event ev) {
+  if (BreakReason(ev.from, ev.to)) return;  // the endpoint fails at its next Progress
+  Link& link = links_[{ev.from, ev.to}];
+  if (link.faults.drop > 0.0 && Draw() < link.faults.drop) return;
+  const TimePoint at = std::max<TimePoint>(now() + link.faults.delay, link.last_delivery);
+  link.last_delivery = at;
+  node(ev.to).inbox.emplace(std::pair{at, next_seq_++}, std::move(ev));
+}
+
+unsigned FakeNetwork::Impl::Progress(NodeId id) {
+  Node& n = node(id);
+  if (n.closed) return 0;
+  const TimePoint t = now();
+  unsigned handled = 0;
+  if (n.fault_epoch_seen != fault_epoch_) {
+    n.fault_epoch_seen = fault_epoch_;
+    handled += FailBrokenEndpoints(n);
+  }
+  // Work queued by calls before this Progress; what completions queue now
+  // waits for the next one, so a completion that issues an operation cannot
+  // keep this call busy forever.
+  for (std::size_t count = n.ready.size(); count > 0 && !n.ready.empty(); --count) {
+    const ReadyWork work = n.ready.front();
+    n.ready.pop_front();
+    handled += RunReady(n, work);
+  }
+  // Messages due by now and sent before this call (the same reasoning).
+  const std::uint64_t limit = next_seq_;
+  while (!n.inbox.empty() && !n.closed) {
+    auto it = n.inbox.begin();
+    if (it->first.first > t || it->first.second >= limit) break;
+    Event ev = std::move(it->second);
+    n.inbox.erase(it);
+    Deliver(n, std::move(ev));
+    ++handled;
+  }
+  // Deadlines last: a reply that is due wins over its deadline.
+  for (const EndpointRef& ep : EndpointsOf(n)) {
+    if (!ep->closed) handled += ep->requests.Expire(t, ep->peer_name);
+  }
+  return handled;
+}
+
+bool FakeNetwork::Impl::Arm(NodeId id) {
+  const Node& n = node(id);
+  if (n.closed) return true;
+  if (!n.ready.empty()) return false;
+  const TimePoint t = now();
+  if (!n.inbox.empty() && n.inbox.begin()->first.first <= t) return false;
+  // Or an endpoint about to fail, or a request past its deadline.
+  return std::ranges::none_of(n.endpoints, [&](const auto& entry) {
+    const EndpointState& ep = *entry.second;
+    const auto deadline = ep.requests.next_deadline();
+    return (!ep.failure && BreakReason(n.id, ep.peer)) || (deadline && *deadline <= t);
+  });
+}
+
+unsigned FakeNetwork::Impl::FailBrokenEndpoints(Node& n) const {
+  unsigned handled = 0;
+  for (const EndpointRef& ep : EndpointsOf(n)) {
+    if (ep->closed || ep->failure) continue;
+    if (auto reason = BreakReason(n.id, ep->peer)) {
+      handled += Fail(
+          ep, MakeError(Errc::kUnavailable, "node {} is unreachable: {}", ep->peer_name, *reason));
+    }
+  }
+  return handled;
+}
+
+void FakeNetwork::Impl::Deliver(Node& n, Event ev) {
+  if (BreakReason(ev.from, ev.to)) return;  // lost with the link
+  Event answer;
+  answer.from = ev.to;
+  answer.to = ev.from;
+  answer.endpoint = ev.endpoint;
+  answer.op = ev.op;
+  switch (ev.kind) {
+    case Event::Kind::kPut: {
+      answer.kind = Event::Kind::kPutAck;
+      if (Status written = WriteRegion(n, ev); !written.has_value()) answer.error = written.error();
+      Send(std::move(answer));
+      return;
+    }
+    case Event::Kind::kGet: {
+      answer.kind = Event::Kind::kGetReply;
+      Result<Bytes> data = ReadRegion(n, ev);
+      if (data.has_value()) {
+        answer.data = std::move(*data);
+      } else {
+        answer.error = std::move(data).error();
+      }
+      Send(std::move(answer));
+      return;
+    }
+    case Event::Kind::kRequest: {
+      answer.kind = Event::Kind::kReply;
+      auto [header, payload] = n.router.Dispatch(ev.header, ev.data);
+      answer.header = header;
+      answer.data = std::move(payload);
+      Send(std::move(answer));
+      return;
+    }
+    case Event::Kind::kPutAck:
+    case Event::Kind::kGetReply:
+      OpDone(n, std::move(ev));
+      return;
+    case Event::Kind::kReply: {
+      auto it = n.endpoints.find(ev.endpoint);
+      if (it == n.endpoints.end()) return;  // the requester is gone: drop the reply
+      const EndpointRef ep = it->second;
+      ep->requests.Complete(ev.header.request_id, ReplyResult(ev.header, ev.data));
+      return;
+    }
+  }
+}
+
+FakeNetwork::FakeNetwork(Options options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+FakeNetwork::~FakeNetwork() = default;
+
+Result<std::unique_ptr<Fabric>> FakeNetwork::AddNode(const FabricOptions& options) {
+  return impl_->AddNode(options);
+}
+Status FakeNetwork::SetFaults(std::string_view from, std::string_view to, LinkFaults faults) {
+  return impl_->SetFaults(from, to, faults);
+}
+Status FakeNetwork::Disconnect(std::string_view a, std::string_view b) {
+  return impl_->Disconnect(a, b);
+}
+Status FakeNetwork::Kill(std::string_view node) { return impl_->Kill(node); }
+std::size_t FakeNetwork::in_flight() const { return impl_->in_flight(); }
+
+}  // namespace roam::transport
