@@ -271,6 +271,20 @@ void TrySendFrame(int fd, std::string_view payload) {
   // Best effort: the peer is being dropped, and whether it hears why is up
   // to its receive buffer.
   (void)::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  // Closing with unread input makes the kernel reset the connection, and a
+  // reset can destroy that last frame before the peer reads it. So: no more
+  // from us (FIN after the frame), then take what the peer still sends until
+  // it closes, for a short while.
+  ::shutdown(fd, SHUT_WR);
+  const Deadline deadline = Clock::now() + std::chrono::milliseconds(200);
+  char scratch[4096];
+  for (;;) {
+    const ssize_t n = ::recv(fd, scratch, sizeof scratch, MSG_DONTWAIT);
+    if (n > 0) continue;
+    if (n == 0 || (errno != EAGAIN && errno != EINTR)) return;
+    auto ready = WaitFor(fd, POLLIN, deadline);
+    if (!ready || *ready == 0) return;
+  }
 }
 
 Result<bool> FrameReader::ReadAvailable(int fd, std::string_view peer) {

@@ -64,8 +64,10 @@ inline constexpr std::size_t kFrameHeaderBytes = 4;
 // kUnavailable if the peer has gone (EPIPE, ECONNRESET).
 Status SendFrame(int fd, std::string_view payload, Deadline deadline, std::string_view peer);
 
-// One write attempt without waiting: for a last word to a peer that is
-// being dropped, which may not be reading.
+// One write attempt without waiting, for a last word to a peer that is
+// being dropped (which may not be reading); then half-closes and drains
+// what the peer still sends for up to 200 ms, so that closing does not reset
+// the connection under that last word.
 void TrySendFrame(int fd, std::string_view payload);
 
 // Reassembles frames from a non-blocking socket.
