@@ -1,10 +1,12 @@
 // Checkpoint/restore of a memory-resident process, stop-copy and post-copy:
 // capture time, how long the process is frozen, restore time to resume, the
-// downtime of a migration through an image on tmpfs (freeze to resume), and
-// for post-copy how long until every page is in place, for 16 MiB, 256 MiB
-// and 1 GiB resident sets. A third mode, post_copy_from_source, writes no
-// image: the copy's pages come from the frozen original (CaptureAsSource). Same-run baseline:
-// reading the same memory once with process_vm_readv and writing it to tmpfs.
+// downtime of a migration (freeze to resume), and for post-copy how long
+// until every page is in place, for 16 MiB, 256 MiB and 1 GiB resident sets.
+// Modes: stop_copy and post_copy through an image on tmpfs; stop_copy_staged
+// through staging memory faulted in before the freeze (StagingPages, no
+// file); post_copy_from_source, which writes nothing: the copy's pages come
+// from the frozen original (CaptureAsSource). Same-run baseline: reading the
+// same memory once with process_vm_readv and writing it to tmpfs.
 //
 // Run as root: build/bench/ckpt_bench [--sizes 16,256,1024] [--dir /dev/shm]
 // Prints one JSON object per size.
@@ -26,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/ckpt/image/image.pb.h"
+#include "core/ckpt/image/staging_pages.h"
 #include "core/ckpt/lazy_pages.h"
 #include "roam/ckpt/capture.h"
 #include "roam/ckpt/restore.h"
@@ -114,8 +117,9 @@ int main(int argc, char** argv) {
   }
   const fs::path dir = base / ("roam-ckpt-bench-" + std::to_string(getpid()));
   for (const std::size_t mib : sizes_mib) {
-    for (const std::string mode : {"stop_copy", "post_copy", "post_copy_from_source"}) {
-      const bool lazy = mode != "stop_copy";
+    for (const std::string mode :
+         {"stop_copy", "stop_copy_staged", "post_copy", "post_copy_from_source"}) {
+      const bool lazy = mode.starts_with("post_copy");
       const std::size_t bytes = mib << 20;
       fs::remove_all(dir);
       fs::create_directories(dir);
@@ -131,7 +135,26 @@ int main(int argc, char** argv) {
       Clock::time_point restore_start;
       std::unique_ptr<roam::ckpt::FrozenSource> source;
       roam::image::Image meta;
-      if (mode == "post_copy_from_source") {
+      if (mode == "stop_copy_staged") {
+        // Stop-copy through pre-faulted memory instead of an image file, as
+        // a migration stages pages on the target: the staging exists before
+        // the freeze (not timed), is filled while frozen, and the restore
+        // reads from it.
+        auto staging = roam::ckpt::StagingPages::Create(bytes + (bytes >> 6) + (16 << 20));
+        if (!staging) {
+          std::fprintf(stderr, "ckpt_bench: %s\n", staging.error().ToString().c_str());
+          return 1;
+        }
+        const auto capture_start = Clock::now();
+        captured = roam::ckpt::Capture(pid, {}, &meta, **staging);
+        capture_ms = Ms(Clock::now() - capture_start);
+        if (captured) {
+          waitpid(pid, nullptr, 0);  // the capture killed it
+          restore_start = Clock::now();
+          restored = roam::ckpt::Restore(meta, **staging, options);
+          restore_ms = Ms(Clock::now() - restore_start);
+        }
+      } else if (mode == "post_copy_from_source") {
         // Nothing written: the copy's pages come from the frozen original.
         roam::ckpt::CaptureStats stats;
         const auto capture_start = Clock::now();

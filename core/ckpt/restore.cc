@@ -214,6 +214,31 @@ class Rebuilder {
     return Ok();
   }
 
+  // Stop-copy: allocates the memory the pages will fill before they are
+  // written. One MADV_POPULATE_WRITE over a range costs about half of what
+  // faulting its pages one at a time during the copy does (1 GiB here:
+  // 257 ms to populate + 102 ms to copy, against 676 ms). Only where the
+  // source has pages (a sparse mapping stays sparse), only in writable
+  // private anonymous mappings, only runs long enough to repay an injected
+  // call; best effort: a kernel without MADV_POPULATE_WRITE (before 5.14)
+  // just faults during the copy.
+  void Populate(const PageSource& pages) {
+    const auto extent = pages.Extent();
+    if (!extent) return;
+    constexpr std::uint64_t kMinRun = 64 * kPageSize;
+    for (const auto& v : meta_.vmas()) {
+      if (v.kind() != image::Vma::ANONYMOUS || (v.prot() & PROT_WRITE) == 0) continue;
+      for (const auto& [lo, hi] : *extent) {
+        const std::uint64_t start = std::max(lo, v.start());
+        const std::uint64_t end = std::min(hi, v.end());
+        if (end <= start || end - start < kMinRun) continue;
+        if (!Call("madvise populate", SYS_madvise, start, end - start, MADV_POPULATE_WRITE)) {
+          return;
+        }
+      }
+    }
+  }
+
   Status WritePages(PageSource& pages) {
     return pages.ForEach([this](std::uint64_t vaddr, std::span<const std::byte> data) -> Status {
       ROAM_TRY(memory_.Write(vaddr, data));
@@ -767,7 +792,10 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
       }
     }
   }
-  if (!server) ROAM_TRY(rebuild.WritePages(pages));
+  if (!server) {
+    rebuild.Populate(pages);
+    ROAM_TRY(rebuild.WritePages(pages));
+  }
   ROAM_TRY(rebuild.PlaceVdso(parked, block_start, stub_vdso));
 
   // 6. mm fields, files, process and thread state, credentials.

@@ -4,7 +4,8 @@
 //   what changed since, and the restored process finds every page as it last
 //   wrote it;
 // - post-copy from the frozen process: nothing is written anywhere, the
-//   restored process runs at once and its pages come from the original.
+//   restored process runs at once and its pages come from the original;
+// - stop-copy through staging memory faulted in ahead (no image file).
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
@@ -21,6 +22,7 @@
 #include "core/ckpt/dirty_tracker.h"
 #include "core/ckpt/image/image.pb.h"
 #include "core/ckpt/image/page_store.h"
+#include "core/ckpt/image/staging_pages.h"
 #include "core/ckpt/lazy_pages.h"
 #include "roam/ckpt/capture.h"
 #include "roam/ckpt/restore.h"
@@ -235,6 +237,49 @@ TEST_F(LiveMigrationTest, PostCopyFromTheFrozenProcess) {
   ASSERT_EQ(write(in2.fd[1], "v", 1), 1);
   EXPECT_EQ(ReadLine(out2.fd[0]), "ok");
   EXPECT_EQ(copy.Wait(), 0);
+}
+
+TEST_F(LiveMigrationTest, StopCopyThroughStagingMemory) {
+  Child original;
+  ASSERT_NO_FATAL_FAILURE(Spawn(original));
+  Command('w');
+  Command('m');
+  Command('d');
+  Command('s');
+  const std::string before = Hash(in_.fd[1], out_.fd[0]);
+
+  // Staging made before the freeze and used twice: the second capture
+  // reuses the memory of the first after Reset.
+  auto staging = StagingPages::Create(std::size_t{64} << 20);
+  ASSERT_TRUE(staging.has_value()) << staging.error().ToString();
+  for (int pass = 0; pass < 2; ++pass) {
+    SCOPED_TRACE(pass);
+    (*staging)->Reset();
+    image::Image meta;
+    CaptureOptions options;
+    options.leave_running = pass == 0;
+    auto captured = Capture(original.pid, options, &meta, **staging);
+    ASSERT_TRUE(captured.has_value()) << captured.error().ToString();
+    EXPECT_GE(captured->pages_written, 8192u);
+    EXPECT_LE((*staging)->used(), captured->pages_written * kPageSize + (4 << 20))
+        << "pages went into the staging, zero pages apart";
+    if (pass == 0) continue;
+    EXPECT_EQ(original.Wait(), 128 + SIGKILL);
+
+    Pipe in2, out2;
+    RestoreOptions restore;
+    restore.stdio = {in2.fd[0], out2.fd[1], -1};
+    auto restored = Restore(meta, **staging, restore);
+    ASSERT_TRUE(restored.has_value()) << restored.error().ToString();
+    Child copy;
+    copy.pid = restored->pid;
+    in2.CloseRead();
+    out2.CloseWrite();
+    EXPECT_EQ(Hash(in2.fd[1], out2.fd[0]), before) << "memory differs from the frozen process's";
+    ASSERT_EQ(write(in2.fd[1], "v", 1), 1);
+    EXPECT_EQ(ReadLine(out2.fd[0]), "ok");
+    EXPECT_EQ(copy.Wait(), 0);
+  }
 }
 
 TEST_F(LiveMigrationTest, FailedRestoreResumesTheFrozenProcess) {

@@ -269,8 +269,8 @@ Result<bool> PageStreamReader::ReadPage(std::uint64_t vaddr, std::span<std::byte
 
 class PageFileWriter final : public PageSink {
  public:
-  PageFileWriter(UniqueFd fd, std::filesystem::path path)
-      : fd_(std::move(fd)), path_(std::move(path)) {
+  PageFileWriter(UniqueFd fd, std::filesystem::path path, bool reserved)
+      : fd_(std::move(fd)), path_(std::move(path)), reserved_(reserved) {
     buffer_.reserve(kWriteBufferSize);
     std::byte header[kFileHeaderSize];
     std::memcpy(header, kFileMagic, sizeof kFileMagic);
@@ -334,6 +334,13 @@ class PageFileWriter final : public PageSink {
     return Remember([&]() -> Status {
       ROAM_TRY(Append(trailer));
       ROAM_TRY(Flush());
+      if (reserved_) {
+        // The reservation extended the file: cut it where the stream ends.
+        const off_t end = ::lseek(fd_.get(), 0, SEEK_CUR);
+        if (end < 0 || ::ftruncate(fd_.get(), end) != 0) {
+          return ErrnoError(errno, "trim {}", path_.string());
+        }
+      }
       ROAM_TRY(SyncFile(fd_.get(), path_));
       return fd_.Close(path_);
     }());
@@ -384,6 +391,7 @@ class PageFileWriter final : public PageSink {
 
   UniqueFd fd_;
   std::filesystem::path path_;
+  bool reserved_;  // space was allocated ahead: Finish trims the rest
   std::vector<std::byte> buffer_;
   std::vector<std::array<std::byte, kRecordHeaderSize>> headers_;  // of one writev
   std::vector<std::span<const std::byte>> parts_;                  // of one writev
@@ -434,9 +442,13 @@ Result<bool> MemoryPageStore::ReadPage(std::uint64_t vaddr, std::span<std::byte>
   return true;
 }
 
-Result<std::unique_ptr<PageSink>> OpenPageFileWriter(const std::filesystem::path& path) {
+Result<std::unique_ptr<PageSink>> OpenPageFileWriter(const std::filesystem::path& path,
+                                                     std::uint64_t reserve_bytes) {
   ROAM_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_WRONLY | O_CREAT | O_TRUNC, 0600));
-  return std::make_unique<PageFileWriter>(std::move(fd), path);
+  // Best effort: a file system without fallocate just allocates as it goes.
+  const bool reserved =
+      reserve_bytes != 0 && ::fallocate(fd.get(), 0, 0, static_cast<off_t>(reserve_bytes)) == 0;
+  return std::make_unique<PageFileWriter>(std::move(fd), path, reserved);
 }
 
 Result<std::unique_ptr<PageSource>> OpenPageStream(std::span<const std::byte> bytes,

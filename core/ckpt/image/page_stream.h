@@ -74,6 +74,10 @@ class PageSink {
   // in increasing address order and do not overlap (adjacent ones may be
   // passed in one call or several). Violations are kInvalidArgument.
   virtual Status Add(std::uint64_t vaddr, std::span<const std::byte> pages) = 0;
+  // Where the sink would like the next `bytes` of pages read into, so that
+  // an Add of pages lying there costs no copy; empty if it has no such place
+  // (the default). Valid until the next Add.
+  virtual std::span<std::byte> WritableTail(std::size_t /*bytes*/) { return {}; }
   // Completes the stream (a file writes its trailer and is fsync'ed). A stream
   // never finished reads back as corrupt.
   virtual Status Finish() = 0;
@@ -121,7 +125,12 @@ class MemoryPageStore final : public PageSink, public PageSource {
 };
 
 // Writes a page file at `path` (created 0600, truncated if it exists).
-Result<std::unique_ptr<PageSink>> OpenPageFileWriter(const std::filesystem::path& path);
+// `reserve_bytes`: space to allocate now (fallocate, best effort), so that
+// writing it later, while a process is frozen, does not allocate: on tmpfs a
+// fresh page costs more than copying into it. Finish trims what was not
+// used.
+Result<std::unique_ptr<PageSink>> OpenPageFileWriter(const std::filesystem::path& path,
+                                                     std::uint64_t reserve_bytes = 0);
 
 // Reads a page file. The structure (header, record headers, trailer, header
 // chain) is checked here and a damaged or truncated file refused; payloads

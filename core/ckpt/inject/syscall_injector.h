@@ -27,7 +27,8 @@
 namespace roam::ckpt {
 
 // /proc/PID/mem of a process: writes work even on read-only mappings
-// (the kernel uses FOLL_FORCE), which restore relies on.
+// (the kernel uses FOLL_FORCE), which restore relies on. Writes go by
+// process_vm_writev where it can, which is faster for large runs.
 class RemoteMemory final {
  public:
   static Result<RemoteMemory> Open(pid_t pid);

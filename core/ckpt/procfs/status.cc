@@ -106,6 +106,8 @@ Result<Status> ParseStatus(std::string_view text) {
       ok = ParseInto(value, s.seccomp_filters);
     } else if (key == "NSpid") {
       ok = ParseList(value, s.ns_pid);
+    } else if (key == "RssAnon") {
+      ok = ParseInto(value.substr(0, value.find(' ')), s.rss_anon_kb);  // "1024 kB"
     }
     if (!ok) {
       return MakeError(Errc::kCorrupt, "status line {}: bad {} '{}'", line_number, key, value);

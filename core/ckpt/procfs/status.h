@@ -49,6 +49,7 @@ struct Status {
   int seccomp = 0;            // 0 off, 1 strict, 2 filter
   int seccomp_filters = 0;    // 0 also where the kernel does not report it (before 5.9)
   std::vector<pid_t> ns_pid;  // NSpid: the pid in each pid namespace, outermost first
+  uint64_t rss_anon_kb = 0;   // RssAnon: resident anonymous memory (0 for a kernel thread)
 };
 
 // Unknown keys are ignored (the kernel adds some in most releases). A missing

@@ -6,14 +6,12 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/ckpt/image/test_pages.h"
+
 namespace roam::ckpt {
 namespace {
 
-std::vector<std::byte> Pages(std::size_t n, std::uint8_t fill) {
-  std::vector<std::byte> out(n * kPageSize, std::byte{fill});
-  for (std::size_t i = 0; i < n; ++i) out[i * kPageSize] = std::byte(fill + i);
-  return out;
-}
+using testing::Pages;
 
 struct StoredRun {
   std::uint64_t vaddr;
