@@ -488,6 +488,54 @@ TEST(TcpBootstrapTest, GarbageConnectionsDoNotDisturbRankZero) {
   EXPECT_THAT(frame.error(), HasSubstr("version 99"));
 }
 
+// A connection that never says which rank it is does not hold a descriptor
+// at rank 0 for the job's lifetime: it is told why and closed after the hello
+// timeout (2 s); past 64 waiting, the oldest are closed at once, so a flood
+// of them cannot keep a rank out.
+TEST(TcpBootstrapTest, SilentConnectionsAreDroppedAndCapped) {
+  constexpr int kSize = 2;
+  auto root = OpenTcpBootstrap("127.0.0.1:0", 0, kSize, kShort);
+  ASSERT_TRUE(root.has_value());
+  const HostPort at{"127.0.0.1", (*root)->port()};
+  const Deadline soon = Clock::now() + kLong;
+  std::vector<UniqueFd> silent;
+  for (int i = 0; i < 70; ++i) {
+    auto fd = ConnectTcp(at, soon);
+    ASSERT_TRUE(fd.has_value());
+    silent.push_back(std::move(*fd));
+  }
+  auto one = OpenTcpBootstrap(at.ToString(), 1, kSize, kLong);
+  ASSERT_TRUE(one.has_value());
+  std::vector<std::unique_ptr<Bootstrap>> boots;
+  boots.push_back(std::move(*root));
+  boots.push_back(std::move(*one));
+  OnRanks(AllRanks(kSize), [&](int r) {
+    // Rank 1 arrives late: rank 0 serves (and times out the silent ones)
+    // meanwhile.
+    if (r == 1) std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+    const auto fenced = boots[r]->Fence(kLong);
+    ASSERT_TRUE(fenced.has_value()) << "rank " << r << ": " << fenced.error().ToString();
+  });
+  int told = 0;
+  int closed = 0;
+  for (auto& fd : silent) {
+    FrameReader reader(4096);
+    auto why =
+        ReceiveFrame(fd.get(), reader, Clock::now() + std::chrono::milliseconds(500), "rank 0");
+    if (why.has_value()) {
+      bootstrap::Frame frame;
+      ASSERT_TRUE(frame.ParseFromString(*why));
+      EXPECT_THAT(frame.error(), HasSubstr("no hello within"));
+      ++told;
+    } else {
+      ++closed;  // over the cap: closed without a word
+    }
+  }
+  // 70 silent and rank 1 were accepted in one go: the 7 oldest made room.
+  EXPECT_EQ(told, 63);
+  EXPECT_EQ(closed, 7);
+}
+
 TEST(TcpBootstrapTest, ARankThatNeverConnectedIsNamedSo) {
   constexpr int kSize = 3;
   auto root = OpenTcpBootstrap("127.0.0.1:0", 0, kSize, kShort);

@@ -276,7 +276,7 @@ void TrySendFrame(int fd, std::string_view payload) {
   // from us (FIN after the frame), then take what the peer still sends until
   // it closes, for a short while.
   ::shutdown(fd, SHUT_WR);
-  const Deadline deadline = Clock::now() + std::chrono::milliseconds(200);
+  const Deadline deadline = Clock::now() + std::chrono::milliseconds(50);
   char scratch[4096];
   for (;;) {
     const ssize_t n = ::recv(fd, scratch, sizeof scratch, MSG_DONTWAIT);

@@ -66,7 +66,7 @@ Status SendFrame(int fd, std::string_view payload, Deadline deadline, std::strin
 
 // One write attempt without waiting, for a last word to a peer that is
 // being dropped (which may not be reading); then half-closes and drains
-// what the peer still sends for up to 200 ms, so that closing does not reset
+// what the peer still sends for up to 50 ms, so that closing does not reset
 // the connection under that last word.
 void TrySendFrame(int fd, std::string_view payload);
 

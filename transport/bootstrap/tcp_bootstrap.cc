@@ -27,6 +27,10 @@ namespace {
 constexpr std::uint32_t kWireVersion = 1;
 // A Hello is a few bytes; an unknown connection gets no more than this.
 constexpr std::size_t kMaxHelloFrameBytes = 1024;
+// A connection must say which rank it is this soon after it is accepted, and
+// at most this many may be waiting to: rank 0 holds a descriptor for each.
+constexpr std::chrono::milliseconds kHelloTimeout{2000};
+constexpr std::size_t kMaxUnidentified = 64;
 // The whole table of a round: every rank's entries.
 constexpr std::size_t kMaxFrameBytes = std::size_t{256} << 20;
 
@@ -97,6 +101,8 @@ struct Peer {
   UniqueFd fd;
   FrameReader reader{kMaxHelloFrameBytes};
   int rank = -1;
+  Deadline hello_by{};              // while rank < 0: when it is dropped
+  bool evicted = false;             // closed to make room; erased after this poll
   std::optional<EntryMap> arrived;  // its puts, once it arrived at this round
   std::optional<Error> lost;        // why it is gone, when it left between rounds
 };
@@ -302,19 +308,33 @@ class TcpRendezvous final : public TcpBootstrap {
     fds.reserve(peers_.size() + 1);
     fds.push_back({listener_.fd.get(), POLLIN, 0});
     for (const auto& peer : peers_) fds.push_back({peer->fd.get(), POLLIN, 0});
-    const int n = ::poll(fds.data(), fds.size(), MillisLeft(deadline));
+    // Wake for the first connection that owes a hello, too.
+    Deadline wake = deadline;
+    for (const auto& peer : peers_) {
+      if (peer->rank < 0) wake = std::min(wake, peer->hello_by);
+    }
+    const int n = ::poll(fds.data(), fds.size(), MillisLeft(wake));
     if (n < 0) {
       if (errno == EINTR) return Ok();
       return ErrnoError(errno, "fence round {}: poll", round_);
     }
-    if (n == 0) return Ok();
     // Peers accepted now are polled next time; fds[i + 1] is peers_[i].
     const std::size_t polled = peers_.size();
-    if ((fds[0].revents & POLLIN) != 0) ROAM_TRY(AcceptAll());
+    if (n > 0 && (fds[0].revents & POLLIN) != 0) ROAM_TRY(AcceptAll());
     std::vector<bool> drop(peers_.size(), false);
-    for (std::size_t i = 0; i < polled; ++i) {
-      if (fds[i + 1].revents == 0) continue;
+    for (std::size_t i = 0; n > 0 && i < polled; ++i) {
+      if (fds[i + 1].revents == 0 || peers_[i]->evicted) continue;
       ROAM_ASSIGN_OR_RETURN(drop[i], ServePeer(*peers_[i]));
+    }
+    const Deadline now = Clock::now();
+    for (std::size_t i = 0; i < peers_.size(); ++i) {
+      Peer& peer = *peers_[i];
+      if (peer.evicted) {
+        drop[i] = true;
+      } else if (!drop[i] && peer.rank < 0 && now >= peer.hello_by) {
+        drop[i] = Drop(peer, MakeError(Errc::kTimeout, "no hello within {} ms of connecting",
+                                       kHelloTimeout.count()));
+      }
     }
     for (std::size_t i = peers_.size(); i-- > 0;) {
       if (drop[i]) peers_.erase(peers_.begin() + static_cast<std::ptrdiff_t>(i));
@@ -328,6 +348,23 @@ class TcpRendezvous final : public TcpBootstrap {
       if (!fd.valid()) return Ok();
       auto peer = std::make_unique<Peer>();
       peer->fd = std::move(fd);
+      peer->hello_by = Clock::now() + kHelloTimeout;
+      // Too many waiting: the oldest goes, closed without a word (telling
+      // each why costs a drain). Not the newest: a rank says hello at once,
+      // so a flood of silent connections cannot keep it out.
+      Peer* oldest = nullptr;
+      std::size_t waiting = 0;
+      for (const auto& p : peers_) {
+        if (p->rank >= 0 || p->evicted) continue;
+        ++waiting;
+        if (oldest == nullptr || p->hello_by < oldest->hello_by) oldest = p.get();
+      }
+      if (waiting >= kMaxUnidentified) {
+        oldest->fd.reset();
+        oldest->evicted = true;
+        ++dropped_;
+        last_drop_ = fmt::format("{} connections were waiting to say which rank they are", waiting);
+      }
       peers_.push_back(std::move(peer));
     }
   }
