@@ -332,8 +332,8 @@ TEST_F(FakeNetworkTest, ADroppedRequestTimesOutOnTheNetworksClock) {
   EXPECT_TRUE(FailsWith(**reply, Errc::kTimeout));
 }
 
-TEST_F(FakeNetworkTest, AFlushAfterADroppedPutNeverCompletes) {
-  auto a = AddNode("a");
+TEST_F(FakeNetworkTest, AFlushAfterADroppedPutFailsAfterThePeerTimeout) {
+  auto a = AddNode("a");  // peer_timeout: the default 5 s, on the network's clock
   auto b = AddNode("b");
   auto region = Allocate(*b, 8);
   auto ep = Connect(*a, *b);
@@ -343,16 +343,46 @@ TEST_F(FakeNetworkTest, AFlushAfterADroppedPutNeverCompletes) {
   auto flushed = NewSlot<Status>();
   ASSERT_TRUE(ep->Put(ToBytes("x"), Addr(*region), *key, Into(put_done)).has_value());
   ASSERT_TRUE(ep->Flush(Into(flushed)).has_value());
-  for (int i = 0; i < 10; ++i) {
-    now_ += 1h;
+  for (int i = 0; i < 4; ++i) {
+    now_ += 1s;
     Settle({a.get(), b.get()});
   }
   // The data left the caller's buffer, so the put completed locally; it never
-  // landed, so the flush waits for the caller's deadline.
+  // landed, so the flush still waits.
   ASSERT_TRUE(put_done->has_value());
   EXPECT_FALSE(flushed->has_value());
+  EXPECT_TRUE(ep->status().has_value());
+  // Past peer_timeout without an answer: the peer is declared dead.
+  for (int i = 0; i < 2; ++i) {
+    now_ += 1s;
+    Settle({a.get(), b.get()});
+  }
+  ASSERT_TRUE(flushed->has_value());
+  EXPECT_TRUE(FailsWith(**flushed, Errc::kUnavailable));
+  EXPECT_TRUE(FailsWith(ep->status(), Errc::kUnavailable));
   EXPECT_EQ(region->data()[0], std::byte{0});
-  EXPECT_TRUE(FailsWith(FlushBlocking(*a, *ep, 20ms), Errc::kTimeout));
+}
+
+// An endpoint whose peer answers, however slowly, is not declared dead: the
+// silence that counts is since the last answer.
+TEST_F(FakeNetworkTest, APeerThatKeepsAnsweringStaysAlive) {
+  auto a = AddNode("a");
+  auto b = AddNode("b");
+  b->Handle(1, [](const Message& m) -> Result<Bytes> {
+    return Bytes(m.payload.begin(), m.payload.end());
+  });
+  auto ep = Connect(*a, *b);
+  ASSERT_TRUE(net_.SetFaults("b", "a", {.drop = 0.0, .delay = 3s}).has_value());
+  for (int i = 0; i < 4; ++i) {
+    auto reply = NewSlot<Result<Bytes>>();
+    ASSERT_TRUE(ep->Request(1, ToBytes("ping"), 1h, Into(reply)).has_value());
+    for (int step = 0; step < 4 && !reply->has_value(); ++step) {
+      now_ += 1s;
+      Settle({a.get(), b.get()});
+    }
+    ASSERT_TRUE(reply->has_value()) << "request " << i;
+    EXPECT_TRUE(reply->value().has_value());
+  }
   EXPECT_TRUE(ep->status().has_value());
 }
 

@@ -126,6 +126,14 @@ struct EndpointState {
   std::set<std::uint64_t> unacked;  // puts and gets not yet complete at the peer
   std::deque<PendingFlush> flushes;
   PendingRequests requests;
+  // Liveness (FabricOptions::peer_timeout), on the network's clock: answers
+  // (acks, get replies, replies) are counted, and Progress notes since when
+  // the count has not moved while something waited.
+  std::uint64_t answers = 0;
+  std::uint64_t answers_seen = 0;
+  bool was_waiting = false;
+  TimePoint silent_since{};
+  bool waiting() const { return !unacked.empty() || requests.size() != 0; }
 
   // What max_outstanding limits: operations whose completion has not run.
   std::size_t outstanding() const { return puts.size() + gets.size() + requests.size(); }
@@ -146,6 +154,7 @@ struct Node {
   NodeId id = 0;
   std::string name;
   std::size_t max_outstanding = 0;
+  std::chrono::milliseconds peer_timeout{0};
   bool killed = false;
   bool closed = false;  // its Fabric was destroyed
 
@@ -242,6 +251,24 @@ unsigned Fail(const EndpointRef& ep, const Error& error) {
   return handled;
 }
 
+// Fails `ep` if it has waited on its peer for `timeout` without an answer.
+unsigned CheckLiveness(const EndpointRef& ep, std::chrono::milliseconds timeout, TimePoint now) {
+  if (ep->closed || ep->failure || !ep->waiting()) {
+    ep->was_waiting = false;
+    return 0;
+  }
+  if (!ep->was_waiting || ep->answers != ep->answers_seen) {
+    ep->was_waiting = true;
+    ep->answers_seen = ep->answers;
+    ep->silent_since = now;
+    return 0;
+  }
+  const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - ep->silent_since);
+  if (silent < timeout) return 0;
+  return Fail(ep, MakeError(Errc::kUnavailable, "lost peer {}: no answer for {} ms", ep->peer_name,
+                            silent.count()));
+}
+
 // A put's local completion, or a flush that may have nothing to wait for.
 unsigned RunReady(Node& n, const ReadyWork& work) {
   auto it = n.endpoints.find(work.endpoint);
@@ -263,6 +290,7 @@ void OpDone(Node& n, Event ev) {
   const EndpointRef ep = it->second;
   if (ep->failure || !ep->unacked.contains(ev.op)) return;  // already failed
   ep->unacked.erase(ev.op);
+  ++ep->answers;
   if (ev.error) {
     for (EndpointState::PendingFlush& flush : ep->flushes) {
       if (flush.before > ev.op && !flush.error) flush.error = ev.error;
@@ -622,6 +650,7 @@ Result<std::unique_ptr<Fabric>> FakeNetwork::Impl::AddNode(const FabricOptions& 
   n->id = id;
   n->name = options.name;
   n->max_outstanding = options.max_outstanding;
+  n->peer_timeout = options.peer_timeout;
   n->fault_epoch_seen = fault_epoch_;
   nodes_.emplace(id, std::move(n));
   names_.emplace(options.name, id);
@@ -809,6 +838,7 @@ unsigned FakeNetwork::Impl::Progress(NodeId id) {
   }
   // Deadlines last: a reply that is due wins over its deadline.
   for (const EndpointRef& ep : EndpointsOf(n)) {
+    handled += CheckLiveness(ep, n.peer_timeout, t);
     if (!ep->closed) handled += ep->requests.Expire(t, ep->peer_name);
   }
   return handled;
@@ -824,7 +854,10 @@ bool FakeNetwork::Impl::Arm(NodeId id) {
   return std::ranges::none_of(n.endpoints, [&](const auto& entry) {
     const EndpointState& ep = *entry.second;
     const auto deadline = ep.requests.next_deadline();
-    return (!ep.failure && BreakReason(n.id, ep.peer)) || (deadline && *deadline <= t);
+    const bool silent_too_long =
+        !ep.failure && ep.was_waiting && ep.waiting() && t - ep.silent_since >= n.peer_timeout;
+    return (!ep.failure && BreakReason(n.id, ep.peer)) || (deadline && *deadline <= t) ||
+           silent_too_long;
   });
 }
 
@@ -881,6 +914,7 @@ void FakeNetwork::Impl::Deliver(Node& n, Event ev) {
       auto it = n.endpoints.find(ev.endpoint);
       if (it == n.endpoints.end()) return;  // the requester is gone: drop the reply
       const EndpointRef ep = it->second;
+      ++ep->answers;
       ep->requests.Complete(ev.header.request_id, ReplyResult(ev.header, ev.data));
       return;
     }

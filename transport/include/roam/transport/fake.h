@@ -21,10 +21,9 @@
 //     pending on them. Kill(node): the node vanishes: every endpoint to it
 //     fails so, and its own fabric's endpoints fail too.
 //
-// The fake never times a peer out (FabricOptions::peer_timeout is ignored):
-// a lost operation keeps its endpoint waiting until the caller's deadline,
-// a Disconnect or a Kill. Tests and the simulator make peers fail
-// explicitly.
+// FabricOptions::peer_timeout holds as on UCX, on the network's clock: an
+// endpoint that waits that long without any answer (its peer not
+// progressing, or everything on the link dropped) fails with kUnavailable.
 //
 // Thread-safety: a FakeNetwork and all its fabrics belong to one thread.
 // Lifetime: the network must outlive its fabrics.

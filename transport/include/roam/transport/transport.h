@@ -171,8 +171,7 @@ struct FabricOptions {
   // A peer that leaves an operation or request unanswered for this long is
   // declared dead: its endpoint fails with kUnavailable, and so does all it
   // had in flight. Must exceed the longest single operation (a large put
-  // over a slow link). Applies whatever detect_peer_failure says. The fake
-  // backend ignores it (fake.h).
+  // over a slow link). Applies whatever detect_peer_failure says.
   std::chrono::milliseconds peer_timeout{5000};
   // Whether the transport also watches connections itself, so that a peer
   // whose connection closes (a killed process) fails its endpoints at once
