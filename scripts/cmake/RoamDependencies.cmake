@@ -49,6 +49,14 @@ if(NOT XXHASH_FOUND)
 endif()
 roam_report_dependency("xxHash" "${XXHASH_VERSION}")
 
+# OpenSSL 3's libcrypto: HMAC-SHA256 of the messages between daemons
+# (launch/pool/envelope.cc).
+find_package(OpenSSL 3 QUIET COMPONENTS Crypto)
+if(NOT OpenSSL_FOUND OR NOT TARGET OpenSSL::Crypto)
+  roam_dependency_missing("OpenSSL >= 3 (libcrypto)" "libssl-dev")
+endif()
+roam_report_dependency("OpenSSL" "${OPENSSL_VERSION}")
+
 find_package(tl-expected CONFIG QUIET)
 if(NOT tl-expected_FOUND)
   roam_dependency_missing("tl::expected" "libexpected-dev")
