@@ -77,10 +77,18 @@ Status SplitZeroRuns(std::uint64_t address, std::span<const std::byte> pages, Ze
 }
 
 image::Vma::Kind KindOf(const procfs::Vma& v) {
-  if (v.path == "[vdso]") return image::Vma::VDSO;
-  if (v.path == "[vvar]") return image::Vma::VVAR;
-  if (v.path == "[vvar_vclock]") return image::Vma::VVAR_VCLOCK;
-  if (v.path == "[vsyscall]") return image::Vma::VSYSCALL;
+  switch (procfs::SpecialOf(v.path)) {
+    case procfs::Special::kVdso:
+      return image::Vma::VDSO;
+    case procfs::Special::kVvar:
+      return image::Vma::VVAR;
+    case procfs::Special::kVvarVclock:
+      return image::Vma::VVAR_VCLOCK;
+    case procfs::Special::kVsyscall:
+      return image::Vma::VSYSCALL;
+    case procfs::Special::kNone:
+      break;
+  }
   if (!v.path.empty() && v.path[0] == '/' && v.path != "/dev/zero") {
     // FindRefusals let through only read-only shared file mappings (glibc
     // maps gconv-modules.cache so): the file supplies them again.
@@ -564,8 +572,9 @@ class StoreSink final : public PageSink {
 // A syscall instruction in the process's [vdso], for injection.
 Result<std::uint64_t> VdsoSyscall(pid_t pid, const RemoteMemory& memory,
                                   const std::vector<procfs::Vma>& vmas) {
-  const auto vdso = std::find_if(vmas.begin(), vmas.end(),
-                                 [](const procfs::Vma& v) { return v.path == "[vdso]"; });
+  const auto vdso = std::find_if(vmas.begin(), vmas.end(), [](const procfs::Vma& v) {
+    return procfs::SpecialOf(v.path) == procfs::Special::kVdso;
+  });
   if (vdso == vmas.end()) return MakeError(Errc::kUnsupported, "pid {} has no [vdso]", pid);
   return FindSyscallInstruction(memory, vdso->start, vdso->end);
 }

@@ -86,8 +86,7 @@ bool Tracked(const procfs::Vma& v) {
   // Read-only ones too: a page written and then mprotect'ed read-only
   // before the next round must still be reported.
   if (v.shared) return false;
-  return v.path != "[vdso]" && v.path != "[vvar]" && v.path != "[vvar_vclock]" &&
-         v.path != "[vsyscall]";
+  return procfs::SpecialOf(v.path) == procfs::Special::kNone;
 }
 
 void Coalesce(PageRuns& runs) {

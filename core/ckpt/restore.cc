@@ -53,9 +53,7 @@ bool IsVdsoKind(image::Vma::Kind kind) {
   return kind == image::Vma::VDSO || kind == image::Vma::VVAR || kind == image::Vma::VVAR_VCLOCK;
 }
 
-bool IsVdsoName(const std::string& name) {
-  return name == "[vdso]" || name == "[vvar]" || name == "[vvar_vclock]";
-}
+bool IsVdsoName(const std::string& name) { return procfs::InVdsoBlock(procfs::SpecialOf(name)); }
 
 Result<bool> MayCheckpointRestore() {
   ROAM_ASSIGN_OR_RETURN(const procfs::Status self, procfs::ReadStatus(getpid()));
@@ -712,7 +710,7 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
   for (const auto& v : meta.vmas()) used.emplace_back(v.start(), v.end());
   if (stub_vdso.empty()) return MakeError(Errc::kUnsupported, "restore stub has no vdso");
   for (const auto& v : stub_vdso) {
-    if (v.path == "[vdso]") {
+    if (procfs::SpecialOf(v.path) == procfs::Special::kVdso) {
       ROAM_ASSIGN_OR_RETURN(syscall_insn, FindSyscallInstruction(memory, v.start, v.end));
     }
   }
@@ -751,7 +749,7 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
 
   // 4. Empty the stub: everything of its own but the trampoline and vdso.
   for (const auto& v : stub_vmas) {
-    if (IsVdsoName(v.path) || v.path == "[vsyscall]") continue;
+    if (procfs::SpecialOf(v.path) != procfs::Special::kNone) continue;
     ROAM_TRY(rebuild.Call("munmap stub", SYS_munmap, v.start, v.end - v.start));
   }
 

@@ -83,6 +83,14 @@ Result<Vma> ParseLine(std::string_view line) {
 
 }  // namespace
 
+Special SpecialOf(std::string_view path) {
+  if (path == "[vdso]") return Special::kVdso;
+  if (path == "[vvar]") return Special::kVvar;
+  if (path == "[vvar_vclock]") return Special::kVvarVclock;
+  if (path == "[vsyscall]") return Special::kVsyscall;
+  return Special::kNone;
+}
+
 Result<std::vector<Vma>> ParseMaps(std::string_view text) {
   std::vector<Vma> vmas;
   int line_number = 0;

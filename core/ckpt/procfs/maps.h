@@ -39,6 +39,15 @@ struct Vma {
   uint64_t size() const { return end - start; }
 };
 
+// The kernel's special mappings, by their name in maps: the vdso block
+// ([vvar], [vvar_vclock], [vdso]: restore moves it as one block to the saved
+// addresses) and [vsyscall] (fixed by the kernel, never moved or captured).
+enum class Special : uint8_t { kNone, kVdso, kVvar, kVvarVclock, kVsyscall };
+Special SpecialOf(std::string_view path);
+inline bool InVdsoBlock(Special s) {
+  return s == Special::kVdso || s == Special::kVvar || s == Special::kVvarVclock;
+}
+
 // The text of a maps file. A line that does not parse is Errc::kCorrupt
 // naming its (1-based) line number.
 Result<std::vector<Vma>> ParseMaps(std::string_view text);

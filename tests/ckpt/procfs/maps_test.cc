@@ -69,6 +69,19 @@ TEST(MapsTest, PathsWithSpacesDeletedFilesAndNamedAnonymousMemory) {
   EXPECT_EQ((*vmas)[3].dev_minor, 5u);
 }
 
+TEST(MapsTest, SpecialMappingsByName) {
+  EXPECT_EQ(SpecialOf("[vdso]"), Special::kVdso);
+  EXPECT_EQ(SpecialOf("[vvar]"), Special::kVvar);
+  EXPECT_EQ(SpecialOf("[vvar_vclock]"), Special::kVvarVclock);
+  EXPECT_EQ(SpecialOf("[vsyscall]"), Special::kVsyscall);
+  for (const char* other : {"", "[heap]", "[stack]", "/lib/vdso", "[vdso] (deleted)", "[anon:x]"}) {
+    EXPECT_EQ(SpecialOf(other), Special::kNone) << other;
+  }
+  EXPECT_TRUE(InVdsoBlock(Special::kVvarVclock));
+  EXPECT_FALSE(InVdsoBlock(Special::kVsyscall));
+  EXPECT_FALSE(InVdsoBlock(Special::kNone));
+}
+
 TEST(MapsTest, EmptyTextIsNoVmas) {
   auto vmas = ParseMaps("");
   ASSERT_TRUE(vmas.has_value());
