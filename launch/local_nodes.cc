@@ -27,6 +27,7 @@
 #include <fmt/format.h>
 
 #include "roam/base/check.h"
+#include "roam/base/deadline.h"
 #include "roam/base/unique_fd.h"
 
 namespace roam::launch {
@@ -368,7 +369,7 @@ Result<pid_t> StartChild(int netns_fd, const Stdio& stdio, const ExecArgs& exec)
 Result<bool> WaitForExit(pid_t pid, std::chrono::milliseconds timeout) {
   const Fd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
   if (pidfd.get() < 0) return ErrnoError(errno, "pidfd_open {}", pid);
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const auto deadline = DeadlineAfter(timeout);
   for (;;) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());

@@ -5,6 +5,7 @@
 #include <thread>
 #include <vector>
 
+#include "roam/base/deadline.h"
 #include "roam/transport/transport.h"
 #include "transport/ucx/ucx_fabric.h"
 
@@ -37,7 +38,7 @@ Result<std::unique_ptr<Fabric>> OpenFabric(std::string_view backend, const Fabri
 Status ProgressUntil(std::span<Fabric* const> fabrics, const std::function<bool()>& done,
                      std::chrono::milliseconds timeout) {
   using Clock = std::chrono::steady_clock;
-  const Clock::time_point deadline = Clock::now() + timeout;
+  const Clock::time_point deadline = DeadlineAfter(timeout);
   std::vector<pollfd> fds;
   while (true) {
     unsigned events = 0;
@@ -125,8 +126,11 @@ Result<Bytes> RequestBlocking(Fabric& fabric, Endpoint& ep, std::uint16_t tag, B
   ROAM_TRY(ep.Request(tag, payload, timeout, [reply](Result<Bytes> r) { *reply = std::move(r); }));
   // The request's own deadline answers it; the extra second only guards a
   // backend that fails to.
+  const auto guard = timeout < std::chrono::milliseconds::max() - std::chrono::seconds(1)
+                         ? timeout + std::chrono::seconds(1)
+                         : std::chrono::milliseconds::max();
   ROAM_TRY(ProgressUntil(
-      fabric, [&reply] { return reply->has_value(); }, timeout + std::chrono::seconds(1)));
+      fabric, [&reply] { return reply->has_value(); }, guard));
   return std::move(**reply);
 }
 

@@ -363,6 +363,23 @@ TEST_F(FakeNetworkTest, AFlushAfterADroppedPutFailsAfterThePeerTimeout) {
   EXPECT_EQ(region->data()[0], std::byte{0});
 }
 
+// "No limit" is milliseconds::max(): the deadline saturates instead of
+// overflowing, and the reply still comes.
+TEST_F(FakeNetworkTest, ARequestWithoutATimeLimitGetsItsReply) {
+  auto a = AddNode("a");
+  auto b = AddNode("b");
+  b->Handle(1, [](const Message& m) -> Result<Bytes> {
+    return Bytes(m.payload.begin(), m.payload.end());
+  });
+  auto ep = Connect(*a, *b);
+  auto reply = NewSlot<Result<Bytes>>();
+  ASSERT_TRUE(
+      ep->Request(1, ToBytes("x"), std::chrono::milliseconds::max(), Into(reply)).has_value());
+  Settle({a.get(), b.get()});
+  ASSERT_TRUE(reply->has_value());
+  EXPECT_TRUE(reply->value().has_value());
+}
+
 // An endpoint whose peer answers, however slowly, is not declared dead: the
 // silence that counts is since the last answer.
 TEST_F(FakeNetworkTest, APeerThatKeepsAnsweringStaysAlive) {

@@ -20,6 +20,7 @@
 #include <optional>
 #include <thread>
 
+#include "roam/base/deadline.h"
 #include "roam/base/unique_fd.h"
 #include "roam/transport/bootstrap.h"
 #include "transport/bootstrap/bootstrap.pb.h"
@@ -151,7 +152,7 @@ class DirectoryBootstrap final : public Bootstrap {
 
   Status Fence(std::chrono::milliseconds timeout) override {
     if (failed_) return tl::unexpected(*failed_);
-    Status done = RunFence(Clock::now() + timeout, timeout);
+    Status done = RunFence(DeadlineAfter(timeout), timeout);
     if (!done) failed_ = done.error();
     return done;
   }

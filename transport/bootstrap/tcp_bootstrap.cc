@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "roam/base/deadline.h"
 #include "roam/base/error_wire.h"
 #include "roam/transport/bootstrap.h"
 #include "transport/bootstrap/bootstrap.pb.h"
@@ -121,7 +122,7 @@ class TcpRendezvous final : public TcpBootstrap {
 
   Status ConnectToRoot(std::chrono::milliseconds connect_timeout) {
     port_ = where_.port;
-    const Deadline deadline = Clock::now() + connect_timeout;
+    const Deadline deadline = DeadlineAfter(connect_timeout);
     auto fd = ConnectTcp(where_, deadline);
     if (!fd) {
       return fd.error().WithContext(
@@ -151,7 +152,7 @@ class TcpRendezvous final : public TcpBootstrap {
 
   Status Fence(std::chrono::milliseconds timeout) override {
     if (failed_) return tl::unexpected(*failed_);
-    const Deadline deadline = Clock::now() + timeout;
+    const Deadline deadline = DeadlineAfter(timeout);
     Status done = rank_ == 0 ? RootFence(deadline, timeout) : MemberFence(deadline, timeout);
     if (!done) failed_ = done.error();
     return done;

@@ -30,6 +30,7 @@
 
 #include <unistd.h>
 
+#include "roam/base/deadline.h"
 #include "roam/transport/fake.h"
 #include "transport/requests.h"
 #include "transport/wire/wire.h"
@@ -514,10 +515,11 @@ class FakeEndpoint final : public Endpoint {
     // pointer cannot outlive the state; `closed` stops a reply, a timeout or
     // a failure from reaching a caller who destroyed the endpoint.
     const EndpointState* state = state_.get();
-    const std::uint64_t id = state_->requests.Add(
-        net_.now() + timeout, [state, on_reply = std::move(on_reply)](Result<Bytes> reply) {
-          if (!state->closed && on_reply) on_reply(std::move(reply));
-        });
+    const std::uint64_t id =
+        state_->requests.Add(DeadlineAfter<FakeNetwork::Clock>(net_.now(), timeout),
+                             [state, on_reply = std::move(on_reply)](Result<Bytes> reply) {
+                               if (!state->closed && on_reply) on_reply(std::move(reply));
+                             });
     Event ev = NewEvent(Event::Kind::kRequest, 0);
     ev.header = {wire::MessageKind::kRequest, tag, id};
     ev.data.assign(payload.begin(), payload.end());

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "roam/base/check.h"
+#include "roam/base/deadline.h"
 #include "transport/requests.h"
 #include "transport/wire/wire.h"
 
@@ -733,7 +734,7 @@ Status UcxEndpoint::Request(std::uint16_t tag, ByteView payload, std::chrono::mi
                             ReplyHandler on_reply) {
   ROAM_TRY(Ready("request"));
   ROAM_TRY(CheckMessageSize(payload.size()));
-  const std::uint64_t local_id = pending_.Add(Clock::now() + timeout, std::move(on_reply));
+  const std::uint64_t local_id = pending_.Add(DeadlineAfter(timeout), std::move(on_reply));
   // A failed send fails the request (if it is still waiting for its reply).
   InFlight* op = StartOp([local_id, serial = serial_, fabric = &fabric_](Status sent) {
     if (sent.has_value()) return;
