@@ -9,6 +9,7 @@
 #include "launch/checkpoint_cmd.h"
 #include "launch/cli.h"
 #include "launch/node_report.h"
+#include "launch/pool_cmd.h"
 #include "roam/base/version.h"
 
 namespace {
@@ -38,9 +39,11 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
   CLI::App* info = app.add_subcommand("info", "Show this node: topology, transports, PMIx");
   info->add_flag("--json", json, "Print one JSON object");
   roam::launch::AddCheckpointCommands(app);
+  roam::launch::AddPoolCommands(app);
 
   if (const auto exit_code = roam::launch::ParseCommandLine(app, argc, argv)) return *exit_code;
   if (info->parsed()) return RunInfo(json);
   if (const int status = roam::launch::RunCheckpointCommands(app); status >= 0) return status;
+  if (const int status = roam::launch::RunPoolCommands(app); status >= 0) return status;
   return roam::launch::kUsageError;  // unreachable: require_subcommand(1)
 }
