@@ -272,6 +272,21 @@ TEST_F(LocalPoolTest, DownCleansUpAfterAKilledKeeper) {
   ExpectGone(reports, keeper);
 }
 
+TEST_F(LocalPoolTest, TheKeeperLogsARoamdThatExits) {
+  ASSERT_EQ(Up(2).exit_code, 0);
+  const Report n2 = ReportOf("n2", (Dir() / "n2.sock").string());
+  ASSERT_NE(n2.pid, 0);
+  ASSERT_EQ(kill(n2.pid, SIGKILL), 0);
+  const std::string expected = fmt::format("roamd of n2 (pid {}) exited: killed by Killed", n2.pid);
+  EXPECT_TRUE(WaitFor(
+      [&] { return ReadFile(Dir() / "keeper.log").find(expected) != std::string::npos; }, 5s))
+      << ReadFile(Dir() / "keeper.log");
+  EXPECT_TRUE(Connects(Dir() / "n1.sock")) << "the other node went too";
+  const CommandResult down = Roam({"pool", "down", "--name", name_});
+  EXPECT_EQ(down.exit_code, 0) << down.err;
+  EXPECT_FALSE(fs::exists(Dir()));
+}
+
 TEST_F(LocalPoolTest, UpReplacesTheStateOfADeadKeeper) {
   ASSERT_EQ(Up(1).exit_code, 0);
   const auto j = nlohmann::json::parse(ReadFile(Dir() / "pool.json"), nullptr, false);
