@@ -646,6 +646,13 @@ Status StopLocalPool(std::string_view name) {
     return MakeError(Errc::kNotFound, "no local pool '{}' is up", name);
   }
   std::optional<pid_t> keeper = LiveKeeper(dir);
+  // A keeper that has just been forked holds the lock before it has written
+  // its pid; give it a moment rather than cleaning up under its feet.
+  const auto pid_deadline = DeadlineAfter(milliseconds(2'000));
+  while (keeper.has_value() && *keeper <= 1 && std::chrono::steady_clock::now() < pid_deadline) {
+    std::this_thread::sleep_for(kPollInterval);
+    keeper = LiveKeeper(dir);
+  }
   // pid 0 or 1 would signal a process group or init: only a pid the keeper
   // wrote is signalled.
   if (keeper.has_value() && *keeper > 1) {
