@@ -1,0 +1,223 @@
+// Stop-copy migration of one process from this node to a peer over roam's
+// transport: the source freezes the process, puts its pages into the
+// target's staging memory with one-sided puts, hands over the metadata, and
+// the target rebuilds the process there (ckpt::Restore in a PID namespace of
+// its own). The process either runs at the target and is gone at the source,
+// or runs on at the source exactly as before; on every error MigrateOut
+// returns, the latter.
+//
+// Each daemon runs migrations on a migration thread with a Fabric of its own
+// (one UCX worker), so a capture or restore blocks nothing else. The source
+// side (MigrationSource::MigrateOut) is one blocking call that progresses the
+// fabric itself. The target side (MigrationTarget) serves requests inside
+// the fabric's Progress and does the restore in RunPending, outside it: a
+// handler may not wait for another message of the same fabric, and the
+// restore waits for the source's Go.
+//
+// Protocol (tags kMigrateTagFirst.., payloads in core/migrate/migrate.proto):
+//   source                                     target
+//   Prepare{id, page bytes, guest, address} -> accept(guest)?, staging sized
+//                                           <- Prepared{staging key, capacity}
+//   freeze; pages put into the staging in runs, densely, at increasing
+//   offsets (a registered send ring bounds what is in flight); flush
+//   Commit{id, image, run table}            -> checked, restore queued
+//                                           <- COMMITTED
+//   Status{id} (again while not READY)      -> (restore runs outside Progress,
+//                                              then stops in before_resume,
+//                                              progressing the fabric)
+//                                           <- READY, or the restore's error
+//   kill the frozen copy; record MOVED
+//   Go{id}                                  -> resume; on_running(...)
+//                                           <- RUNNING
+// Before READY, any failure (refusal, restore error, timeout, unreachable
+// target) makes the source resume its copy, record SOURCE_KEPT and send a
+// best-effort Abort{id}; the target drops its copy on Abort.
+//
+// Who has the process when the two lose each other after READY. The target
+// resumes only on Go, or when the source answers an Outcome{id} question
+// with MOVED; it kills its stopped copy on SOURCE_KEPT, UNKNOWN, or when the
+// source cannot be reached within TargetOptions::go_timeout +
+// outcome_timeout. This picks "at most one copy": a partition right after
+// READY, once the source killed its copy, loses the process (neither node
+// runs it; the source's report says go_acknowledged = false). It never
+// yields two copies as long as the source's MigrationSource (which answers
+// Outcome) lives as long as its fabric is progressed.
+//
+// Thread-safety: a MigrationSource and a MigrationTarget belong to the
+// thread of their Fabric. Lifetime: both register request handlers on the
+// fabric and must be destroyed before it; their destructors replace those
+// handlers by ones that answer kUnavailable.
+#pragma once
+
+#include <sys/types.h>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "roam/base/error.h"
+#include "roam/transport/transport.h"
+
+namespace roam::migrate {
+
+// The transport tags of this protocol; the range is reserved for it.
+inline constexpr std::uint16_t kMigrateTagFirst = 0x4d00;
+inline constexpr std::uint16_t kTagPrepare = 0x4d00;
+inline constexpr std::uint16_t kTagCommit = 0x4d01;
+inline constexpr std::uint16_t kTagStatus = 0x4d02;
+inline constexpr std::uint16_t kTagGo = 0x4d03;
+inline constexpr std::uint16_t kTagAbort = 0x4d04;
+inline constexpr std::uint16_t kTagOutcome = 0x4d08;  // served by the source
+inline constexpr std::uint16_t kMigrateTagLast = 0x4d0f;
+
+struct MigrateOptions {
+  std::uint64_t migration_id = 0;  // unique per source node; 0 is refused
+  // Handed to the target owner's accept and on_running, opaque here (the
+  // deputy's address, the uid, the home node...).
+  std::string guest;
+  // Prepare round trip (the target sizes and faults in its staging).
+  std::chrono::milliseconds prepare_timeout{30000};
+  // From the metadata's arrival to the restored process stopped at the
+  // target. The source's FabricOptions::peer_timeout must exceed the
+  // restore too: the target does not progress while it restores.
+  std::chrono::milliseconds restore_timeout{60000};
+  // A put without its local completion, a flush, Commit, Go.
+  std::chrono::milliseconds io_timeout{10000};
+  // Staging asked for beyond the process's anonymous resident memory when
+  // Prepare is sent (it keeps running until the freeze and may grow): a
+  // capture that outgrows the staging fails (kResourceExhausted) and the
+  // process runs on.
+  std::uint64_t headroom_bytes = std::uint64_t{16} << 20;
+  // Called on the migrating thread after each put is issued.
+  std::function<void(std::uint64_t bytes_sent, std::uint64_t bytes_expected)> progress;
+};
+
+struct MigrationReport {
+  std::uint64_t downtime_ns = 0;  // frozen at the source until Go was acknowledged
+  std::uint64_t frozen_ns = 0;    // capture's own measure: freeze to kill
+  std::uint64_t total_ns = 0;     // the whole MigrateOut
+  std::uint64_t bytes_sent = 0;   // page bytes put
+  std::uint64_t pages = 0;
+  std::uint64_t runs = 0;
+  // The process at the target, as the target's daemon sees it (READY).
+  pid_t target_pid = -1;
+  // Whether the target acknowledged Go. False: the source's copy is gone
+  // and the target decides by asking Outcome (see above).
+  bool go_acknowledged = false;
+};
+
+struct SourceOptions {
+  // The registered send ring pages are read into and put from (faulted in
+  // at the first migration, reused after); bounds the bytes in flight.
+  std::size_t ring_bytes = std::size_t{64} << 20;
+  // Outcomes remembered for the target's questions.
+  std::size_t outcomes_kept = 1024;
+};
+
+// The source side of one node: the send ring, and the record of outcomes
+// that a target asks for when Go did not reach it.
+class MigrationSource {
+ public:
+  static Result<std::unique_ptr<MigrationSource>> Create(transport::Fabric& fabric,
+                                                         const SourceOptions& options = {});
+  virtual ~MigrationSource() = default;
+
+  // Moves `pid` (a process this thread may ptrace) to the peer of `target`.
+  // Blocks, progressing the fabric. On error the process runs here as
+  // before; the error is the target's refusal (its code and message), the
+  // restore's error, kTimeout, kUnavailable, or the capture's refusal.
+  virtual Result<MigrationReport> MigrateOut(transport::Endpoint& target, pid_t pid,
+                                             const MigrateOptions& options) = 0;
+  // How often the send ring was allocated (once, unless it failed).
+  virtual std::size_t ring_allocations() const = 0;
+};
+
+// One migration without a MigrationSource of its own: nothing answers the
+// target's Outcome question afterwards, so a lost Go makes the target drop
+// the process (see above). Daemons keep a MigrationSource.
+Result<MigrationReport> MigrateOut(transport::Fabric& fabric, transport::Endpoint& target,
+                                   pid_t pid, const MigrateOptions& options);
+
+// What the target's owner is asked and told.
+struct Arrival {
+  std::uint64_t migration_id = 0;
+  std::uint64_t page_bytes = 0;  // expected at Prepare, exact at restore
+  std::string guest;
+};
+
+// What the owner supplies for the restore.
+struct RestoreSetup {
+  // Files for fds 0-2 when the process had a pipe or terminal there; -1
+  // gives the target's own. They must stay open until on_running or the
+  // failure (the restore dups them).
+  std::array<int, 3> stdio = {-1, -1, -1};
+  // Run while the new process is stopped (cgroup, binding); an error fails
+  // the migration and the source's copy runs on.
+  std::function<Status(pid_t)> before_pages;
+  std::function<Status(pid_t)> before_resume;  // before READY is reported
+};
+
+struct Running {
+  std::uint64_t migration_id = 0;
+  pid_t pid = -1;       // in the target's pid namespace; the owner's child
+  pid_t init_pid = -1;  // its namespace's init, also a child: reap it after pid
+  std::string guest;
+};
+
+struct TargetCallbacks {
+  // May refuse with a typed error (full, draining, wrong user); the source
+  // receives it as MigrateOut's error. Empty: accept everything.
+  std::function<Status(const Arrival&)> accept;
+  // Empty: the target's own stdio and no hooks.
+  std::function<Result<RestoreSetup>(const Arrival&)> restore_setup;
+  // The process runs here now.
+  std::function<void(const Running&)> on_running;
+  // A migration failed at this end after accept (logged by the owner).
+  std::function<void(const Arrival&, const Error&)> on_failed;
+};
+
+struct TargetOptions {
+  // Staging faulted in at creation (0: at the first Prepare).
+  std::size_t initial_staging_bytes = 0;
+  // Staging grows in steps of this (a reallocation each time).
+  std::size_t staging_granule = std::size_t{16} << 20;
+  // Prepared but no Commit for this long: the source is gone, the staging
+  // is free for the next one.
+  std::chrono::milliseconds commit_timeout{120000};
+  // READY without Go for this long: ask the source for the outcome.
+  std::chrono::milliseconds go_timeout{10000};
+  std::chrono::milliseconds outcome_timeout{5000};
+};
+
+// The target side of one node: serves the protocol's requests on its
+// fabric and owns the staging region (fabric-allocated so that peers can
+// write it one-sidedly, faulted in ahead). The staging is reused from one
+// migration to the next, grown (reallocated) only when a Prepare needs more
+// than it has, and never shrunk: a node keeps the memory of its largest
+// migration. One migration at a time; a Prepare while one is under way is
+// refused with kResourceExhausted.
+class MigrationTarget {
+ public:
+  static Result<std::unique_ptr<MigrationTarget>> Create(transport::Fabric& fabric,
+                                                         TargetCallbacks callbacks,
+                                                         const TargetOptions& options = {});
+  virtual ~MigrationTarget() = default;
+
+  // Does the work queued by the handlers (a restore, which blocks until Go,
+  // abort or timeout, progressing the fabric). Call it on the fabric's
+  // thread after Progress, never from inside it. True if it did something.
+  virtual bool RunPending() = 0;
+  // Whether RunPending has work (a daemon's loop stops sleeping).
+  virtual bool HasPending() const = 0;
+  // Progresses the fabric and runs pending work until `stop()` holds.
+  virtual void Serve(const std::function<bool()>& stop) = 0;
+
+  virtual std::size_t staging_capacity() const = 0;
+  // How often the staging was (re)allocated.
+  virtual std::size_t staging_allocations() const = 0;
+};
+
+}  // namespace roam::migrate

@@ -1,0 +1,471 @@
+// Stop-copy migration between two nodes of roam's transport: two UCX
+// fabrics over tcp in this process, the source on the test's thread, the
+// target on a thread of its own serving MigrationTarget (as a daemon's
+// migration thread would). Real workloads from tests/ckpt move and check
+// themselves at the target; every failure before the target is ready leaves
+// the process running at the source exactly as it was.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "roam/migrate/migration.h"
+#include "roam/transport/transport.h"
+#include "tests/support/test_util.h"
+
+extern char** environ;
+
+namespace roam::migrate {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Pipe {
+  Pipe() { EXPECT_EQ(pipe2(fd, O_CLOEXEC), 0); }
+  ~Pipe() {
+    for (int f : fd) {
+      if (f >= 0) close(f);
+    }
+  }
+  void CloseRead() { close(std::exchange(fd[0], -1)); }
+  void CloseWrite() { close(std::exchange(fd[1], -1)); }
+  int fd[2] = {-1, -1};
+};
+
+// One line without its newline; "<timeout>" or "<eof>" instead of hanging.
+std::string ReadLine(int fd, std::chrono::milliseconds timeout = 20s) {
+  std::string line;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    pollfd p{fd, POLLIN, 0};
+    if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) <= 0) return "<timeout>";
+    char c = 0;
+    if (read(fd, &c, 1) != 1) return line.empty() ? "<eof>" : line;
+    if (c == '\n') return line;
+    line += c;
+  }
+}
+
+// Kills and reaps a child the test still owns.
+struct Child {
+  ~Child() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+  int Wait() {
+    int status = 0;
+    if (waitpid(pid, &status, 0) != pid) return -1;
+    pid = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  pid_t pid = -1;
+};
+
+// A node's migration thread: its own fabric, a MigrationTarget served until
+// the node stops or is killed (its fabric closed, as a dead daemon's).
+class TargetNode {
+ public:
+  explicit TargetNode(TargetCallbacks callbacks) {
+    callbacks.on_running = [this, next = std::move(callbacks.on_running)](const Running& r) {
+      if (next) next(r);
+      std::lock_guard lock(mu_);
+      running_.push_back(r);
+      cv_.notify_all();
+    };
+    callbacks.on_failed = [this](const Arrival&, const Error& e) {
+      std::lock_guard lock(mu_);
+      failures_.push_back(e.ToString());
+    };
+    std::promise<Result<transport::Bytes>> address;
+    auto got = address.get_future();
+    thread_ = std::thread([this, callbacks = std::move(callbacks), &address]() mutable {
+      auto fabric = transport::OpenFabric("ucx", {.name = "target"});
+      if (!fabric) return address.set_value(fabric.error());
+      auto target = MigrationTarget::Create(**fabric, std::move(callbacks));
+      if (!target) return address.set_value(target.error());
+      address.set_value((*fabric)->Address());
+      (*target)->Serve([&] {
+        allocations_ = (*target)->staging_allocations();
+        return stop_.load() || kill_.load();
+      });
+      target->reset();
+      fabric->reset();
+      std::lock_guard lock(mu_);
+      gone_ = true;
+      cv_.notify_all();
+    });
+    address_ = got.get();
+  }
+  ~TargetNode() {
+    stop_ = true;
+    thread_.join();
+  }
+
+  const Result<transport::Bytes>& address() const { return address_; }
+  // The node's fabric closes: its peers' endpoints fail.
+  void Kill() {
+    kill_ = true;
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return gone_; });
+  }
+  std::optional<Running> WaitRunning(std::size_t n, std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock lock(mu_);
+    if (!cv_.wait_for(lock, timeout, [&] { return running_.size() >= n; })) return std::nullopt;
+    return running_[n - 1];
+  }
+  std::size_t running() {
+    std::lock_guard lock(mu_);
+    return running_.size();
+  }
+  std::vector<std::string> failures() {
+    std::lock_guard lock(mu_);
+    return failures_;
+  }
+  std::size_t staging_allocations() const { return allocations_; }
+
+ private:
+  std::thread thread_;
+  Result<transport::Bytes> address_;
+  std::atomic<bool> stop_{false}, kill_{false};
+  std::atomic<std::size_t> allocations_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool gone_ = false;
+  std::vector<Running> running_;
+  std::vector<std::string> failures_;
+};
+
+// The precopy workload (tests/ckpt/workloads/precopy.cc): 32 MiB it stamps,
+// hashes and verifies on command through its stdin and stdout.
+struct Workload {
+  Child child;
+  Pipe in, out;
+};
+
+class MigrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ROAM_SKIP_UNLESS_ROOT("seizes the workload and rebuilds it in a pid namespace");
+    // Two workers of one process would otherwise use shared memory: the
+    // pages must cross a network transport.
+    ::setenv("UCX_TLS", "tcp", 1);
+    auto fabric = transport::OpenFabric("ucx", {.name = "source"});
+    ASSERT_TRUE(fabric.has_value()) << fabric.error().ToString();
+    fabric_ = std::move(*fabric);
+    auto source = MigrationSource::Create(*fabric_);
+    ASSERT_TRUE(source.has_value()) << source.error().ToString();
+    source_ = std::move(*source);
+  }
+  void TearDown() override {
+    source_.reset();
+    fabric_.reset();
+  }
+
+  std::unique_ptr<transport::Endpoint> Connect(TargetNode& node) {
+    EXPECT_TRUE(node.address().has_value()) << node.address().error().ToString();
+    if (!node.address()) return nullptr;
+    auto ep = fabric_->Connect(*node.address());
+    EXPECT_TRUE(ep.has_value()) << ep.error().ToString();
+    return ep ? std::move(*ep) : nullptr;
+  }
+
+  static void Spawn(const std::vector<std::string>& args, Child& child, int in, int out) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, in, 0);
+    posix_spawn_file_actions_adddup2(&actions, out, 1);
+    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ASSERT_EQ(posix_spawn(&child.pid, argv[0], &actions, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&actions);
+  }
+
+  static void StartPrecopy(Workload& w) {
+    const std::string bin = (testing::BuildDir() / "tests" / "ckpt_precopy").string();
+    ASSERT_NO_FATAL_FAILURE(Spawn({bin}, w.child, w.in.fd[0], w.out.fd[1]));
+    ASSERT_EQ(ReadLine(w.out.fd[0]), "ready");
+    for (char c : {'w', 'm', 'd', 's'}) {
+      ASSERT_EQ(write(w.in.fd[1], &c, 1), 1);
+      ASSERT_EQ(ReadLine(w.out.fd[0]), std::string("done ") + c);
+    }
+  }
+
+  static std::string Hash(int in, int out) {
+    EXPECT_EQ(write(in, "h", 1), 1);
+    return ReadLine(out);
+  }
+
+  // The workload runs where its pipes lead: same memory as before, and it
+  // verifies itself and exits 0.
+  static void ExpectIntact(int in, int out, const std::string& hash, Child& child) {
+    EXPECT_EQ(Hash(in, out), hash) << "memory differs";
+    ASSERT_EQ(write(in, "v", 1), 1);
+    EXPECT_EQ(ReadLine(out), "ok");
+    EXPECT_EQ(child.Wait(), 0);
+  }
+
+  static MigrateOptions Options(std::uint64_t id) {
+    MigrateOptions o;
+    o.migration_id = id;
+    o.guest = "guest " + std::to_string(id);
+    o.io_timeout = 5s;
+    return o;
+  }
+
+  static void Print(const char* what, const MigrationReport& r) {
+    std::printf(
+        "%s: %llu bytes in %llu runs (%llu pages), downtime %.2f ms (frozen %.2f ms), total "
+        "%.2f ms\n",
+        what, static_cast<unsigned long long>(r.bytes_sent),
+        static_cast<unsigned long long>(r.runs), static_cast<unsigned long long>(r.pages),
+        static_cast<double>(r.downtime_ns) / 1e6, static_cast<double>(r.frozen_ns) / 1e6,
+        static_cast<double>(r.total_ns) / 1e6);
+  }
+
+  std::unique_ptr<transport::Fabric> fabric_;
+  std::unique_ptr<MigrationSource> source_;
+};
+
+TEST_F(MigrationTest, WorkloadRunsOnAtTheTargetWithItsNewStdio) {
+  Workload w;
+  ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
+  const std::string before = Hash(w.in.fd[1], w.out.fd[0]);
+  ASSERT_EQ(before.rfind("hash ", 0), 0u) << before;
+
+  Pipe in2, out2;
+  TargetCallbacks callbacks;
+  std::string accepted;
+  callbacks.accept = [&](const Arrival& a) -> Status {
+    accepted = a.guest;
+    return Ok();
+  };
+  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
+    RestoreSetup setup;
+    setup.stdio = {in2.fd[0], out2.fd[1], -1};
+    return setup;
+  };
+  TargetNode node(std::move(callbacks));
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+
+  std::uint64_t last_sent = 0, calls = 0;
+  MigrateOptions options = Options(7);
+  options.progress = [&](std::uint64_t sent, std::uint64_t) {
+    EXPECT_GT(sent, last_sent);
+    last_sent = sent;
+    ++calls;
+  };
+  auto report = source_->MigrateOut(*ep, w.child.pid, options);
+  ASSERT_TRUE(report.has_value()) << report.error().ToString();
+  Print("precopy workload", *report);
+  EXPECT_EQ(w.child.Wait(), 128 + SIGKILL) << "the source's copy is gone";
+  auto running = node.WaitRunning(1);
+  ASSERT_TRUE(running.has_value());
+  Child init, copy;
+  init.pid = running->init_pid;
+  copy.pid = running->pid;
+  EXPECT_EQ(accepted, "guest 7");
+  EXPECT_EQ(running->guest, "guest 7");
+  EXPECT_EQ(running->migration_id, 7u);
+  EXPECT_EQ(running->pid, report->target_pid);
+  EXPECT_TRUE(report->go_acknowledged);
+  EXPECT_GE(report->pages, 8192u);
+  EXPECT_EQ(report->bytes_sent, report->pages * 4096);
+  EXPECT_EQ(last_sent, report->bytes_sent);
+  EXPECT_GT(calls, 0u);
+  EXPECT_LE(report->frozen_ns, report->downtime_ns);
+
+  in2.CloseRead();
+  out2.CloseWrite();
+  ExpectIntact(in2.fd[1], out2.fd[0], before, copy);
+  EXPECT_EQ(init.Wait(), 0);
+}
+
+TEST_F(MigrationTest, SixtyFourMebibytesArriveIntact) {
+  testing::TempDir dir;
+  const auto data = dir.path() / "data";
+  std::ofstream(data) << "ABCDEFGHIJ";
+  Pipe in, out;
+  Child original;
+  const std::string bin = (testing::BuildDir() / "tests" / "ckpt_workload").string();
+  ASSERT_NO_FATAL_FAILURE(Spawn({bin, "1.5", data.string()}, original, in.fd[0], out.fd[1]));
+  ASSERT_EQ(ReadLine(out.fd[0]).rfind("ready", 0), 0u);
+  std::this_thread::sleep_for(200ms);
+
+  Pipe in2, out2;
+  TargetCallbacks callbacks;
+  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
+    RestoreSetup setup;
+    setup.stdio = {in2.fd[0], out2.fd[1], -1};
+    return setup;
+  };
+  TargetNode node(std::move(callbacks));
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  auto report = source_->MigrateOut(*ep, original.pid, Options(64));
+  ASSERT_TRUE(report.has_value()) << report.error().ToString();
+  Print("64 MiB workload", *report);
+  EXPECT_GE(report->bytes_sent, std::uint64_t{64} << 20);
+  EXPECT_EQ(original.Wait(), 128 + SIGKILL);
+  auto running = node.WaitRunning(1);
+  ASSERT_TRUE(running.has_value());
+  Child init, copy;
+  init.pid = running->init_pid;
+  copy.pid = running->pid;
+  in2.CloseRead();
+  out2.CloseWrite();
+  ASSERT_EQ(write(in2.fd[1], "go on\n", 6), 6);
+  std::string output;
+  for (std::string line = ReadLine(out2.fd[0]); line != "<eof>" && line != "<timeout>";
+       line = ReadLine(out2.fd[0])) {
+    output += line + "\n";
+  }
+  EXPECT_NE(output.find("data ABCDEFGH\n"), std::string::npos) << output;
+  EXPECT_NE(output.find("stdin go on\n"), std::string::npos) << output;
+  EXPECT_NE(output.find("ok after"), std::string::npos) << output;
+  EXPECT_EQ(output.find("broken"), std::string::npos) << output;
+  EXPECT_EQ(copy.Wait(), 0);
+  EXPECT_EQ(init.Wait(), 0);
+}
+
+TEST_F(MigrationTest, RefusalLeavesTheProcessRunningAtTheSource) {
+  Workload w;
+  ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
+  const std::string before = Hash(w.in.fd[1], w.out.fd[0]);
+  TargetCallbacks callbacks;
+  callbacks.accept = [](const Arrival&) -> Status {
+    return MakeError(Errc::kResourceExhausted, "node full for the test");
+  };
+  TargetNode node(std::move(callbacks));
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  auto report = source_->MigrateOut(*ep, w.child.pid, Options(3));
+  ASSERT_FALSE(report.has_value());
+  EXPECT_EQ(report.error().code(), Errc::kResourceExhausted) << report.error().ToString();
+  EXPECT_NE(report.error().message().find("node full for the test"), std::string::npos);
+  EXPECT_EQ(node.running(), 0u);
+  ExpectIntact(w.in.fd[1], w.out.fd[0], before, w.child);
+}
+
+TEST_F(MigrationTest, FailedRestoreResumesTheProcessAtTheSource) {
+  Workload w;
+  ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
+  const std::string before = Hash(w.in.fd[1], w.out.fd[0]);
+  TargetCallbacks callbacks;
+  std::atomic<pid_t> restored{-1};
+  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
+    RestoreSetup setup;
+    setup.before_resume = [&](pid_t pid) -> Status {
+      restored = pid;
+      return MakeError(Errc::kInternal, "injected failure before resume");
+    };
+    return setup;
+  };
+  TargetNode node(std::move(callbacks));
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  auto report = source_->MigrateOut(*ep, w.child.pid, Options(4));
+  ASSERT_FALSE(report.has_value());
+  EXPECT_EQ(report.error().code(), Errc::kInternal) << report.error().ToString();
+  EXPECT_NE(report.error().message().find("injected failure"), std::string::npos)
+      << report.error().ToString();
+  EXPECT_GT(restored.load(), 0) << "the restore got as far as before_resume";
+  EXPECT_EQ(node.running(), 0u);
+  EXPECT_EQ(node.failures().size(), 1u);
+  if (restored.load() > 0) {
+    EXPECT_NE(kill(restored.load(), 0), 0) << "the target's copy was dropped";
+  }
+  ExpectIntact(w.in.fd[1], w.out.fd[0], before, w.child);
+}
+
+TEST_F(MigrationTest, LosingTheTargetMidTransferResumesTheProcessAtTheSource) {
+  Workload w;
+  ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
+  const std::string before = Hash(w.in.fd[1], w.out.fd[0]);
+  TargetNode node(TargetCallbacks{});
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  MigrateOptions options = Options(5);
+  bool killed = false;
+  options.progress = [&](std::uint64_t, std::uint64_t) {
+    if (!killed) node.Kill();  // the first put is out: the rest cannot land
+    killed = true;
+  };
+  auto report = source_->MigrateOut(*ep, w.child.pid, options);
+  ASSERT_FALSE(report.has_value());
+  EXPECT_TRUE(killed);
+  EXPECT_TRUE(report.error().code() == Errc::kUnavailable ||
+              report.error().code() == Errc::kTimeout)
+      << report.error().ToString();
+  ExpectIntact(w.in.fd[1], w.out.fd[0], before, w.child);
+}
+
+TEST_F(MigrationTest, StagingIsReusedByTheNextMigration) {
+  std::vector<std::unique_ptr<Pipe>> stdio;
+  TargetCallbacks callbacks;
+  std::mutex mu;
+  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
+    std::lock_guard lock(mu);
+    RestoreSetup setup;
+    setup.stdio = {stdio[stdio.size() - 2]->fd[0], stdio.back()->fd[1], -1};
+    return setup;
+  };
+  TargetNode node(std::move(callbacks));
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  for (int round = 1; round <= 2; ++round) {
+    SCOPED_TRACE(round);
+    Workload w;
+    ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
+    const std::string before = Hash(w.in.fd[1], w.out.fd[0]);
+    {
+      std::lock_guard lock(mu);
+      stdio.push_back(std::make_unique<Pipe>());
+      stdio.push_back(std::make_unique<Pipe>());
+    }
+    Pipe& in2 = *stdio[stdio.size() - 2];
+    Pipe& out2 = *stdio.back();
+    auto report = source_->MigrateOut(*ep, w.child.pid, Options(100 + round));
+    ASSERT_TRUE(report.has_value()) << report.error().ToString();
+    Print("reused staging", *report);
+    EXPECT_EQ(w.child.Wait(), 128 + SIGKILL);
+    auto running = node.WaitRunning(round);
+    ASSERT_TRUE(running.has_value());
+    Child init, copy;
+    init.pid = running->init_pid;
+    copy.pid = running->pid;
+    in2.CloseRead();
+    out2.CloseWrite();
+    ExpectIntact(in2.fd[1], out2.fd[0], before, copy);
+    EXPECT_EQ(init.Wait(), 0);
+  }
+  EXPECT_EQ(node.staging_allocations(), 1u) << "the second migration reallocated the staging";
+  EXPECT_EQ(source_->ring_allocations(), 1u);
+}
+
+}  // namespace
+}  // namespace roam::migrate
