@@ -68,15 +68,25 @@ std::string ReadLine(int fd, std::chrono::milliseconds timeout = 20s) {
 
 // Kills and reaps a child the test still owns.
 struct Child {
+  Child() = default;
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
   ~Child() {
     if (pid > 0) {
       kill(pid, SIGKILL);
       waitpid(pid, nullptr, 0);
     }
   }
+  // Its exit code, 128 + signal, or -1 if it did not end within 30 s.
   int Wait() {
     int status = 0;
-    if (waitpid(pid, &status, 0) != pid) return -1;
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    pid_t got = 0;
+    while ((got = waitpid(pid, &status, WNOHANG)) == 0 &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(10ms);
+    }
+    if (got != pid) return -1;
     pid = -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
@@ -168,6 +178,8 @@ class MigrationTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ROAM_SKIP_UNLESS_ROOT("seizes the workload and rebuilds it in a pid namespace");
+    // A workload that died must fail a test, not kill the test binary.
+    ::signal(SIGPIPE, SIG_IGN);
     // Two workers of one process would otherwise use shared memory: the
     // pages must cross a network transport.
     ::setenv("UCX_TLS", "tcp", 1);
