@@ -6,10 +6,12 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <fstream>
 #include <map>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 
@@ -48,6 +50,14 @@ Result<std::uint64_t> AnonymousBytes(pid_t pid) {
     if (std::sscanf(line.c_str(), "RssAnon: %llu kB", &kib) == 1) return kib * 1024;
   }
   return MakeError(Errc::kNotFound, "process {} has no RssAnon (a zombie or kernel thread?)", pid);
+}
+
+// A named fault-injection point: true when $ROAM_FAULT names it (criu's
+// CRIU_FAULT). "migrate-source-no-go": the Go after a kill is lost, as in a
+// partition right after READY.
+bool FaultInjected(std::string_view point) {
+  const char* fault = std::getenv("ROAM_FAULT");
+  return fault != nullptr && point == fault;
 }
 
 // Outcomes the target may ask about, oldest dropped first.
@@ -225,8 +235,10 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
 
   // 4. The original is gone: the target's copy may run.
   ledger_->Set(id, wire::Phase::kMoved);
-  auto go = Ask(fabric_, target, kTagGo, wire::Encode(wire::Query{id}), options.io_timeout);
-  report.go_acknowledged = go.has_value() && go->phase == wire::Phase::kRunning;
+  if (!FaultInjected("migrate-source-no-go")) {
+    auto go = Ask(fabric_, target, kTagGo, wire::Encode(wire::Query{id}), options.io_timeout);
+    report.go_acknowledged = go.has_value() && go->phase == wire::Phase::kRunning;
+  }
   report.frozen_ns = captured.frozen_ns;
   report.downtime_ns = captured.frozen_ns + NsSince(killed);
   report.total_ns = NsSince(started);

@@ -27,6 +27,23 @@ ByteView View(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
 
+enum class State { kPrepared, kCommitted, kRestoring, kReady, kGo, kAborted };
+struct Migration {
+  Arrival arrival;
+  std::string source_address;
+  Clock::time_point expires;
+  State state = State::kPrepared;
+  wire::Commit commit;
+  image::Image meta;
+  pid_t pid = -1;
+};
+// The last migration that ended here, for a late Status or Go.
+struct Ended {
+  std::uint64_t id = 0;
+  Status result;
+  pid_t pid = -1;
+};
+
 class TargetImpl final : public MigrationTarget {
  public:
   TargetImpl(transport::Fabric& fabric, TargetCallbacks callbacks, const TargetOptions& options)
@@ -83,23 +100,6 @@ class TargetImpl final : public MigrationTarget {
   std::size_t staging_allocations() const override { return allocations_; }
 
  private:
-  enum class State { kPrepared, kCommitted, kRestoring, kReady, kGo, kAborted };
-  struct Migration {
-    Arrival arrival;
-    std::string source_address;
-    Clock::time_point expires;
-    State state = State::kPrepared;
-    wire::Commit commit;
-    image::Image meta;
-    pid_t pid = -1;
-  };
-  // The last migration that ended here, for a late Status or Go.
-  struct Ended {
-    std::uint64_t id = 0;
-    Status result;
-    pid_t pid = -1;
-  };
-
   Result<Bytes> OnPrepare(const transport::Message& m);
   Result<Bytes> OnCommit(const transport::Message& m);
   Result<Bytes> OnStatus(const transport::Message& m);

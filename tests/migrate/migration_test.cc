@@ -97,7 +97,7 @@ struct Child {
 // the node stops or is killed (its fabric closed, as a dead daemon's).
 class TargetNode {
  public:
-  explicit TargetNode(TargetCallbacks callbacks) {
+  explicit TargetNode(TargetCallbacks callbacks, TargetOptions options = {}) {
     callbacks.on_running = [this, next = std::move(callbacks.on_running)](const Running& r) {
       if (next) next(r);
       std::lock_guard lock(mu_);
@@ -110,10 +110,10 @@ class TargetNode {
     };
     std::promise<Result<transport::Bytes>> address;
     auto got = address.get_future();
-    thread_ = std::thread([this, callbacks = std::move(callbacks), &address]() mutable {
+    thread_ = std::thread([this, callbacks = std::move(callbacks), options, &address]() mutable {
       auto fabric = transport::OpenFabric("ucx", {.name = "target"});
       if (!fabric) return address.set_value(fabric.error());
-      auto target = MigrationTarget::Create(**fabric, std::move(callbacks));
+      auto target = MigrationTarget::Create(**fabric, std::move(callbacks), options);
       if (!target) return address.set_value(target.error());
       address.set_value((*fabric)->Address());
       (*target)->Serve([&] {
@@ -158,7 +158,8 @@ class TargetNode {
  private:
   std::thread thread_;
   Result<transport::Bytes> address_;
-  std::atomic<bool> stop_{false}, kill_{false};
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> kill_{false};
   std::atomic<std::size_t> allocations_{0};
   std::mutex mu_;
   std::condition_variable cv_;
@@ -210,6 +211,7 @@ class MigrationTest : public ::testing::Test {
     posix_spawn_file_actions_adddup2(&actions, out, 1);
     posix_spawn_file_actions_addclosefrom_np(&actions, 3);
     std::vector<char*> argv;
+    argv.reserve(args.size() + 1);
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
     ASSERT_EQ(posix_spawn(&child.pid, argv[0], &actions, nullptr, argv.data(), environ), 0);
@@ -284,7 +286,8 @@ TEST_F(MigrationTest, WorkloadRunsOnAtTheTargetWithItsNewStdio) {
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
 
-  std::uint64_t last_sent = 0, calls = 0;
+  std::uint64_t last_sent = 0;
+  std::uint64_t calls = 0;
   MigrateOptions options = Options(7);
   options.progress = [&](std::uint64_t sent, std::uint64_t) {
     EXPECT_GT(sent, last_sent);
@@ -297,7 +300,8 @@ TEST_F(MigrationTest, WorkloadRunsOnAtTheTargetWithItsNewStdio) {
   EXPECT_EQ(w.child.Wait(), 128 + SIGKILL) << "the source's copy is gone";
   auto running = node.WaitRunning(1);
   ASSERT_TRUE(running.has_value());
-  Child init, copy;
+  Child init;
+  Child copy;
   init.pid = running->init_pid;
   copy.pid = running->pid;
   EXPECT_EQ(accepted, "guest 7");
@@ -345,7 +349,8 @@ TEST_F(MigrationTest, SixtyFourMebibytesArriveIntact) {
   EXPECT_EQ(original.Wait(), 128 + SIGKILL);
   auto running = node.WaitRunning(1);
   ASSERT_TRUE(running.has_value());
-  Child init, copy;
+  Child init;
+  Child copy;
   init.pid = running->init_pid;
   copy.pid = running->pid;
   in2.CloseRead();
@@ -467,7 +472,8 @@ TEST_F(MigrationTest, StagingIsReusedByTheNextMigration) {
     EXPECT_EQ(w.child.Wait(), 128 + SIGKILL);
     auto running = node.WaitRunning(round);
     ASSERT_TRUE(running.has_value());
-    Child init, copy;
+    Child init;
+    Child copy;
     init.pid = running->init_pid;
     copy.pid = running->pid;
     in2.CloseRead();
@@ -477,6 +483,73 @@ TEST_F(MigrationTest, StagingIsReusedByTheNextMigration) {
   }
   EXPECT_EQ(node.staging_allocations(), 1u) << "the second migration reallocated the staging";
   EXPECT_EQ(source_->ring_allocations(), 1u);
+}
+
+// Sets $ROAM_FAULT for one test.
+class ScopedFault {
+ public:
+  explicit ScopedFault(const char* point) { ::setenv("ROAM_FAULT", point, 1); }
+  ~ScopedFault() { ::unsetenv("ROAM_FAULT"); }
+  ScopedFault(const ScopedFault&) = delete;
+  ScopedFault& operator=(const ScopedFault&) = delete;
+};
+
+// Go is lost after the source killed its copy: the target asks the source,
+// which answers MOVED, and the copy runs.
+TEST_F(MigrationTest, LostGoTargetAsksTheSourceAndRuns) {
+  Workload w;
+  ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
+  const std::string before = Hash(w.in.fd[1], w.out.fd[0]);
+  Pipe in2, out2;
+  TargetCallbacks callbacks;
+  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
+    RestoreSetup setup;
+    setup.stdio = {in2.fd[0], out2.fd[1], -1};
+    return setup;
+  };
+  TargetNode node(std::move(callbacks), TargetOptions{.go_timeout = 300ms});
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  ScopedFault fault("migrate-source-no-go");
+  auto report = source_->MigrateOut(*ep, w.child.pid, Options(8));
+  ASSERT_TRUE(report.has_value()) << report.error().ToString();
+  EXPECT_FALSE(report->go_acknowledged);
+  EXPECT_EQ(w.child.Wait(), 128 + SIGKILL);
+  // The source's migration thread goes on serving its fabric (Outcome).
+  ASSERT_TRUE(transport::ProgressUntil(
+                  *fabric_, [&] { return node.running() == 1; }, 10s)
+                  .has_value());
+  auto running = node.WaitRunning(1);
+  ASSERT_TRUE(running.has_value());
+  Child init;
+  Child copy;
+  init.pid = running->init_pid;
+  copy.pid = running->pid;
+  in2.CloseRead();
+  out2.CloseWrite();
+  ExpectIntact(in2.fd[1], out2.fd[0], before, copy);
+  EXPECT_EQ(init.Wait(), 0);
+}
+
+// Go is lost and the source no longer knows the migration (a restarted
+// daemon): the target drops its copy. At most one copy, so here none: the
+// partition limit migration.h documents.
+TEST_F(MigrationTest, LostGoAndForgottenOutcomeDropsTheTargetCopy) {
+  Workload w;
+  ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
+  TargetNode node(TargetCallbacks{}, TargetOptions{.go_timeout = 300ms});
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  ScopedFault fault("migrate-source-no-go");
+  auto report = source_->MigrateOut(*ep, w.child.pid, Options(9));
+  ASSERT_TRUE(report.has_value()) << report.error().ToString();
+  EXPECT_EQ(w.child.Wait(), 128 + SIGKILL);
+  source_.reset();  // answers UNKNOWN from now on
+  ASSERT_TRUE(transport::ProgressUntil(
+                  *fabric_, [&] { return !node.failures().empty(); }, 10s)
+                  .has_value());
+  EXPECT_EQ(node.running(), 0u);
+  EXPECT_NE(node.failures()[0].find("unknown"), std::string::npos) << node.failures()[0];
 }
 
 }  // namespace
