@@ -194,6 +194,7 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
                        "metadata and run table of {} bytes exceed a message ({} runs)",
                        message.size(), c.runs.size());
     }
+    const Clock::time_point commit_sent = Clock::now();
     ROAM_ASSIGN_OR_RETURN(const wire::PhaseReply committed,
                           Ask(fabric_, target, kTagCommit, message, options.io_timeout));
     if (committed.phase != wire::Phase::kCommitted) {
@@ -216,6 +217,7 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
                             Ask(fabric_, target, kTagStatus, query, left));
       if (status.phase == wire::Phase::kReady) {
         report.target_pid = static_cast<pid_t>(status.pid);
+        report.restore_ns = NsSince(commit_sent);
         return Ok();
       }
       if (status.phase != wire::Phase::kCommitted) {

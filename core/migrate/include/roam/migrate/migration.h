@@ -99,7 +99,11 @@ struct MigrationReport {
   std::uint64_t downtime_ns = 0;  // frozen at the source until Go was acknowledged
   std::uint64_t frozen_ns = 0;    // capture's own measure: freeze to kill
   std::uint64_t total_ns = 0;     // the whole MigrateOut
-  std::uint64_t bytes_sent = 0;   // page bytes put
+  // Part of the downtime: Commit sent until READY (metadata checked, the
+  // process rebuilt at the target); the rest is freeze, page transfer and
+  // kill.
+  std::uint64_t restore_ns = 0;
+  std::uint64_t bytes_sent = 0;  // page bytes put
   std::uint64_t pages = 0;
   std::uint64_t runs = 0;
   // The process at the target, as the target's daemon sees it (READY).
