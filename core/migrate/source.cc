@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 
 #include <chrono>
+#include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
@@ -46,8 +47,8 @@ Result<std::uint64_t> AnonymousBytes(pid_t pid) {
   std::ifstream in(path);
   if (!in) return MakeError(Errc::kNotFound, "no process {} ({} unreadable)", pid, path);
   for (std::string line; std::getline(in, line);) {
-    unsigned long long kib = 0;
-    if (std::sscanf(line.c_str(), "RssAnon: %llu kB", &kib) == 1) return kib * 1024;
+    std::uint64_t kib = 0;
+    if (std::sscanf(line.c_str(), "RssAnon: %" SCNu64 " kB", &kib) == 1) return kib * 1024;
   }
   return MakeError(Errc::kNotFound, "process {} has no RssAnon (a zombie or kernel thread?)", pid);
 }

@@ -38,7 +38,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     CheckRefusal(m.error());
   }
   if (auto m = wire::DecodeCommit(bytes); m.has_value()) {
-    std::uint64_t sum = 0, next = 0;
+    std::uint64_t sum = 0;
+    std::uint64_t next = 0;
     for (const wire::Run& r : m->runs) {
       ROAM_CHECK(r.vaddr % 4096 == 0 && r.bytes % 4096 == 0 && r.bytes > 0 && r.vaddr >= next);
       next = r.vaddr + r.bytes;
