@@ -1,5 +1,7 @@
 #include "core/migrate/put_page_sink.h"
 
+#include "core/migrate/sent_pages.h"
+
 #include <algorithm>
 #include <cstring>
 #include <utility>
@@ -27,7 +29,11 @@ PutPageSink::~PutPageSink() {
   // The ring is reused by the next migration: no put may still read it. A
   // failed endpoint completes everything it had at once.
   (void)transport::ProgressUntil(
-      fabric_, [this] { return shared_->in_flight.empty() || !target_.status().has_value(); },
+      fabric_,
+      [this] {
+        Retire();
+        return shared_->in_flight.empty() || !target_.status().has_value();
+      },
       options_.timeout);
 }
 
@@ -113,32 +119,36 @@ std::span<std::byte> PutPageSink::WritableTail(std::size_t bytes) {
   return tail_;
 }
 
-Status PutPageSink::Add(std::uint64_t vaddr, std::span<const std::byte> pages) {
-  ROAM_TRY(shared_->error);
-  if (finished_) return MakeError(Errc::kInvalidArgument, "put sink: already finished");
-  if (vaddr % ckpt::kPageSize != 0 || pages.empty() || pages.size() % ckpt::kPageSize != 0) {
-    return MakeError(Errc::kInvalidArgument,
-                     "put sink: run at {:#x} of {} bytes is not whole pages", vaddr, pages.size());
-  }
-  if (!runs_.empty() && vaddr < runs_.back().vaddr + runs_.back().bytes) {
-    return MakeError(Errc::kInvalidArgument, "put sink: run at {:#x} is out of order", vaddr);
-  }
-  if (!runs_.empty() && runs_.back().vaddr + runs_.back().bytes == vaddr) {
-    runs_.back().bytes += pages.size();
+void PutPageSink::StartPass(Pass pass) {
+  pass_ = pass;
+  next_vaddr_ = 0;
+  runs_.clear();
+  tail_ = {};
+}
+
+void PutPageSink::AddRun(std::uint64_t vaddr, std::uint64_t offset, std::uint64_t bytes) {
+  if (!runs_.empty() && runs_.back().vaddr + runs_.back().bytes == vaddr &&
+      runs_.back().offset + runs_.back().bytes == offset) {
+    runs_.back().bytes += bytes;
   } else {
-    runs_.push_back(wire::Run{vaddr, pages.size()});
+    runs_.push_back(wire::Run{vaddr, bytes, offset});
   }
+}
+
+Result<std::uint64_t> PutPageSink::Send(std::span<const std::byte> pages) {
+  const std::uint64_t offset = staged_;
   const bool in_tail = !tail_.empty() && pages.data() >= tail_.data() &&
                        pages.data() + pages.size() <= tail_.data() + tail_.size();
   if (in_tail) {
-    const auto offset = static_cast<std::uint64_t>(pages.data() - tail_.data());
+    const auto at = static_cast<std::uint64_t>(pages.data() - tail_.data());
     for (std::size_t done = 0; done < pages.size(); done += kMaxPutBytes) {
       const std::size_t n = std::min(kMaxPutBytes, pages.size() - done);
-      ROAM_TRY(PutFromRing(tail_at_ + offset + done, n));
+      ROAM_TRY(PutFromRing(tail_at_ + at + done, n));
     }
-    return Ok();
+    return offset;
   }
-  // Pages from elsewhere (the capture's own buffer): through the ring.
+  // Pages from elsewhere (the capture's own buffer, a pre-copy store):
+  // through the ring.
   tail_ = {};
   const std::size_t chunk = std::min(kMaxPutBytes, ring_.size());
   for (std::size_t done = 0; done < pages.size(); done += chunk) {
@@ -146,6 +156,55 @@ Status PutPageSink::Add(std::uint64_t vaddr, std::span<const std::byte> pages) {
     ROAM_ASSIGN_OR_RETURN(const std::uint64_t at, Reserve(n));
     std::memcpy(RingAt(at), pages.data() + done, n);
     ROAM_TRY(PutFromRing(at, n));
+  }
+  return offset;
+}
+
+Status PutPageSink::Add(std::uint64_t vaddr, std::span<const std::byte> pages) {
+  ROAM_TRY(shared_->error);
+  if (finished_) return MakeError(Errc::kInvalidArgument, "put sink: already finished");
+  if (vaddr % ckpt::kPageSize != 0 || pages.empty() || pages.size() % ckpt::kPageSize != 0) {
+    return MakeError(Errc::kInvalidArgument,
+                     "put sink: run at {:#x} of {} bytes is not whole pages", vaddr, pages.size());
+  }
+  if (vaddr < next_vaddr_) {
+    return MakeError(Errc::kInvalidArgument, "put sink: run at {:#x} is out of order", vaddr);
+  }
+  next_vaddr_ = vaddr + pages.size();
+  if (pass_ == Pass::kStream) {
+    ROAM_ASSIGN_OR_RETURN(const std::uint64_t offset, Send(pages));
+    AddRun(vaddr, offset, pages.size());
+    return Ok();
+  }
+  if (options_.sent == nullptr) {
+    return MakeError(Errc::kInternal, "put sink: a pre-copy pass without its sent pages");
+  }
+  // Page by page: unchanged ones stay where they are at the target.
+  const std::size_t n = pages.size() / ckpt::kPageSize;
+  const auto page = [&](std::size_t i) {
+    return pages.subspan(i * ckpt::kPageSize, ckpt::kPageSize);
+  };
+  std::vector<SentPages::Digest> digests(n);
+  for (std::size_t i = 0; i < n; ++i) digests[i] = SentPages::Hash(page(i));
+  std::size_t i = 0;
+  while (i < n) {
+    const std::uint64_t at = vaddr + i * ckpt::kPageSize;
+    if (auto known = options_.sent->Find(at, digests[i])) {
+      if (pass_ == Pass::kFinal) AddRun(at, *known, ckpt::kPageSize);
+      ++i;
+      continue;
+    }
+    std::size_t j = i + 1;
+    while (j < n && !options_.sent->Find(vaddr + j * ckpt::kPageSize, digests[j])) ++j;
+    const std::size_t bytes = (j - i) * ckpt::kPageSize;
+    ROAM_ASSIGN_OR_RETURN(const std::uint64_t offset,
+                          Send(pages.subspan(i * ckpt::kPageSize, bytes)));
+    for (std::size_t k = i; k < j; ++k) {
+      options_.sent->Record(vaddr + k * ckpt::kPageSize, offset + (k - i) * ckpt::kPageSize,
+                            digests[k]);
+    }
+    if (pass_ == Pass::kFinal) AddRun(at, offset, bytes);
+    i = j;
   }
   return Ok();
 }

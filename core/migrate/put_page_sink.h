@@ -10,6 +10,12 @@
 // every put and flushes, so the pages are visible at the target when it
 // returns.
 //
+// Pre-copy uses one sink for the whole migration, in passes: kRound passes
+// (while the process runs) put only pages whose bytes differ from what
+// SentPages says the target has, and record them there; the kFinal pass
+// (frozen) builds the run table, referring unchanged pages to where an
+// earlier round put them. kStream (stop-copy) puts every page it is given.
+//
 // Thread-safety: the fabric's thread. Lifetime: the fabric, endpoint, key
 // and ring outlive the sink. Destroying it waits (briefly, best effort) for
 // puts still in flight, so that the ring can be reused.
@@ -30,9 +36,14 @@
 
 namespace roam::migrate {
 
+class SentPages;
+
 class PutPageSink final : public ckpt::PageSink {
  public:
+  enum class Pass { kStream, kRound, kFinal };
   struct Options {
+    // Needed for kRound and kFinal.
+    SentPages* sent = nullptr;
     // Longest wait for ring space, a completion or the flush.
     std::chrono::milliseconds timeout{10000};
     std::uint64_t expected_bytes = 0;  // for `progress`
@@ -52,6 +63,10 @@ class PutPageSink final : public ckpt::PageSink {
   std::span<std::byte> WritableTail(std::size_t bytes) override;
   Status Finish() override;
 
+  // Starts a pass: pages start again from the lowest address, and the run
+  // table from empty. Puts already issued stay in flight.
+  void StartPass(Pass pass);
+
   const std::vector<wire::Run>& runs() const { return runs_; }
   std::uint64_t bytes_sent() const { return staged_; }
 
@@ -67,6 +82,9 @@ class PutPageSink final : public ckpt::PageSink {
     Status error;  // the first put that failed
   };
 
+  // Puts `pages` to the staging at its next offset, returned.
+  Result<std::uint64_t> Send(std::span<const std::byte> pages);
+  void AddRun(std::uint64_t vaddr, std::uint64_t offset, std::uint64_t bytes);
   // Reserves `bytes` contiguous ring bytes, waiting for puts to complete;
   // returns the logical offset.
   Result<std::uint64_t> Reserve(std::size_t bytes);
@@ -90,6 +108,8 @@ class PutPageSink final : public ckpt::PageSink {
   std::uint64_t tail_at_ = 0;
   std::uint64_t staged_ = 0;  // staging offset of the next run
   std::vector<wire::Run> runs_;
+  Pass pass_ = Pass::kStream;
+  std::uint64_t next_vaddr_ = 0;  // lowest address the next run may have
   bool finished_ = false;
 };
 

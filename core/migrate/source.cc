@@ -11,6 +11,7 @@
 #include <deque>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -18,7 +19,9 @@
 
 #include "core/ckpt/image/image.pb.h"
 #include "core/ckpt/image/image_dir.h"
+#include "core/ckpt/image/page_store.h"
 #include "core/migrate/put_page_sink.h"
+#include "core/migrate/sent_pages.h"
 #include "core/migrate/wire.h"
 #include "roam/base/deadline.h"
 #include "roam/ckpt/capture.h"
@@ -166,10 +169,17 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
   ROAM_TRY(target.status());
   ROAM_TRY(EnsureRing());
   ROAM_ASSIGN_OR_RETURN(const std::uint64_t anonymous, AnonymousBytes(pid));
+  const bool pre_copy = options.mode == MigrationMode::kPreCopy;
+  std::optional<ckpt::PreCopy> tracking;
+  if (pre_copy) {
+    // Before Prepare: a kernel that cannot track refuses before the target
+    // staged anything.
+    ROAM_ASSIGN_OR_RETURN(tracking, ckpt::PreCopy::Start(pid));
+  }
   ROAM_ASSIGN_OR_RETURN(const Bytes address, fabric_.Address());
 
   // 1. Prepare: the target accepts (or refuses) and sizes its staging.
-  wire::Prepare prepare{id, anonymous + options.headroom_bytes, options.guest,
+  wire::Prepare prepare{id, anonymous * (pre_copy ? 2 : 1) + options.headroom_bytes, options.guest,
                         std::string(reinterpret_cast<const char*>(address.data()), address.size())};
   ROAM_ASSIGN_OR_RETURN(const Bytes prepared_bytes,
                         transport::RequestBlocking(fabric_, target, kTagPrepare,
@@ -182,8 +192,10 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
   }
 
   // 2. Capture into the target's staging; 3. commit while frozen.
+  SentPages sent;
   PutPageSink sink(fabric_, target, *staging, prepared.capacity, ring_->bytes(),
-                   PutPageSink::Options{.timeout = options.io_timeout,
+                   PutPageSink::Options{.sent = &sent,
+                                        .timeout = options.io_timeout,
                                         .expected_bytes = anonymous,
                                         .progress = options.progress});
   MigrationReport report;
@@ -232,6 +244,23 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
   image::Image meta;
   ckpt::CaptureOptions capture_options;
   capture_options.leave_running = false;
+  if (pre_copy) {
+    for (int round = 0; round < std::max(options.max_rounds, 1); ++round) {
+      sink.StartPass(PutPageSink::Pass::kRound);
+      ROAM_ASSIGN_OR_RETURN(const ckpt::PreCopy::Round copied, tracking->CopyRound());
+      // PageStore::ForEach only reads (PageSource's interface is not const).
+      auto& store = const_cast<ckpt::PageStore&>(tracking->store());
+      ROAM_TRY(store.ForEach([&](std::uint64_t vaddr, std::span<const std::byte> pages) {
+        return sink.Add(vaddr, pages);
+      }));
+      ++report.rounds;
+      if (options.on_round) options.on_round(round);
+      if (round > 0 && copied.pages_read < options.enough_pages) break;
+    }
+    sink.StartPass(PutPageSink::Pass::kFinal);
+    capture_options.pre_copy = &*tracking;
+  }
+  const std::uint64_t before_freeze = sink.bytes_sent();
   ROAM_ASSIGN_OR_RETURN(const ckpt::CaptureStats captured,
                         ckpt::Capture(pid, capture_options, &meta, sink, commit));
   const Clock::time_point killed = Clock::now();
@@ -246,6 +275,7 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
   report.downtime_ns = captured.frozen_ns + NsSince(killed);
   report.total_ns = NsSince(started);
   report.bytes_sent = sink.bytes_sent();
+  report.bytes_sent_frozen = sink.bytes_sent() - before_freeze;
   report.pages = captured.pages_written;
   report.runs = sink.runs().size();
   return report;

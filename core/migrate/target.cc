@@ -10,7 +10,7 @@
 
 #include "core/ckpt/image/image.pb.h"
 #include "core/ckpt/image/image_dir.h"
-#include "core/ckpt/image/staging_pages.h"
+#include "core/migrate/staged_runs.h"
 #include "core/migrate/wire.h"
 #include "roam/base/deadline.h"
 #include "roam/ckpt/restore.h"
@@ -154,9 +154,9 @@ Result<Bytes> TargetImpl::OnCommit(const transport::Message& m) {
   if (mig->state != State::kPrepared) {
     return MakeError(Errc::kProtocol, "migration {}: commit twice", c.migration_id);
   }
-  if (c.page_bytes > staging_->size()) {
-    return MakeError(Errc::kCorrupt, "migration {}: runs of {} bytes in a staging of {}",
-                     c.migration_id, c.page_bytes, staging_->size());
+  if (c.staging_end > staging_->size()) {
+    return MakeError(Errc::kCorrupt, "migration {}: runs up to {} bytes in a staging of {}",
+                     c.migration_id, c.staging_end, staging_->size());
   }
   // Refused here, before anything is restored: the source resumes.
   auto meta = ckpt::DecodeImageMeta(View(c.image));
@@ -304,16 +304,9 @@ void TargetImpl::Restore() {
     if (!got) return End(got.error(), -1);
     setup = std::move(*got);
   }
-  // The pages lie densely from offset 0 in run order (the source's
-  // PutPageSink): record them where they are.
-  auto pages = ckpt::StagingPages::Over(staging_->bytes());
-  std::uint64_t offset = 0;
-  for (const wire::Run& run : mig.commit.runs) {
-    Status added = pages->Add(run.vaddr, staging_->bytes().subspan(offset, run.bytes));
-    if (!added) return End(added, -1);
-    offset += run.bytes;
-  }
-  (void)pages->Finish();
+  // The pages lie where the source put them; the run table says where.
+  auto pages = StagedRuns::Create(staging_->bytes(), mig.commit.runs);
+  if (!pages) return End(pages.error(), -1);
 
   ckpt::RestoreOptions restore;
   restore.pid_namespace = true;
@@ -324,7 +317,7 @@ void TargetImpl::Restore() {
     if (setup.before_resume) ROAM_TRY(setup.before_resume(pid));
     return WaitForGo(pid);
   };
-  auto restored = ckpt::Restore(mig.meta, *pages, restore, hooks);
+  auto restored = ckpt::Restore(mig.meta, **pages, restore, hooks);
   if (!restored) {
     return End(restored.error().WithContext(
                    fmt::format("migration {}: restore", mig.arrival.migration_id)),

@@ -1,5 +1,6 @@
 #include "core/migrate/wire.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "core/ckpt/image/page_stream.h"
@@ -78,9 +79,17 @@ Bytes Encode(const Commit& m) {
   p.set_version(kVersion);
   p.set_migration_id(m.migration_id);
   p.set_image(m.image);
+  // Offsets travel only where the runs are not dense (pre-copy).
+  bool dense = true;
+  std::uint64_t at = 0;
   for (const Run& r : m.runs) {
     p.add_run_vaddr(r.vaddr);
     p.add_run_pages(r.bytes / ckpt::kPageSize);
+    dense = dense && r.offset == at;
+    at += r.bytes;
+  }
+  if (!dense) {
+    for (const Run& r : m.runs) p.add_run_offset(r.offset);
   }
   return Serialize(p);
 }
@@ -122,6 +131,10 @@ Result<Commit> DecodeCommit(ByteView bytes) {
     return MakeError(Errc::kCorrupt, "migration commit: {} run addresses but {} run lengths",
                      p.run_vaddr_size(), p.run_pages_size());
   }
+  if (p.run_offset_size() != 0 && p.run_offset_size() != p.run_vaddr_size()) {
+    return MakeError(Errc::kCorrupt, "migration commit: {} runs but {} offsets", p.run_vaddr_size(),
+                     p.run_offset_size());
+  }
   if (static_cast<std::size_t>(p.run_vaddr_size()) > kMaxRuns) {
     return MakeError(Errc::kCorrupt, "migration commit: {} runs (at most {})", p.run_vaddr_size(),
                      kMaxRuns);
@@ -151,8 +164,16 @@ Result<Commit> DecodeCommit(ByteView bytes) {
     if (c.page_bytes > kLimit - run_bytes) {
       return MakeError(Errc::kCorrupt, "migration commit: runs add up past any memory");
     }
+    const std::uint64_t offset = p.run_offset_size() != 0 ? p.run_offset(i) : c.page_bytes;
+    if (offset % ckpt::kPageSize != 0 || offset >= kLimit || offset + run_bytes > kLimit) {
+      return MakeError(Errc::kCorrupt,
+                       "migration commit: run {} at staging offset {:#x} is not "
+                       "in any staging",
+                       i, offset);
+    }
     c.page_bytes += run_bytes;
-    c.runs.push_back(Run{vaddr, run_bytes});
+    c.staging_end = std::max(c.staging_end, offset + run_bytes);
+    c.runs.push_back(Run{vaddr, run_bytes, offset});
   }
   return c;
 }

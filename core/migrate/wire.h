@@ -40,15 +40,18 @@ struct Prepared {
 
 struct Run {
   std::uint64_t vaddr = 0;
-  std::uint64_t bytes = 0;  // whole pages
+  std::uint64_t bytes = 0;   // whole pages
+  std::uint64_t offset = 0;  // where in the staging
 };
 
 struct Commit {
   std::uint64_t migration_id = 0;
   std::string image;
-  std::vector<Run> runs;  // strictly increasing, disjoint; dense in staging
-  // Sum of runs' bytes (computed by the decoder, not sent).
+  std::vector<Run> runs;  // strictly increasing, disjoint addresses
+  // Sum of the runs' bytes, and the end of the last byte of staging any run
+  // uses (computed by the decoder, not sent).
   std::uint64_t page_bytes = 0;
+  std::uint64_t staging_end = 0;
 };
 
 struct Query {

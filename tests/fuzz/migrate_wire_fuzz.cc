@@ -2,7 +2,9 @@
 // never crash, refuse only with kCorrupt or kIncompatible on one line, and
 // whatever they accept re-encodes to bytes that decode to the same value. A
 // Commit they accept has a run table a restore can trust (page-aligned,
-// strictly increasing, its byte count the sum of its runs).
+// strictly increasing, its byte count the sum of its runs, its staging end
+// the end of its furthest run).
+#include <algorithm>
 #include <cstdint>
 
 #include "core/migrate/wire.h"
@@ -40,16 +42,24 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (auto m = wire::DecodeCommit(bytes); m.has_value()) {
     std::uint64_t sum = 0;
     std::uint64_t next = 0;
+    std::uint64_t end = 0;
     for (const wire::Run& r : m->runs) {
       ROAM_CHECK(r.vaddr % 4096 == 0 && r.bytes % 4096 == 0 && r.bytes > 0 && r.vaddr >= next);
+      ROAM_CHECK(r.offset % 4096 == 0);
       next = r.vaddr + r.bytes;
       sum += r.bytes;
+      end = std::max(end, r.offset + r.bytes);
     }
-    ROAM_CHECK(sum == m->page_bytes);
+    ROAM_CHECK(sum == m->page_bytes && end == m->staging_end);
     auto again = wire::DecodeCommit(wire::Encode(*m));
     ROAM_CHECK(again.has_value() && again->migration_id == m->migration_id &&
                again->image == m->image && again->page_bytes == m->page_bytes &&
-               again->runs.size() == m->runs.size());
+               again->runs.size() == m->runs.size() && again->staging_end == m->staging_end);
+    for (std::size_t i = 0; i < m->runs.size(); ++i) {
+      ROAM_CHECK(again->runs[i].vaddr == m->runs[i].vaddr &&
+                 again->runs[i].bytes == m->runs[i].bytes &&
+                 again->runs[i].offset == m->runs[i].offset);
+    }
   } else {
     CheckRefusal(m.error());
   }

@@ -222,10 +222,13 @@ class MigrationTest : public ::testing::Test {
     const std::string bin = (testing::BuildDir() / "tests" / "ckpt_precopy").string();
     ASSERT_NO_FATAL_FAILURE(Spawn({bin}, w.child, w.in.fd[0], w.out.fd[1]));
     ASSERT_EQ(ReadLine(w.out.fd[0]), "ready");
-    for (char c : {'w', 'm', 'd', 's'}) {
-      ASSERT_EQ(write(w.in.fd[1], &c, 1), 1);
-      ASSERT_EQ(ReadLine(w.out.fd[0]), std::string("done ") + c);
-    }
+    for (char c : {'w', 'm', 'd', 's'}) ASSERT_NO_FATAL_FAILURE(Command(w, c));
+  }
+
+  // Sends command `c` to the workload and waits for its acknowledgement.
+  static void Command(Workload& w, char c) {
+    ASSERT_EQ(write(w.in.fd[1], &c, 1), 1);
+    ASSERT_EQ(ReadLine(w.out.fd[0]), std::string("done ") + c);
   }
 
   static std::string Hash(int in, int out) {
@@ -485,6 +488,60 @@ TEST_F(MigrationTest, StagingIsReusedByTheNextMigration) {
   }
   EXPECT_EQ(node.staging_allocations(), 1u) << "the second migration reallocated the staging";
   EXPECT_EQ(source_->ring_allocations(), 1u);
+}
+
+// Pre-copy: rounds put the pages while the workload keeps changing its
+// memory (rewrites, a new mapping that then moves and grows, brk, pages
+// dropped after a round put them); frozen, only what changed since the last
+// round travels, and the copy finds every page as it last wrote it (dropped
+// ones zero again, not the stale copy a round left in the staging).
+TEST_F(MigrationTest, PreCopyPutsRoundsWhileItRunsAndOnlyChangesWhileFrozen) {
+  Workload w;
+  ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
+  Pipe in2, out2;
+  TargetCallbacks callbacks;
+  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
+    RestoreSetup setup;
+    setup.stdio = {in2.fd[0], out2.fd[1], -1};
+    return setup;
+  };
+  TargetNode node(std::move(callbacks));
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  MigrateOptions options = Options(11);
+  options.mode = MigrationMode::kPreCopy;
+  options.max_rounds = 3;
+  options.enough_pages = 0;  // all three rounds
+  std::string before;
+  options.on_round = [&](int round) {
+    const char* commands[] = {"wm", "rbd", "w"};
+    for (const char* c = commands[round]; *c != 0; ++c) Command(w, *c);
+    if (round == 2) before = Hash(w.in.fd[1], w.out.fd[0]);
+  };
+  auto report = source_->MigrateOut(*ep, w.child.pid, options);
+  if (!report && report.error().code() == Errc::kUnsupported) {
+    GTEST_SKIP() << "no write tracking here: " << report.error().ToString();
+  }
+  ASSERT_TRUE(report.has_value()) << report.error().ToString();
+  Print("pre-copy", *report);
+  std::printf("pre-copy: %d rounds, %llu bytes put while frozen\n", report->rounds,
+              static_cast<unsigned long long>(report->bytes_sent_frozen));
+  EXPECT_EQ(report->rounds, 3);
+  EXPECT_LT(report->bytes_sent_frozen, report->bytes_sent / 4)
+      << "most pages travel while the process runs";
+  EXPECT_GT(report->bytes_sent_frozen, 0u) << "the last round's rewrite travels frozen";
+  EXPECT_EQ(w.child.Wait(), 128 + SIGKILL);
+  auto running = node.WaitRunning(1);
+  ASSERT_TRUE(running.has_value());
+  Child init;
+  Child copy;
+  init.pid = running->init_pid;
+  copy.pid = running->pid;
+  in2.CloseRead();
+  out2.CloseWrite();
+  ASSERT_EQ(before.rfind("hash ", 0), 0u) << before;
+  ExpectIntact(in2.fd[1], out2.fd[0], before, copy);
+  EXPECT_EQ(init.Wait(), 0);
 }
 
 // Sets $ROAM_FAULT for one test.

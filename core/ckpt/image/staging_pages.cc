@@ -31,18 +31,10 @@ Result<std::unique_ptr<StagingPages>> StagingPages::Create(std::size_t capacity)
     auto* bytes = static_cast<volatile std::byte*>(memory);
     for (std::size_t i = 0; i < capacity; i += kPageSize) bytes[i] = std::byte{0};
   }
-  return std::unique_ptr<StagingPages>(
-      new StagingPages(static_cast<std::byte*>(memory), capacity, /*owned=*/true));
+  return std::unique_ptr<StagingPages>(new StagingPages(static_cast<std::byte*>(memory), capacity));
 }
 
-std::unique_ptr<StagingPages> StagingPages::Over(std::span<std::byte> memory) {
-  return std::unique_ptr<StagingPages>(
-      new StagingPages(memory.data(), memory.size(), /*owned=*/false));
-}
-
-StagingPages::~StagingPages() {
-  if (owned_) ::munmap(memory_, capacity_);
-}
+StagingPages::~StagingPages() { ::munmap(memory_, capacity_); }
 
 void StagingPages::Reset() {
   used_ = 0;

@@ -28,10 +28,6 @@ class StagingPages final : public PageSink, public PageSource {
  public:
   // Maps `capacity` bytes (rounded up to pages) and faults them in now.
   static Result<std::unique_ptr<StagingPages>> Create(std::size_t capacity);
-  // Over memory someone else owns and faulted in (a fabric-registered region
-  // that a peer put the pages into): Add of spans inside it records them in
-  // place. `memory` must outlive this and is not unmapped by it.
-  static std::unique_ptr<StagingPages> Over(std::span<std::byte> memory);
   ~StagingPages() override;
   StagingPages(const StagingPages&) = delete;
   StagingPages& operator=(const StagingPages&) = delete;
@@ -55,8 +51,7 @@ class StagingPages final : public PageSink, public PageSource {
   std::size_t used() const { return used_; }
 
  private:
-  StagingPages(std::byte* memory, std::size_t capacity, bool owned)
-      : memory_(memory), capacity_(capacity), owned_(owned) {}
+  StagingPages(std::byte* memory, std::size_t capacity) : memory_(memory), capacity_(capacity) {}
 
   struct Run {
     std::uint64_t vaddr;
@@ -65,7 +60,6 @@ class StagingPages final : public PageSink, public PageSource {
   };
   std::byte* memory_;
   std::size_t capacity_;
-  bool owned_;  // mapped by Create, unmapped on destruction
   std::size_t used_ = 0;
   std::vector<Run> runs_;  // in address order, adjacent ones merged
   bool finished_ = false;

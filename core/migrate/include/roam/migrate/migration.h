@@ -1,7 +1,8 @@
-// Stop-copy migration of one process from this node to a peer over roam's
-// transport: the source freezes the process, puts its pages into the
-// target's staging memory with one-sided puts, hands over the metadata, and
-// the target rebuilds the process there (ckpt::Restore in a PID namespace of
+// Migration of one process from this node to a peer over roam's transport,
+// stop-copy or pre-copy (MigrationMode): the source freezes the process,
+// puts its pages into the target's staging memory with one-sided puts (for
+// pre-copy, most of them in rounds before the freeze), hands over the
+// metadata, and the target rebuilds the process there (ckpt::Restore in a PID namespace of
 // its own). The process either runs at the target and is gone at the source,
 // or runs on at the source exactly as before; on every error MigrateOut
 // returns, the latter.
@@ -18,8 +19,9 @@
 //   source                                     target
 //   Prepare{id, page bytes, guest, address} -> accept(guest)?, staging sized
 //                                           <- Prepared{staging key, capacity}
-//   freeze; pages put into the staging in runs, densely, at increasing
-//   offsets (a registered send ring bounds what is in flight); flush
+//   [pre-copy: rounds while it runs put changed pages, appending]
+//   freeze; pages put into the staging in runs at increasing offsets (a
+//   registered send ring bounds what is in flight); flush
 //   Commit{id, image, run table}            -> checked, restore queued
 //                                           <- COMMITTED
 //   Status{id} (again while not READY)      -> (restore runs outside Progress,
@@ -73,8 +75,28 @@ inline constexpr std::uint16_t kTagAbort = 0x4d04;
 inline constexpr std::uint16_t kTagOutcome = 0x4d08;  // served by the source
 inline constexpr std::uint16_t kMigrateTagLast = 0x4d0f;
 
+enum class MigrationMode {
+  // Freeze, put every page, restore: downtime grows with the memory.
+  kStopCopy,
+  // Rounds while the process runs (ckpt::PreCopy: dirty tracking by
+  // userfaultfd write-protect) put its pages into the target's staging;
+  // frozen, only the pages whose bytes changed since are put, the rest are
+  // restored from where a round put them. The staging asked for is twice
+  // the anonymous memory (pages rewritten between rounds are put again).
+  // kUnsupported where the kernel cannot track writes.
+  kPreCopy,
+};
+
 struct MigrateOptions {
   std::uint64_t migration_id = 0;  // unique per source node; 0 is refused
+  MigrationMode mode = MigrationMode::kStopCopy;
+  // Pre-copy: rounds until one reads fewer than `enough_pages` pages, at
+  // most `max_rounds` of them.
+  int max_rounds = 4;
+  std::uint64_t enough_pages = 1024;
+  // Pre-copy: called after each round's pages were put, the process still
+  // running (tests change its memory here).
+  std::function<void(int round)> on_round;
   // Handed to the target owner's accept and on_running, opaque here (the
   // deputy's address, the uid, the home node...).
   std::string guest;
@@ -103,7 +125,9 @@ struct MigrationReport {
   // process rebuilt at the target); the rest is freeze, page transfer and
   // kill.
   std::uint64_t restore_ns = 0;
-  std::uint64_t bytes_sent = 0;  // page bytes put
+  std::uint64_t bytes_sent = 0;         // page bytes put
+  std::uint64_t bytes_sent_frozen = 0;  // of which while the process was frozen
+  int rounds = 0;                       // pre-copy rounds
   std::uint64_t pages = 0;
   std::uint64_t runs = 0;
   // The process at the target, as the target's daemon sees it (READY).
