@@ -544,6 +544,53 @@ TEST_F(MigrationTest, PreCopyPutsRoundsWhileItRunsAndOnlyChangesWhileFrozen) {
   EXPECT_EQ(init.Wait(), 0);
 }
 
+// Pre-copy's tracking is undone whatever fails: a refusal (after tracking
+// started) and a restore error (after the rounds and the final capture)
+// both leave the process running at the source with its memory as it was.
+TEST_F(MigrationTest, PreCopyFailuresLeaveTheProcessRunningAtTheSource) {
+  Workload w;
+  ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
+  TargetCallbacks callbacks;
+  std::atomic<int> prepares{0};
+  callbacks.accept = [&](const Arrival&) -> Status {
+    if (prepares++ == 0) return MakeError(Errc::kPermissionDenied, "not this guest");
+    return Ok();
+  };
+  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
+    RestoreSetup setup;
+    setup.before_resume = [](pid_t) -> Status {
+      return MakeError(Errc::kInternal, "injected failure before resume");
+    };
+    return setup;
+  };
+  TargetNode node(std::move(callbacks));
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  for (const Errc expected : {Errc::kPermissionDenied, Errc::kInternal}) {
+    SCOPED_TRACE(ErrcName(expected));
+    MigrateOptions options = Options(prepares + 20);
+    options.mode = MigrationMode::kPreCopy;
+    options.max_rounds = 2;
+    options.enough_pages = 0;
+    options.on_round = [&](int) { Command(w, 'w'); };
+    auto report = source_->MigrateOut(*ep, w.child.pid, options);
+    if (!report && report.error().code() == Errc::kUnsupported) {
+      GTEST_SKIP() << "no write tracking here: " << report.error().ToString();
+    }
+    ASSERT_FALSE(report.has_value());
+    EXPECT_EQ(report.error().code(), expected) << report.error().ToString();
+    // Still running here, still changing its memory, still consistent.
+    ASSERT_NO_FATAL_FAILURE(Command(w, 'w'));
+    const std::string hash = Hash(w.in.fd[1], w.out.fd[0]);
+    EXPECT_EQ(hash.rfind("hash ", 0), 0u) << hash;
+    EXPECT_EQ(Hash(w.in.fd[1], w.out.fd[0]), hash);
+  }
+  EXPECT_EQ(node.running(), 0u);
+  ASSERT_EQ(write(w.in.fd[1], "v", 1), 1);
+  EXPECT_EQ(ReadLine(w.out.fd[0]), "ok");
+  EXPECT_EQ(w.child.Wait(), 0);
+}
+
 // Sets $ROAM_FAULT for one test.
 class ScopedFault {
  public:
