@@ -6,14 +6,15 @@
 // the process running at the source exactly as it was.
 #include <fcntl.h>
 #include <poll.h>
-#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -31,15 +32,13 @@
 #include "roam/transport/transport.h"
 #include "tests/support/test_util.h"
 
-extern char** environ;
-
 namespace roam::migrate {
 namespace {
 
 using namespace std::chrono_literals;
 
 struct Pipe {
-  Pipe() { EXPECT_EQ(pipe2(fd, O_CLOEXEC), 0); }
+  Pipe() { EXPECT_EQ(pipe2(fd.data(), O_CLOEXEC), 0); }
   ~Pipe() {
     for (int f : fd) {
       if (f >= 0) close(f);
@@ -47,7 +46,7 @@ struct Pipe {
   }
   void CloseRead() { close(std::exchange(fd[0], -1)); }
   void CloseWrite() { close(std::exchange(fd[1], -1)); }
-  int fd[2] = {-1, -1};
+  std::array<int, 2> fd = {-1, -1};
 };
 
 // One line without its newline; "<timeout>" or "<eof>" instead of hanging.
@@ -172,7 +171,8 @@ class TargetNode {
 // hashes and verifies on command through its stdin and stdout.
 struct Workload {
   Child child;
-  Pipe in, out;
+  Pipe in;
+  Pipe out;
 };
 
 class MigrationTest : public ::testing::Test {
@@ -273,7 +273,9 @@ TEST_F(MigrationTest, WorkloadRunsOnAtTheTargetWithItsNewStdio) {
   const std::string before = Hash(w.in.fd[1], w.out.fd[0]);
   ASSERT_EQ(before.rfind("hash ", 0), 0u) << before;
 
-  Pipe in2, out2;
+  Pipe in2;
+
+  Pipe out2;
   TargetCallbacks callbacks;
   std::string accepted;
   callbacks.accept = [&](const Arrival& a) -> Status {
@@ -330,14 +332,17 @@ TEST_F(MigrationTest, SixtyFourMebibytesArriveIntact) {
   testing::TempDir dir;
   const auto data = dir.path() / "data";
   std::ofstream(data) << "ABCDEFGHIJ";
-  Pipe in, out;
+  Pipe in;
+  Pipe out;
   Child original;
   const std::string bin = (testing::BuildDir() / "tests" / "ckpt_workload").string();
   ASSERT_NO_FATAL_FAILURE(Spawn({bin, "1.5", data.string()}, original, in.fd[0], out.fd[1]));
   ASSERT_EQ(ReadLine(out.fd[0]).rfind("ready", 0), 0u);
   std::this_thread::sleep_for(200ms);
 
-  Pipe in2, out2;
+  Pipe in2;
+
+  Pipe out2;
   TargetCallbacks callbacks;
   callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
     RestoreSetup setup;
@@ -498,7 +503,8 @@ TEST_F(MigrationTest, StagingIsReusedByTheNextMigration) {
 TEST_F(MigrationTest, PreCopyPutsRoundsWhileItRunsAndOnlyChangesWhileFrozen) {
   Workload w;
   ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
-  Pipe in2, out2;
+  Pipe in2;
+  Pipe out2;
   TargetCallbacks callbacks;
   callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
     RestoreSetup setup;
@@ -514,8 +520,8 @@ TEST_F(MigrationTest, PreCopyPutsRoundsWhileItRunsAndOnlyChangesWhileFrozen) {
   options.enough_pages = 0;  // all three rounds
   std::string before;
   options.on_round = [&](int round) {
-    const char* commands[] = {"wm", "rbd", "w"};
-    for (const char* c = commands[round]; *c != 0; ++c) Command(w, *c);
+    const std::array<std::string, 3> commands = {"wm", "rbd", "w"};
+    for (char c : commands[round]) Command(w, c);
     if (round == 2) before = Hash(w.in.fd[1], w.out.fd[0]);
   };
   auto report = source_->MigrateOut(*ep, w.child.pid, options);
@@ -606,7 +612,8 @@ TEST_F(MigrationTest, LostGoTargetAsksTheSourceAndRuns) {
   Workload w;
   ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
   const std::string before = Hash(w.in.fd[1], w.out.fd[0]);
-  Pipe in2, out2;
+  Pipe in2;
+  Pipe out2;
   TargetCallbacks callbacks;
   callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
     RestoreSetup setup;
