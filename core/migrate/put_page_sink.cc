@@ -76,6 +76,7 @@ Status PutPageSink::PutFromRing(std::uint64_t at, std::size_t bytes) {
   }
   shared_->in_flight.push_back(InFlight{at, at + bytes});
   InFlight* entry = &shared_->in_flight.back();  // deque ends keep references
+  most_in_flight_ = std::max(most_in_flight_, entry->end - shared_->in_flight.front().start);
   const transport::ByteView src(RingAt(at), bytes);
   const std::uint64_t remote = staging_.base() + staged_;
   auto done = [shared = shared_, entry](Status status) {

@@ -69,6 +69,8 @@ class PutPageSink final : public ckpt::PageSink {
 
   const std::vector<wire::Run>& runs() const { return runs_; }
   std::uint64_t bytes_sent() const { return staged_; }
+  // The most ring bytes that puts held at once (at most the ring's size).
+  std::uint64_t most_in_flight() const { return most_in_flight_; }
 
  private:
   struct InFlight {
@@ -107,6 +109,7 @@ class PutPageSink final : public ckpt::PageSink {
   std::span<std::byte> tail_;
   std::uint64_t tail_at_ = 0;
   std::uint64_t staged_ = 0;  // staging offset of the next run
+  std::uint64_t most_in_flight_ = 0;
   std::vector<wire::Run> runs_;
   Pass pass_ = Pass::kStream;
   std::uint64_t next_vaddr_ = 0;  // lowest address the next run may have
