@@ -165,7 +165,8 @@ class MigrationSource {
 
 // One migration without a MigrationSource of its own: nothing answers the
 // target's Outcome question afterwards, so a lost Go makes the target drop
-// the process (see above). Daemons keep a MigrationSource.
+// the process (see above). Daemons keep a MigrationSource. It takes over
+// the fabric's Outcome tag: not for a fabric that has a MigrationSource.
 Result<MigrationReport> MigrateOut(transport::Fabric& fabric, transport::Endpoint& target,
                                    pid_t pid, const MigrateOptions& options);
 
