@@ -44,7 +44,16 @@ void ReapChildren() {
 // cares about arrive through a signalfd, the rest wait unread. A signal sent
 // to pid 1 from inside its namespace with no handler would be dropped; a
 // blocked one is queued, so forwarding works from anywhere.
-[[noreturn]] void RunInit(int control) {
+[[noreturn]] void RunInit(int control, InitLifetime lifetime) {
+  if (lifetime == InitLifetime::kEndsWithCreatorThread) {
+    // Armed before anything else; the creator waits for the byte below, so
+    // its thread cannot have exited unseen in between.
+    syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    const char armed = 1;
+    if (syscall(SYS_sendto, control, &armed, 1, MSG_NOSIGNAL, nullptr, 0) != 1) {
+      syscall(SYS_exit_group, 0);
+    }
+  }
   // Hold no file of the restorer's: its open files, its stdio (a reader
   // waiting for EOF), its cwd. (The image's page file is mapped
   // MADV_DONTFORK, so it never reaches here; the restorer's other memory
@@ -100,7 +109,7 @@ Result<bool> HasCapSysAdmin() {
 
 }  // namespace
 
-Result<PidNamespace> PidNamespace::Create() {
+Result<PidNamespace> PidNamespace::Create(InitLifetime lifetime) {
   ROAM_ASSIGN_OR_RETURN(const bool may, HasCapSysAdmin());
   if (!may) {
     return Error(Errc::kPermissionDenied, EPERM,
@@ -124,7 +133,7 @@ Result<PidNamespace> PidNamespace::Create() {
   args.pidfd = reinterpret_cast<std::uint64_t>(&pidfd);
   args.exit_signal = SIGCHLD;
   const long pid = syscall(SYS_clone3, &args, sizeof(args));
-  if (pid == 0) RunInit(control[1]);
+  if (pid == 0) RunInit(control[1], lifetime);
   const int err = errno;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   close(control[1]);
@@ -136,7 +145,19 @@ Result<PidNamespace> PidNamespace::Create() {
     }
     return ErrnoError(err, "clone3 CLONE_NEWPID for the pid namespace init");
   }
-  return PidNamespace(static_cast<pid_t>(pid), pidfd, control[0]);
+  PidNamespace created(static_cast<pid_t>(pid), pidfd, control[0]);
+  if (lifetime == InitLifetime::kEndsWithCreatorThread) {
+    char armed = 0;
+    ssize_t n = 0;
+    do {
+      n = recv(created.control_, &armed, 1, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n != 1) {
+      return ErrnoError(n < 0 ? errno : EIO, "wait for init {} to arm its parent-death signal",
+                        created.init_pid_);
+    }
+  }
+  return created;
 }
 
 PidNamespace::PidNamespace(PidNamespace&& other) noexcept

@@ -13,6 +13,18 @@
 // ptrace and waitpid work as for any child, and clone3 set_tid picks the
 // pid inside. Creating and entering a PID namespace needs CAP_SYS_ADMIN.
 //
+// What becomes of the init when its creator goes: by default nothing (it
+// keeps serving its process, both reparented to the nearest subreaper or
+// pid 1), which `roam restore --detach` relies on. kEndsWithCreatorThread
+// gives the init PR_SET_PDEATHSIG(SIGKILL): the kernel sends it when the
+// init's parent *thread* exits (it sits on that thread's children list, and
+// pthread_exit is enough, even while the process goes on), and the init's
+// death kills everything in its namespace. So a daemon that wants its
+// processes to die with it, never orphaned running, creates namespaces with
+// it from a thread that lives as long as the daemon. The kernel lets that
+// SIGKILL through to a namespace init because it comes from an ancestor
+// namespace.
+//
 // Thread-safety: SpawnInside changes the calling thread's pid_for_children
 // for the duration of the call only; a PidNamespace is used from one thread.
 // Lifetime: move-only. Destroying one that still owns its init kills the
@@ -29,11 +41,18 @@
 
 namespace roam::ckpt {
 
+enum class InitLifetime {
+  kOutlivesCreator,        // the init serves its process whatever its creator does
+  kEndsWithCreatorThread,  // the init (and so its namespace) dies with the creating thread
+};
+
 class PidNamespace final {
  public:
   // A new namespace and its init, the caller's child. kPermissionDenied,
-  // naming CAP_SYS_ADMIN, without it; nothing is started then.
-  static Result<PidNamespace> Create();
+  // naming CAP_SYS_ADMIN, without it; nothing is started then. With
+  // kEndsWithCreatorThread, Create returns only once the init has armed its
+  // parent-death signal, so no exit of the creator can slip in before it.
+  static Result<PidNamespace> Create(InitLifetime lifetime = InitLifetime::kOutlivesCreator);
 
   PidNamespace(PidNamespace&& other) noexcept;
   PidNamespace& operator=(PidNamespace&& other) noexcept;
