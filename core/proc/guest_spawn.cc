@@ -245,6 +245,9 @@ Status Validate(const GuestSpec& spec) {
   if (spec.argv.empty() || spec.argv[0].empty()) {
     return MakeError(Errc::kInvalidArgument, "no program to run (empty argv)");
   }
+  if (spec.uid == kUnsetId || spec.gid == kUnsetId) {
+    return MakeError(Errc::kInvalidArgument, "cannot run '{}': no uid or gid given", spec.argv[0]);
+  }
   if (!spec.cwd.starts_with('/')) {
     return MakeError(Errc::kInvalidArgument,
                      "cannot run '{}': working directory '{}' is not absolute", spec.argv[0],

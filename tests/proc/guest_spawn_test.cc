@@ -169,6 +169,8 @@ class GuestSpawnTest : public ::testing::Test {
     spec.argv = std::move(argv);
     spec.env = {"PATH=/usr/bin:/bin"};
     spec.cwd = "/";
+    spec.uid = 0;
+    spec.gid = 0;
     spec.stdio = {null_in_, null_out_, null_out_};
     return spec;
   }
@@ -343,6 +345,12 @@ TEST_F(GuestSpawnTest, OtherRefusalsAreTypedAndLeaveNothing) {
   auto no_argv = SpawnGuest(Spec({}));
   ASSERT_FALSE(no_argv.has_value());
   EXPECT_EQ(no_argv.error().code(), Errc::kInvalidArgument);
+
+  GuestSpec no_uid = Spec({"true"});
+  no_uid.uid = kUnsetId;
+  auto unset = SpawnGuest(no_uid);
+  ASSERT_FALSE(unset.has_value());
+  EXPECT_EQ(unset.error().code(), Errc::kInvalidArgument);
 
   GuestSpec bad_fd = Spec({"true"});
   bad_fd.stdio[2] = -1;

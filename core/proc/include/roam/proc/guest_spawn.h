@@ -59,6 +59,8 @@ struct ResourceLimit {
   rlim_t max;
 };
 
+inline constexpr unsigned kUnsetId = static_cast<unsigned>(-1);
+
 struct GuestSpec {
   // argv[0] is looked up in the PATH of `env` (default
   // "/usr/local/bin:/usr/bin:/bin") unless it holds a '/'. Not empty.
@@ -66,11 +68,12 @@ struct GuestSpec {
   std::vector<std::string> env;  // "NAME=value": the whole environment
   std::string cwd;               // absolute
   mode_t umask = 022;
-  // The caller's identity. Set as given (setgroups, setgid, setuid) unless
-  // the spawner already is that uid and gid and not root (a non-root daemon
-  // may only run its own programs).
-  uid_t uid = 0;
-  gid_t gid = 0;
+  // The caller's identity, required: left unset it is an error, never root
+  // by default (and -1 would mean "unchanged" to setresuid). Set as given
+  // (setgroups, setgid, setuid) unless the spawner already is that uid and
+  // gid and not root (a non-root daemon may only run its own programs).
+  uid_t uid = kUnsetId;
+  gid_t gid = kUnsetId;
   std::vector<gid_t> groups;
   std::vector<ResourceLimit> limits;     // the caller's rlimits
   std::array<int, 3> stdio{-1, -1, -1};  // become fds 0, 1, 2; must be open
@@ -87,7 +90,7 @@ struct SpawnedGuest {
 };
 
 // Starts the guest. Errors: kInvalidArgument (empty argv, a relative cwd, a
-// stdio fd that is not open), kPermissionDenied (no CAP_SYS_ADMIN; EACCES or
+// stdio fd that is not open, no uid or gid), kPermissionDenied (no CAP_SYS_ADMIN; EACCES or
 // EPERM from a step), kNotFound (no such program or cwd), each a one-line
 // message such as "cannot run 'nosuchprog'" with the errno kept
 // (Error::ToString adds ": No such file or directory (ENOENT)").
