@@ -15,6 +15,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -145,6 +146,63 @@ TEST_F(PidNamespaceTest, InitWithoutAProcessExits) {
   int status = 0;
   ASSERT_EQ(waitpid(init, &status, 0), init);
   EXPECT_TRUE(WIFEXITED(status)) << status;
+}
+
+// A served process and its init, created from a thread that then ends.
+struct Spawned {
+  pid_t child = -1;
+  pid_t init = -1;
+};
+Spawned SpawnFromEndedThread(InitLifetime lifetime) {
+  Spawned out;
+  std::thread([&] {
+    auto ns = PidNamespace::Create(lifetime);
+    if (!ns) return;
+    auto child = ns->SpawnInside([] { return SpawnSleeper(kInside); });
+    if (!child || !ns->Serve(kInside)) return;
+    out.child = *child;
+    out.init = ns->Release();
+  }).join();
+  return out;  // both reparented to a live thread of ours: still ours to reap
+}
+
+// Blocks until `pid` ends or 10 s pass; -1 then.
+int WaitUpTo10s(pid_t pid) {
+  for (int i = 0; i < 2000; ++i) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG | __WALL) == pid) return status;
+    usleep(5000);
+  }
+  return -1;
+}
+
+// PR_SET_PDEATHSIG fires when the parent *thread* exits, not only the
+// process; by default the init ignores its creator (roam restore --detach).
+TEST_F(PidNamespaceTest, InitEndsWithItsCreatorThreadOnlyWhenAskedTo) {
+  const Spawned kept = SpawnFromEndedThread(InitLifetime::kOutlivesCreator);
+  ASSERT_GT(kept.child, 0);
+  usleep(100 * 1000);
+  EXPECT_EQ(waitpid(kept.init, nullptr, WNOHANG), 0) << "init gone with its creator";
+  kill(kept.child, SIGKILL);
+  EXPECT_NE(WaitUpTo10s(kept.child), -1);
+  EXPECT_NE(WaitUpTo10s(kept.init), -1);
+
+  const Spawned ended = SpawnFromEndedThread(InitLifetime::kEndsWithCreatorThread);
+  ASSERT_GT(ended.child, 0);
+  const int status = WaitUpTo10s(ended.child);
+  if (status == -1) {  // reaped first: the init's exit waits for it
+    kill(ended.child, SIGKILL);
+    waitpid(ended.child, nullptr, 0);
+  }
+  EXPECT_TRUE(status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+  const int init_status = WaitUpTo10s(ended.init);
+  if (init_status == -1) {
+    kill(ended.init, SIGKILL);
+    waitpid(ended.init, nullptr, 0);
+  }
+  EXPECT_TRUE(init_status != -1 && WIFSIGNALED(init_status) && WTERMSIG(init_status) == SIGKILL)
+      << init_status;
+  EXPECT_TRUE(HasNoChildren());
 }
 
 }  // namespace
