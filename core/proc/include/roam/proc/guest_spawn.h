@@ -8,8 +8,9 @@
 // waits: cgroupfs reads a written pid in the writer's pid namespace), a new
 // session (no controlling terminal), default dispositions for every signal,
 // spec.stdio as fds 0-2 and no other fd (everything else is close-on-exec),
-// the umask, the working directory, the rlimits, the identity, then the
-// environment exactly as given. The first failing step is reported back
+// the umask, the rlimits, the identity, the working directory (entered as
+// the user, so never one only root may enter), an empty signal mask, then
+// the environment exactly as given. The first failing step is reported back
 // through a close-on-exec pipe, and nothing is left running or unreaped.
 //
 // Processes and reaping: the guest and its init are both children of the
@@ -22,8 +23,8 @@
 // SpawnGuest returns. The kernel sends that when the init's parent *thread*
 // exits (its children list is per thread; pthread_exit is enough while the
 // rest of the process goes on) or when the whole process dies, SIGKILL
-// included; the init's death kills everything in its namespace, the guest
-// first. So a daemon killed with SIGKILL leaves no guest running. Call
+// included; the init's death makes the kernel SIGKILL everything in its
+// namespace. So a daemon killed with SIGKILL leaves no guest running. Call
 // SpawnGuest from a thread that lives as long as the guests should (roamd's
 // main or event-loop thread), never from a short-lived worker. (Without the
 // signal both would run on, reparented to the nearest subreaper or pid 1:
@@ -37,8 +38,10 @@
 // Thread-safety: SpawnGuest may be called from any thread, and concurrently
 // from several: it changes the calling thread's pid_for_children for the
 // duration of the call only and blocks every signal in that thread while it
-// clones. The child runs only raw system calls until execve (no allocation,
-// no locks), so a multi-threaded caller is safe.
+// clones. The child makes only system calls (raw, or async-signal-safe
+// wrappers) until execve: no allocation, no locks, so a multi-threaded caller
+// is safe. (Concurrent spawns may hold each other's close-on-exec pipe ends
+// until the other child's execve: a delay, never a deadlock.)
 #pragma once
 
 #include <sys/resource.h>
