@@ -587,7 +587,7 @@ Result<PreCopy> PreCopy::Start(pid_t pid) {
   std::vector<std::string> notes;
   FrozenProcess frozen(pid);
   ROAM_TRY(frozen.FreezeAll(notes));
-  ROAM_TRY(CheckCapturable(pid, /*our_tracer=*/getpid()));
+  ROAM_TRY(CheckCapturable(pid, /*our_tracer=*/gettid()));
   ROAM_ASSIGN_OR_RETURN(RemoteMemory memory, RemoteMemory::Open(pid));
   ROAM_ASSIGN_OR_RETURN(const auto vmas, procfs::ReadMaps(pid));
   ROAM_ASSIGN_OR_RETURN(const std::uint64_t insn, VdsoSyscall(pid, memory, vmas));
@@ -819,7 +819,7 @@ Result<CaptureStats> Capture(pid_t pid, const CaptureOptions& options, image::Im
   FrozenProcess frozen(pid);
   ROAM_TRY(frozen.FreezeAll(stats.notes));
   // What was checked before stopping may have changed since.
-  ROAM_TRY(CheckCapturable(pid, /*our_tracer=*/getpid()));
+  ROAM_TRY(CheckCapturable(pid, /*our_tracer=*/gettid()));
   ROAM_TRY(CaptureFrozen(pid, options, frozen, identities, meta, pages, nullptr, stats));
   ROAM_TRY(pages.Finish());
   if (commit) ROAM_TRY(commit(*meta));
@@ -888,7 +888,7 @@ Result<std::unique_ptr<FrozenSource>> CaptureAsSource(pid_t pid, image::Image* m
   impl->pid = pid;
   impl->frozen = std::make_unique<FrozenProcess>(pid);
   ROAM_TRY(impl->frozen->FreezeAll(stats->notes));
-  ROAM_TRY(CheckCapturable(pid, /*our_tracer=*/getpid()));
+  ROAM_TRY(CheckCapturable(pid, /*our_tracer=*/gettid()));
   NoPages none;
   ROAM_TRY(CaptureFrozen(pid, CaptureOptions{}, *impl->frozen, identities, meta, none,
                          &impl->located, *stats));

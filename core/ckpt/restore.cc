@@ -670,7 +670,10 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
   // the stub first, then kills the init, whose exit waits for that reap.
   std::optional<PidNamespace> pid_ns;
   if (options.pid_namespace) {
-    ROAM_ASSIGN_OR_RETURN(PidNamespace created, PidNamespace::Create());
+    ROAM_ASSIGN_OR_RETURN(
+        PidNamespace created,
+        PidNamespace::Create(options.init_ends_with_restorer ? InitLifetime::kEndsWithCreatorThread
+                                                             : InitLifetime::kOutlivesCreator));
     pid_ns.emplace(std::move(created));
   }
   const auto spawn = [&options, &meta] { return SpawnStub(options, meta.pid()); };

@@ -121,7 +121,6 @@ class SourceImpl final : public MigrationSource {
                                      const MigrateOptions& options) override;
   std::size_t ring_allocations() const override { return ring_allocations_; }
 
- private:
   Status EnsureRing() {
     if (ring_) return Ok();
     ROAM_ASSIGN_OR_RETURN(ring_, fabric_.Allocate(options_.ring_bytes));
@@ -289,7 +288,9 @@ Result<std::unique_ptr<MigrationSource>> MigrationSource::Create(transport::Fabr
     return MakeError(Errc::kInvalidArgument, "send ring of {} bytes is not whole pages",
                      options.ring_bytes);
   }
-  return std::unique_ptr<MigrationSource>(new SourceImpl(fabric, options));
+  auto source = std::make_unique<SourceImpl>(fabric, options);
+  if (options.allocate_now) ROAM_TRY(source->EnsureRing());
+  return std::unique_ptr<MigrationSource>(std::move(source));
 }
 
 Result<MigrationReport> MigrateOut(transport::Fabric& fabric, transport::Endpoint& target,

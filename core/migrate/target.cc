@@ -310,6 +310,7 @@ void TargetImpl::Restore() {
 
   ckpt::RestoreOptions restore;
   restore.pid_namespace = true;
+  restore.init_ends_with_restorer = setup.init_ends_with_restorer;
   restore.stdio = setup.stdio;
   ckpt::RestoreHooks hooks;
   hooks.before_pages = setup.before_pages;

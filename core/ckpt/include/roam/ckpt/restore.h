@@ -44,6 +44,11 @@ struct RestoreOptions {
   // and every thread's tid there: they are always free, so multi-threaded
   // images need nothing else. Needs CAP_SYS_ADMIN; implies same_pid's ids.
   bool pid_namespace = false;
+  // pid_namespace only: the init (and with it the process) is killed when
+  // the thread that called Restore exits (PR_SET_PDEATHSIG), as a daemon's
+  // guests must be. Default: the init outlives the restorer (`roam restore
+  // --detach`).
+  bool init_ends_with_restorer = false;
   // Files for fds 0-2 when the process had a pipe or terminal there; -1
   // gives the restorer's own.
   std::array<int, 3> stdio = {-1, -1, -1};

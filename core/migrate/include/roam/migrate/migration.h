@@ -139,10 +139,14 @@ struct MigrationReport {
 
 struct SourceOptions {
   // The registered send ring pages are read into and put from (faulted in
-  // at the first migration, reused after); bounds the bytes in flight.
+  // at the first migration unless allocate_now, reused after); bounds the
+  // bytes in flight.
   std::size_t ring_bytes = std::size_t{64} << 20;
   // Outcomes remembered for the target's questions.
   std::size_t outcomes_kept = 1024;
+  // Allocate and fault in the ring in Create rather than at the first
+  // migration (a daemon: its first move is then as quick as the next).
+  bool allocate_now = false;
 };
 
 // The source side of one node: the send ring, and the record of outcomes
@@ -187,6 +191,9 @@ struct RestoreSetup {
   // the migration and the source's copy runs on.
   std::function<Status(pid_t)> before_pages;
   std::function<Status(pid_t)> before_resume;  // before READY is reported
+  // The process dies with the thread that serves the target (its
+  // namespace's init has PR_SET_PDEATHSIG), as a daemon's guests must.
+  bool init_ends_with_restorer = false;
 };
 
 struct Running {
