@@ -1,8 +1,9 @@
-// roam: the command users type. Today: `roam info` (this node) and
-// `roam checkpoint` / `roam restore`; the pool commands (run, ps, kill,
-// migrate, ...) arrive with roamd.
+// roam: the command users type: `roam info` (this node), `roam checkpoint` /
+// `roam restore`, and the pool commands (run, ps, kill, migrate, nodes)
+// that talk to the node's roamd.
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -10,6 +11,7 @@
 #include "launch/cli.h"
 #include "launch/node_report.h"
 #include "launch/pool_cmd.h"
+#include "launch/process_cmds.h"
 #include "roam/base/version.h"
 
 namespace {
@@ -40,10 +42,19 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
   info->add_flag("--json", json, "Print one JSON object");
   roam::launch::AddCheckpointCommands(app);
   roam::launch::AddPoolCommands(app);
+  roam::launch::AddProcessCommands(app);
 
-  if (const auto exit_code = roam::launch::ParseCommandLine(app, argc, argv)) return *exit_code;
+  std::vector<std::string> args = roam::launch::RewriteKillSignal({argv, argv + argc});
+  std::vector<char*> rewritten;
+  rewritten.reserve(args.size());
+  for (auto& a : args) rewritten.push_back(a.data());
+  if (const auto exit_code = roam::launch::ParseCommandLine(app, static_cast<int>(rewritten.size()),
+                                                            rewritten.data())) {
+    return *exit_code;
+  }
   if (info->parsed()) return RunInfo(json);
   if (const int status = roam::launch::RunCheckpointCommands(app); status >= 0) return status;
   if (const int status = roam::launch::RunPoolCommands(app); status >= 0) return status;
+  if (const int status = roam::launch::RunProcessCommands(app); status >= 0) return status;
   return roam::launch::kUsageError;  // unreachable: require_subcommand(1)
 }

@@ -1,24 +1,126 @@
-// roamd: the per-node daemon. Serving a pool (membership, load gossip,
-// remote execution, migration) is not implemented yet; this program exists
-// so that the install layout is stable, and says so when started.
+// roamd: the per-node daemon. Joins its pool (a bootstrap: a shared
+// directory for the local pool, a TCP rendezvous for a host list), serves the
+// node's control socket for `roam`, runs guests, keeps deputies, and talks
+// to the other daemons over the transport with authenticated messages.
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include <CLI/CLI.hpp>
 
 #include "launch/cli.h"
+#include "launch/daemon/event_loop.h"
+#include "launch/daemon/node.h"
+#include "launch/daemon/pool_peers.h"
+#include "launch/pool/pool_key.h"
 #include "roam/base/version.h"
+#include "roam/transport/transport.h"
+
+namespace {
+
+struct Flags {
+  std::string name;
+  int rank = 0;
+  int size = 1;
+  std::string bootstrap;
+  std::string socket = std::string(roam::daemon::kSystemSocket);
+  std::string pool_key = "/etc/roam/pool.key";
+  std::string guest_cgroup;
+  double cpus = 0;
+};
+
+roam::Status Serve(const Flags& flags) {
+  using namespace roam;  // NOLINT(google-build-using-namespace)
+  ROAM_ASSIGN_OR_RETURN(auto key, pool::PoolKey::Load(flags.pool_key));
+  ROAM_ASSIGN_OR_RETURN(auto loop, daemon::EventLoop::Create());
+  transport::FabricOptions fabric_options;
+  fabric_options.name = flags.name;
+  ROAM_ASSIGN_OR_RETURN(auto control, transport::OpenFabric("ucx", fabric_options));
+  // The migration fabric: pages and images travel on a worker of their own,
+  // driven by the migration thread, so that a large move never stalls the
+  // control traffic.
+  fabric_options.name = flags.name + ".data";
+  ROAM_ASSIGN_OR_RETURN(auto data, transport::OpenFabric("ucx", fabric_options));
+  ROAM_ASSIGN_OR_RETURN(const auto data_address, data->Address());
+
+  daemon::PoolOptions pool_options;
+  pool_options.name = flags.name;
+  pool_options.rank = flags.rank;
+  pool_options.size = flags.size;
+  pool_options.bootstrap =
+      flags.bootstrap.empty() ? "dir:/run/roam/boot." + flags.name : flags.bootstrap;
+  daemon::Node* node_ptr = nullptr;
+  ROAM_ASSIGN_OR_RETURN(
+      auto peers,
+      daemon::PoolPeers::Join(*loop, *control, data_address, std::move(key), pool_options,
+                              [&node_ptr](const std::string& sender,
+                                          const peer::Message& message) -> Result<peer::Reply> {
+                                if (node_ptr == nullptr) {
+                                  return MakeError(Errc::kUnavailable, "starting");
+                                }
+                                return node_ptr->OnPeerMessage(sender, message);
+                              }));
+  ROAM_TRY(loop->AddFabric(*control));
+
+  daemon::NodeOptions node_options;
+  node_options.socket = flags.socket;
+  node_options.guest_cgroup = flags.guest_cgroup;
+  node_options.cpus =
+      flags.cpus > 0 ? flags.cpus : static_cast<double>(sysconf(_SC_NPROCESSORS_ONLN));
+  ROAM_ASSIGN_OR_RETURN(auto node,
+                        daemon::Node::Start(*loop, *peers, std::move(data), node_options));
+  node_ptr = node.get();
+
+  auto stop = [&](const signalfd_siginfo&) {
+    node->Shutdown();
+    // A moment for the sessions to hear why, then out.
+    (void)loop->AddTimer(std::chrono::milliseconds(200), std::chrono::milliseconds(0),
+                         [&] { loop->Stop(); });
+  };
+  ROAM_TRY(loop->OnSignal(SIGTERM, stop).map([](daemon::SignalId) {}));
+  ROAM_TRY(loop->OnSignal(SIGINT, stop).map([](daemon::SignalId) {}));
+  std::fprintf(stderr, "roamd %s: serving %s, pool of %zu\n", flags.name.c_str(),
+               flags.socket.c_str(), peers->members().size());
+  Status ran = loop->Run();
+  node_ptr = nullptr;
+  node.reset();
+  unlink(flags.socket.c_str());
+  (void)loop->RemoveFabric(*control);
+  return ran;
+}
+
+}  // namespace
 
 // CLI11 throws only for mistakes in building the command line, never for user input.
 int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
   CLI::App app{"roamd: the roam node daemon", "roamd"};
   app.set_version_flag("--version", std::string("roamd ") + ROAM_VERSION_STRING + " (git " +
                                         ROAM_GIT_DESCRIBE + ")");
+  Flags flags;
+  app.add_option("--name", flags.name, "This node's name in the pool")->required();
+  app.add_option("--rank", flags.rank, "This node's rank in the bootstrap (0..size-1)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--size", flags.size, "Nodes in the pool")->check(CLI::PositiveNumber);
+  app.add_option("--bootstrap", flags.bootstrap,
+                 "How the nodes find each other: dir:PATH (shared directory) or tcp:HOST:PORT");
+  app.add_option("--socket", flags.socket, "The control socket `roam` connects to");
+  app.add_option("--pool-key", flags.pool_key, "The pool key file (mode 0600, root's)");
+  app.add_option("--guest-cgroup", flags.guest_cgroup,
+                 "cgroup directory (v1 cpu) that guests run in");
+  app.add_option("--cpus", flags.cpus, "The node's capacity in CPUs (default: online CPUs)");
   if (const auto exit_code = roam::launch::ParseCommandLine(app, argc, argv)) return *exit_code;
-
-  std::fputs(
-      "roamd: serving a pool is not implemented in this version; "
-      "`roam info` checks what this node offers\n",
-      stderr);
-  return 2;
+  if (flags.rank >= flags.size) {
+    std::fprintf(stderr, "roamd: --rank %d is not below --size %d\n", flags.rank, flags.size);
+    return roam::launch::kUsageError;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  if (const roam::Status served = Serve(flags); !served) {
+    std::fprintf(stderr, "roamd %s: %s\n", flags.name.c_str(), served.error().ToString().c_str());
+    return 1;
+  }
+  return 0;
 }

@@ -13,6 +13,7 @@ namespace {
 
 using testing::BuildDir;
 using testing::RunCommand;
+using testing::TempDir;
 
 std::string Bin(std::string_view name) { return (BuildDir() / "bin" / name).string(); }
 
@@ -65,15 +66,36 @@ TEST(CliTest, NoSubcommandSaysWhatIsMissing) {
   EXPECT_NE(r.err.find("subcommand is required"), std::string::npos) << r.err;
 }
 
-TEST(CliTest, RoamdSaysPlainlyThatItCannotServeYet) {
+TEST(CliTest, RoamdRefusesBadStartsInOneLine) {
   const auto version = RunCommand({Bin("roamd"), "--version"});
   EXPECT_EQ(version.exit_code, 0);
   EXPECT_EQ(version.out.rfind("roamd 0.", 0), 0u) << version.out;
 
-  const auto serve = RunCommand({Bin("roamd")});
-  EXPECT_EQ(serve.exit_code, 2);
-  EXPECT_EQ(Lines(serve.err), 1) << serve.err;
-  EXPECT_NE(serve.err.find("not implemented"), std::string::npos) << serve.err;
+  const auto nameless = RunCommand({Bin("roamd")});
+  EXPECT_EQ(nameless.exit_code, 2);
+  EXPECT_EQ(Lines(nameless.err), 1) << nameless.err;
+  EXPECT_NE(nameless.err.find("--name"), std::string::npos) << nameless.err;
+
+  const auto keyless =
+      RunCommand({Bin("roamd"), "--name", "n1", "--pool-key", "/nonexistent/roam-test/pool.key"});
+  EXPECT_EQ(keyless.exit_code, 1);
+  EXPECT_EQ(Lines(keyless.err), 1) << keyless.err;
+  EXPECT_NE(keyless.err.find("/nonexistent/roam-test/pool.key"), std::string::npos) << keyless.err;
+}
+
+TEST(CliTest, PoolCommandsWithoutADaemonSayWhereTheyLooked) {
+  TempDir dir;
+  const std::string socket = (dir.path() / "none.sock").string();
+  const auto r = RunCommand({"/usr/bin/env", "ROAM_SOCKET=" + socket, Bin("roam"), "ps"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find(socket), std::string::npos) << r.err;
+}
+
+TEST(CliTest, KillTakesTheSignalLikeKill) {
+  const auto r = RunCommand({Bin("roam"), "kill", "-NOSUCH", "3"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("no signal 'NOSUCH'"), std::string::npos) << r.err;
 }
 
 }  // namespace

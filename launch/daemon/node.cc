@@ -1,0 +1,1305 @@
+#include "launch/daemon/node.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "roam/proc/guest_spawn.h"
+
+namespace roam::daemon {
+namespace {
+
+// Output of one process queued for its session beyond which the process's
+// node is told to wait (back-pressure from a slow terminal or pipe).
+constexpr std::size_t kSessionBacklog = std::size_t{1} << 20;
+constexpr std::size_t kChunk = 64 * 1024;
+constexpr std::chrono::milliseconds kBusyRetry{20};
+constexpr std::chrono::milliseconds kExitRetry{500};
+
+// The CPU time of a process in seconds (utime + stime of /proc/PID/stat, its
+// threads included), or -1 when it cannot be read.
+double CpuSeconds(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/stat", pid));
+  std::string line;
+  if (!std::getline(in, line)) return -1;
+  // The command name may hold spaces and parentheses: fields start after
+  // the last ')'.
+  const auto close = line.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream fields(line.substr(close + 2));
+  std::string skip;
+  // state is field 3; utime and stime are fields 14 and 15.
+  for (int i = 3; i < 14; ++i) fields >> skip;
+  unsigned long long utime = 0, stime = 0;  // NOLINT(google-runtime-int)
+  if (!(fields >> utime >> stime)) return -1;
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// The pid of a process inside its own pid namespace (last NSpid field), or
+// -1.
+pid_t NsPid(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/status", pid));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("NSpid:", 0) != 0) continue;
+    const auto last = line.find_last_of(" \t");
+    return static_cast<pid_t>(std::stol(line.substr(last + 1)));
+  }
+  return -1;
+}
+
+Status SetNonBlocking(int fd) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+    return ErrnoError(errno, "fcntl O_NONBLOCK");
+  }
+  return Ok();
+}
+
+// Splits "n1:3" into home and id; "3" means a process whose home is `self`.
+std::string CanonicalId(const std::string& id, const std::string& self) {
+  if (id.find(':') != std::string::npos) return id;
+  return self + ":" + id;
+}
+std::string HomeOf(const std::string& id) { return id.substr(0, id.find(':')); }
+
+}  // namespace
+
+struct Node::Session {
+  std::uint64_t sid = 0;
+  UniqueFd fd;
+  WatchId watch;
+  bool watching_out = false;
+  CallerIdentity who;
+  std::deque<std::string> outbox;
+  std::size_t outbox_bytes = 0;
+  std::string run_id;  // the process of a run session
+};
+
+struct Node::Deputy {
+  std::string id;
+  uid_t uid = 0;
+  std::vector<std::string> argv;
+  std::string node;  // where it runs now
+  std::string state = "starting";
+  std::uint64_t sid = 0;  // its run session; 0 when gone
+  std::uint32_t migrations = 0;
+  std::int32_t pid = -1;
+  double cpu_seconds = 0;
+  int missed_heartbeats = 0;
+  bool stdin_in_flight = false;
+  std::string note;
+  std::string migrate_to;         // while migrating
+  std::uint64_t migrate_sid = 0;  // the session waiting for the move; 0: none
+};
+
+struct Node::Guest {
+  std::string id;
+  std::string home;
+  uid_t uid = 0;
+  std::vector<std::string> argv;
+  pid_t pid = -1;
+  pid_t ns_pid = -1;
+  pid_t init_pid = -1;
+  UniqueFd pidfd;
+  WatchId pidfd_watch;
+  UniqueFd stdin_fd;  // write end, non-blocking
+  // A read end of the same pipe: what the process had not read when it
+  // moved away is read from here and carried to its new node.
+  UniqueFd stdin_reader;
+  WatchId stdin_watch;
+  bool stdin_watching = false;
+  std::string stdin_queue;
+  bool stdin_close_requested = false;
+  bool stdin_ack_owed = false;
+  struct OutputStream {
+    UniqueFd fd;  // read end, non-blocking
+    WatchId watch;
+    bool watching = false;
+    bool eof = false;
+    bool in_flight = false;
+  };
+  std::array<OutputStream, 2> out;  // stdout, stderr
+  bool exited = false;
+  bool exit_reported = false;
+  int exit_code = 0;
+  int signal = 0;
+  double cpu_seconds = 0;
+  double cpu_at_last_sample = 0;
+  double cpu_before = 0;     // used on the nodes it ran on before this one
+  bool migrating = false;    // a move is under way: an exit waits for its outcome
+  bool moved = false;        // it runs elsewhere now; the rest is handing over
+  peer::MigrationDone done;  // for the home, once the hand-over is complete
+};
+
+Node::Node(EventLoop& loop, PoolPeers& peers, NodeOptions options, UniqueFd listen_fd)
+    : loop_(loop),
+      peers_(peers),
+      options_(std::move(options)),
+      listen_fd_(std::move(listen_fd)),
+      last_sample_(std::chrono::steady_clock::now()) {}
+
+Node::~Node() {
+  for (auto& [sid, session] : sessions_) (void)loop_.Unwatch(session->watch);
+  for (auto& [id, guest] : guests_) {
+    (void)loop_.Unwatch(guest->pidfd_watch);
+    for (auto& s : guest->out) {
+      if (s.watching) (void)loop_.Unwatch(s.watch);
+    }
+    if (guest->stdin_watching) (void)loop_.Unwatch(guest->stdin_watch);
+  }
+  (void)loop_.Unwatch(listen_watch_);
+  (void)loop_.CancelTimer(heartbeat_timer_);
+  (void)loop_.CancelTimer(load_timer_);
+}
+
+Result<std::unique_ptr<Node>> Node::Start(EventLoop& loop, PoolPeers& peers,
+                                          std::unique_ptr<transport::Fabric> data,
+                                          const NodeOptions& options) {
+  ROAM_ASSIGN_OR_RETURN(UniqueFd listen_fd, ListenControlSocket(options.socket));
+  std::unique_ptr<Node> node(new Node(loop, peers, options, std::move(listen_fd)));
+  Node* self = node.get();
+  Migrator::Callbacks callbacks;
+  callbacks.on_done = [self](MigrationOutcome outcome) {
+    self->OnMigrationOutcome(std::move(outcome));
+  };
+  callbacks.on_arrived = [self](Arrival arrival) { self->OnArrival(std::move(arrival)); };
+  callbacks.on_progress = [self](const std::string& id, std::uint64_t done, std::uint64_t total) {
+    Guest* g = self->FindGuest(id);
+    if (g == nullptr) return;
+    peer::Message m;
+    m.mutable_migration_progress()->set_id(id);
+    m.mutable_migration_progress()->set_done(done);
+    m.mutable_migration_progress()->set_total(total);
+    self->peers_.Send(g->home, m, [](Result<peer::Reply>) {});
+  };
+  callbacks.accept = [](const std::string& guest) -> Status {
+    peer::MovingGuest moving;
+    if (!moving.ParseFromString(guest) || moving.id().empty()) {
+      return MakeError(Errc::kCorrupt, "unreadable guest record");
+    }
+    return Ok();
+  };
+  ROAM_ASSIGN_OR_RETURN(
+      node->migrator_,
+      Migrator::Start(loop, std::move(data), options.guest_cgroup, std::move(callbacks)));
+  ROAM_ASSIGN_OR_RETURN(
+      node->listen_watch_,
+      loop.Watch(node->listen_fd_.get(), EPOLLIN, [self](std::uint32_t) { self->OnAccept(); }));
+  ROAM_ASSIGN_OR_RETURN(node->heartbeat_timer_, loop.AddTimer(options.heartbeat, options.heartbeat,
+                                                              [self] { self->Heartbeat(); }));
+  ROAM_ASSIGN_OR_RETURN(node->load_timer_, loop.AddTimer(std::chrono::milliseconds(1000),
+                                                         std::chrono::milliseconds(1000),
+                                                         [self] { self->SampleLoad(); }));
+  ROAM_TRY(loop.OnSignal(SIGCHLD, [self](const signalfd_siginfo&) { self->ReapInits(); })
+               .map([](SignalId) {}));
+  return node;
+}
+
+// ---- control socket -------------------------------------------------------
+
+void Node::OnAccept() {
+  for (;;) {
+    UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!fd.valid()) return;  // EAGAIN, or a connection that went away first
+    auto who = ReadCallerIdentity(fd.get());
+    if (!who) continue;
+    auto session = std::make_unique<Session>();
+    session->who = std::move(*who);
+    const std::uint64_t sid = next_sid_++;
+    session->sid = sid;
+    auto watch = loop_.Watch(fd.get(), EPOLLIN,
+                             [this, sid](std::uint32_t revents) { OnSessionEvent(sid, revents); });
+    if (!watch) continue;
+    session->watch = *watch;
+    session->fd = std::move(fd);
+    sessions_.emplace(sid, std::move(session));
+  }
+}
+
+void Node::OnSessionEvent(std::uint64_t sid, std::uint32_t revents) {
+  auto it = sessions_.find(sid);
+  if (it == sessions_.end()) return;
+  Session& session = *it->second;
+  if ((revents & EPOLLOUT) != 0) FlushSession(session);
+  if ((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) == 0) return;
+  for (int i = 0; i < 16; ++i) {
+    auto got = ReceiveDatagram(session.fd.get());
+    if (!got) {
+      if (got.error().code() == Errc::kResourceExhausted) return;  // drained
+      CloseSession(sid);
+      return;
+    }
+    if (!got->has_value()) {
+      CloseSession(sid);
+      return;
+    }
+    control::Request request;
+    if (!request.ParseFromString(**got)) {
+      SendError(sid, MakeError(Errc::kCorrupt, "unreadable request"));
+      return;
+    }
+    if (request.version() != kControlVersion) {
+      SendError(sid, MakeError(Errc::kIncompatible,
+                               "roam speaks control protocol version {}, this roamd {}",
+                               request.version(), kControlVersion));
+      return;
+    }
+    HandleRequest(sid, request);
+    if (sessions_.find(sid) == sessions_.end()) return;
+  }
+}
+
+void Node::Send(std::uint64_t sid, control::Reply reply) {
+  auto it = sessions_.find(sid);
+  if (it == sessions_.end()) return;
+  Session& session = *it->second;
+  reply.set_version(kControlVersion);
+  std::string bytes = reply.SerializeAsString();
+  session.outbox_bytes += bytes.size();
+  session.outbox.push_back(std::move(bytes));
+  FlushSession(session);
+}
+
+void Node::SendError(std::uint64_t sid, const Error& error) {
+  control::Reply reply;
+  ToWire(error, reply.mutable_error());
+  Send(sid, std::move(reply));
+}
+
+void Node::FlushSession(Session& session) {
+  while (!session.outbox.empty()) {
+    const Status sent = SendDatagram(session.fd.get(), session.outbox.front());
+    if (!sent) {
+      if (sent.error().code() != Errc::kResourceExhausted) {
+        // The client is gone; its end of the session closes on the next read.
+        session.outbox.clear();
+        session.outbox_bytes = 0;
+      }
+      break;
+    }
+    session.outbox_bytes -= session.outbox.front().size();
+    session.outbox.pop_front();
+  }
+  const bool want_out = !session.outbox.empty();
+  if (want_out != session.watching_out) {
+    (void)loop_.Unwatch(session.watch);
+    const std::uint64_t sid = session.sid;
+    auto watch = loop_.Watch(session.fd.get(), EPOLLIN | (want_out ? EPOLLOUT : 0u),
+                             [this, sid](std::uint32_t revents) { OnSessionEvent(sid, revents); });
+    if (watch) session.watch = *watch;
+    session.watching_out = want_out;
+  }
+}
+
+void Node::CloseSession(std::uint64_t sid) {
+  auto it = sessions_.find(sid);
+  if (it == sessions_.end()) return;
+  (void)loop_.Unwatch(it->second->watch);
+  const std::string run_id = it->second->run_id;
+  sessions_.erase(it);
+  if (run_id.empty()) return;
+  // `roam run` went away (killed, terminal closed): the process gets SIGHUP,
+  // as from a terminal that hung up; its output from now on is dropped.
+  if (Deputy* deputy = FindDeputy(run_id); deputy != nullptr) {
+    deputy->sid = 0;
+    peer::Message m;
+    m.mutable_guest_signal()->set_id(run_id);
+    m.mutable_guest_signal()->set_signo(SIGHUP);
+    peers_.Send(deputy->node, m, [](Result<peer::Reply>) {});
+  }
+}
+
+void Node::HandleRequest(std::uint64_t sid, const control::Request& request) {
+  Session& session = *sessions_.at(sid);
+  switch (request.what_case()) {
+    case control::Request::kRun:
+      if (!session.run_id.empty()) {
+        SendError(sid, MakeError(Errc::kProtocol, "one run per connection"));
+        return;
+      }
+      HandleRun(sid, request.run());
+      return;
+    case control::Request::kPs:
+      HandlePs(sid, request.ps());
+      return;
+    case control::Request::kNodes:
+      HandleNodes(sid);
+      return;
+    case control::Request::kStdinData:
+    case control::Request::kStdinClose:
+      HandleStdin(sid, request);
+      return;
+    case control::Request::kSignal:
+      HandleSessionSignal(sid, request.signal().signo());
+      return;
+    case control::Request::kKill:
+    case control::Request::kMigrate: {
+      const std::string& raw = request.has_kill() ? request.kill().id() : request.migrate().id();
+      const std::string id = CanonicalId(raw, peers_.self());
+      if (HomeOf(id) != peers_.self()) {
+        ForwardToHome(sid, id, request);
+        return;
+      }
+      auto reply = HandleAtHome(session.who.uid, request, sid);
+      if (!reply) {
+        SendError(sid, reply.error());
+      } else if (reply->has_value()) {
+        Send(sid, std::move(**reply));
+      }
+      return;
+    }
+    case control::Request::WHAT_NOT_SET:
+      break;
+  }
+  SendError(sid, MakeError(Errc::kInvalidArgument, "empty or unknown request"));
+}
+
+void Node::ForwardToHome(std::uint64_t sid, const std::string& id,
+                         const control::Request& request) {
+  const std::string home = HomeOf(id);
+  if (peers_.Find(home) == nullptr) {
+    SendError(sid,
+              MakeError(Errc::kNotFound, "no process {}: no node '{}' in this pool", id, home));
+    return;
+  }
+  peer::Message m;
+  m.mutable_forward()->set_uid(sessions_.at(sid)->who.uid);
+  *m.mutable_forward()->mutable_request() = request;
+  peers_.Send(home, m, [this, sid](Result<peer::Reply> reply) {
+    if (!reply) {
+      SendError(sid, reply.error());
+      return;
+    }
+    Send(sid, reply->control());
+  });
+}
+
+// ---- run ------------------------------------------------------------------
+
+void Node::HandleRun(std::uint64_t sid, const control::Run& run) {
+  Session& session = *sessions_.at(sid);
+  if (run.argv_size() == 0) {
+    SendError(sid, MakeError(Errc::kInvalidArgument, "roam run: no command given"));
+    return;
+  }
+  const std::string node = run.node().empty() ? peers_.self() : run.node();
+  if (peers_.Find(node) == nullptr) {
+    SendError(sid, MakeError(Errc::kNotFound, "no node '{}' in this pool", node));
+    return;
+  }
+  auto deputy = std::make_unique<Deputy>();
+  deputy->id = fmt::format("{}:{}", peers_.self(), next_process_++);
+  deputy->uid = session.who.uid;
+  deputy->argv.assign(run.argv().begin(), run.argv().end());
+  deputy->node = node;
+  deputy->sid = sid;
+  session.run_id = deputy->id;
+  const std::string id = deputy->id;
+  deputies_.emplace(id, std::move(deputy));
+
+  peer::Message m;
+  auto* start = m.mutable_start_guest();
+  start->set_id(id);
+  start->set_home(peers_.self());
+  start->set_uid(session.who.uid);
+  start->set_gid(session.who.gid);
+  for (gid_t g : session.who.groups) start->add_groups(g);
+  *start->mutable_run() = run;
+  peers_.Send(node, m, [this, id, node](Result<peer::Reply> reply) {
+    Deputy* d = FindDeputy(id);
+    if (d == nullptr) return;
+    if (!reply) {
+      const std::uint64_t s = d->sid;
+      deputies_.erase(id);
+      if (s != 0) {
+        SendError(s, reply.error());
+        if (auto it = sessions_.find(s); it != sessions_.end()) it->second->run_id.clear();
+      }
+      return;
+    }
+    if (d->state == "starting") d->state = "running";
+    d->pid = reply->start_guest().pid();
+    if (d->sid != 0) {
+      control::Reply started;
+      started.mutable_started()->set_id(id);
+      started.mutable_started()->set_node(node);
+      Send(d->sid, std::move(started));
+    }
+  });
+}
+
+void Node::HandleStdin(std::uint64_t sid, const control::Request& request) {
+  Session& session = *sessions_.at(sid);
+  Deputy* deputy = FindDeputy(session.run_id);
+  if (deputy == nullptr) return;  // not started (yet) or over: nothing to feed
+  if (deputy->stdin_in_flight) {
+    SendError(sid, MakeError(Errc::kProtocol, "stdin chunk sent before the last was taken"));
+    return;
+  }
+  peer::Message m;
+  m.mutable_guest_input()->set_id(deputy->id);
+  if (request.has_stdin_data()) {
+    if (request.stdin_data().data().size() > kChunk) {
+      SendError(sid, MakeError(Errc::kInvalidArgument, "stdin chunk over {} bytes", kChunk));
+      return;
+    }
+    m.mutable_guest_input()->set_data(request.stdin_data().data());
+  } else {
+    m.mutable_guest_input()->set_close(true);
+  }
+  deputy->stdin_in_flight = true;
+  peers_.Send(deputy->node, m, [](Result<peer::Reply>) {
+    // The ack comes as GuestInputAck once the bytes are in the pipe; a
+    // failure shows up through the heartbeat.
+  });
+}
+
+void Node::HandleSessionSignal(std::uint64_t sid, int signo) {
+  Session& session = *sessions_.at(sid);
+  Deputy* deputy = FindDeputy(session.run_id);
+  if (deputy == nullptr) return;
+  peer::Message m;
+  m.mutable_guest_signal()->set_id(deputy->id);
+  m.mutable_guest_signal()->set_signo(signo);
+  peers_.Send(deputy->node, m, [](Result<peer::Reply>) {});
+}
+
+// ---- ps, nodes, kill ------------------------------------------------------
+
+void Node::ProcessInfoOf(const Deputy& deputy, control::ProcessInfo* out) const {
+  out->set_id(deputy.id);
+  for (const auto& a : deputy.argv) out->add_argv(a);
+  out->set_home(peers_.self());
+  out->set_node(deputy.node);
+  out->set_state(deputy.state);
+  out->set_uid(deputy.uid);
+  out->set_cpu_seconds(deputy.cpu_seconds);
+  out->set_migrations(deputy.migrations);
+  out->set_pid(deputy.pid);
+  out->set_note(deputy.note);
+}
+
+void Node::HandlePs(std::uint64_t sid, const control::Ps& ps) {
+  control::Reply reply;
+  for (const auto& [id, deputy] : deputies_)
+    ProcessInfoOf(*deputy, reply.mutable_ps()->add_processes());
+  if (!ps.all()) {
+    Send(sid, std::move(reply));
+    return;
+  }
+  // Every other home's processes too: ask each node for its own.
+  auto pending = std::make_shared<int>(0);
+  auto gathered = std::make_shared<control::Reply>(std::move(reply));
+  for (const auto& member : peers_.members()) {
+    if (member.name == peers_.self()) continue;
+    ++*pending;
+    peer::Message m;
+    m.mutable_forward()->set_uid(sessions_.at(sid)->who.uid);
+    m.mutable_forward()->mutable_request()->set_version(kControlVersion);
+    m.mutable_forward()->mutable_request()->mutable_ps();
+    peers_.Send(member.name, m, [this, sid, pending, gathered](Result<peer::Reply> r) {
+      if (r && r->control().has_ps()) {
+        for (const auto& p : r->control().ps().processes()) {
+          *gathered->mutable_ps()->add_processes() = p;
+        }
+      }
+      if (--*pending == 0) Send(sid, *gathered);
+    });
+  }
+  if (*pending == 0) Send(sid, *gathered);
+}
+
+void Node::HandleNodes(std::uint64_t sid) {
+  auto reply = std::make_shared<control::Reply>();
+  auto pending = std::make_shared<int>(static_cast<int>(peers_.members().size()));
+  for (const auto& member : peers_.members()) {
+    auto* info = reply->mutable_nodes()->add_nodes();
+    info->set_name(member.name);
+    info->set_address(member.host);
+    const int index = reply->nodes().nodes_size() - 1;
+    peer::Message m;
+    m.mutable_node_status();
+    peers_.Send(member.name, m, [this, sid, reply, pending, index](Result<peer::Reply> r) {
+      auto* entry = reply->mutable_nodes()->mutable_nodes(index);
+      if (r) {
+        entry->set_cpus(r->node_status().cpus());
+        entry->set_load(r->node_status().load());
+        entry->set_processes(r->node_status().processes());
+        entry->set_state("up");
+      } else {
+        entry->set_state("unreachable");
+      }
+      if (--*pending == 0) Send(sid, *reply);
+    });
+  }
+}
+
+Result<std::optional<control::Reply>> Node::HandleAtHome(uid_t uid, const control::Request& request,
+                                                         std::uint64_t sid) {
+  const bool is_kill = request.has_kill();
+  const std::string id =
+      CanonicalId(is_kill ? request.kill().id() : request.migrate().id(), peers_.self());
+  Deputy* deputy = FindDeputy(id);
+  if (deputy == nullptr) return MakeError(Errc::kNotFound, "no process {}", id);
+  if (uid != 0 && uid != deputy->uid) {
+    return MakeError(Errc::kPermissionDenied, "process {} belongs to uid {}, not to uid {}", id,
+                     deputy->uid, uid);
+  }
+  if (!is_kill) return StartMigration(*deputy, request.migrate(), sid);
+  const int signo = request.kill().signo() == 0 ? SIGTERM : request.kill().signo();
+  if (signo < 1 || signo >= NSIG) return MakeError(Errc::kInvalidArgument, "no signal {}", signo);
+  peer::Message m;
+  m.mutable_guest_signal()->set_id(id);
+  m.mutable_guest_signal()->set_signo(signo);
+  // The signal goes out now; a process that exits before it lands simply
+  // ends as it would have.
+  peers_.Send(deputy->node, m, [](Result<peer::Reply>) {});
+  control::Reply reply;
+  reply.mutable_done()->set_message(
+      fmt::format("sent SIG{} to {} on {}", sigabbrev_np(signo), id, deputy->node));
+  return reply;
+}
+
+// ---- deputies -------------------------------------------------------------
+
+Node::Deputy* Node::FindDeputy(const std::string& id) {
+  auto it = deputies_.find(id);
+  return it == deputies_.end() ? nullptr : it->second.get();
+}
+
+void Node::EndDeputy(const std::string& id, const control::Exited& exited) {
+  auto it = deputies_.find(id);
+  if (it == deputies_.end()) return;
+  const std::uint64_t sid = it->second->sid;
+  deputies_.erase(it);
+  if (sid == 0) return;
+  control::Reply reply;
+  *reply.mutable_exited() = exited;
+  Send(sid, std::move(reply));
+  if (auto s = sessions_.find(sid); s != sessions_.end()) s->second->run_id.clear();
+}
+
+void Node::Heartbeat() {
+  // Which nodes run processes whose home is here.
+  std::map<std::string, std::vector<std::string>> by_node;
+  for (const auto& [id, deputy] : deputies_) {
+    if (deputy->state != "starting") by_node[deputy->node].push_back(id);
+  }
+  for (auto& [node, ids] : by_node) {
+    peer::Message m;
+    for (const auto& id : ids) m.mutable_guest_query()->add_ids(id);
+    peers_.Send(node, m, [this, node, ids](Result<peer::Reply> r) {
+      for (const auto& id : ids) {
+        Deputy* d = FindDeputy(id);
+        if (d == nullptr || d->node != node) continue;
+        bool known = false;
+        if (r) {
+          for (const auto& p : r->guest_query().processes()) {
+            if (p.id() != id) continue;
+            known = true;
+            d->cpu_seconds = p.cpu_seconds();
+            d->pid = p.pid();
+            d->missed_heartbeats = 0;
+            if (d->state == "unreachable") d->state = "running";
+          }
+        }
+        if (known) continue;
+        // Unknown at a node that answers: it exited and the report is on
+        // its way, or the node restarted and lost it. Not answering: the
+        // node may be gone.
+        if (++d->missed_heartbeats < options_.lost_after) {
+          if (!r) d->state = "unreachable";
+          continue;
+        }
+        control::Exited lost;
+        lost.set_exit_code(kLostExitCode);
+        lost.set_lost(true);
+        lost.set_message(
+            r ? fmt::format("process {} is lost: node {} no longer knows it", id, node)
+              : fmt::format("process {} is lost with node {}: {}", id, node, r.error().ToString()));
+        EndDeputy(id, lost);
+      }
+    });
+  }
+}
+
+// ---- guests ---------------------------------------------------------------
+
+Node::Guest* Node::FindGuest(const std::string& id) {
+  auto it = guests_.find(id);
+  return it == guests_.end() ? nullptr : it->second.get();
+}
+
+Result<pid_t> Node::StartGuest(const std::string& home, const peer::StartGuest& start) {
+  if (FindGuest(start.id()) != nullptr) {
+    return MakeError(Errc::kAlreadyExists, "process {} already runs here", start.id());
+  }
+  const control::Run& run = start.run();
+  // stdio pipes: the guest gets one end of each, this daemon keeps the other.
+  std::array<UniqueFd, 3> theirs;
+  std::array<UniqueFd, 3> ours;
+  for (int i = 0; i < 3; ++i) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) return ErrnoError(errno, "pipe2");
+    if (i == 0) {
+      theirs[i] = UniqueFd(p[0]);
+      ours[i] = UniqueFd(p[1]);
+    } else {
+      theirs[i] = UniqueFd(p[1]);
+      ours[i] = UniqueFd(p[0]);
+    }
+    ROAM_TRY(SetNonBlocking(ours[i].get()));
+  }
+  proc::GuestSpec spec;
+  spec.argv.assign(run.argv().begin(), run.argv().end());
+  spec.env.assign(run.env().begin(), run.env().end());
+  spec.cwd = run.cwd();
+  spec.umask = static_cast<mode_t>(run.umask());
+  spec.uid = start.uid();
+  spec.gid = start.gid();
+  spec.groups.assign(start.groups().begin(), start.groups().end());
+  for (const auto& l : run.limits()) {
+    spec.limits.push_back(
+        {l.resource(), static_cast<rlim_t>(l.cur()), static_cast<rlim_t>(l.max())});
+  }
+  spec.stdio = {theirs[0].get(), theirs[1].get(), theirs[2].get()};
+  UniqueFd stdin_reader(fcntl(theirs[0].get(), F_DUPFD_CLOEXEC, 3));
+  if (!stdin_reader.valid()) return ErrnoError(errno, "dup stdin pipe");
+  if (!options_.guest_cgroup.empty()) {
+    spec.cgroup_procs.push_back(options_.guest_cgroup + "/cgroup.procs");
+  }
+  ROAM_ASSIGN_OR_RETURN(proc::SpawnedGuest spawned, proc::SpawnGuest(spec));
+
+  auto guest = std::make_unique<Guest>();
+  guest->id = start.id();
+  guest->home = home;
+  guest->uid = start.uid();
+  guest->argv = spec.argv;
+  guest->pid = spawned.pid;
+  guest->ns_pid = spawned.ns_pid;
+  guest->init_pid = spawned.init_pid;
+  guest->pidfd = std::move(spawned.pidfd);
+  inits_.push_back(spawned.init_pid);
+  guest->stdin_fd = std::move(ours[0]);
+  guest->stdin_reader = std::move(stdin_reader);
+  guest->out[0].fd = std::move(ours[1]);
+  guest->out[1].fd = std::move(ours[2]);
+  Guest& g = *guest;
+  guests_.emplace(g.id, std::move(guest));
+  WatchGuest(g);
+  return spawned.pid;
+}
+
+void Node::WatchGuest(Guest& g) {
+  const std::string id = g.id;
+  auto watch = loop_.Watch(g.pidfd.get(), EPOLLIN, [this, id](std::uint32_t) { OnGuestExit(id); });
+  if (watch) g.pidfd_watch = *watch;
+  PumpOutput(g, 0);
+  PumpOutput(g, 1);
+}
+
+void Node::PumpOutput(Guest& guest, int index) {
+  auto& s = guest.out[static_cast<std::size_t>(index)];
+  if (s.eof || s.in_flight) {
+    if (s.watching) {
+      (void)loop_.Unwatch(s.watch);
+      s.watching = false;
+    }
+    return;
+  }
+  std::string chunk(kChunk, '\0');
+  const ssize_t n = read(s.fd.get(), chunk.data(), chunk.size());
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+    if (!s.watching) {
+      const std::string id = guest.id;
+      auto watch = loop_.Watch(s.fd.get(), EPOLLIN, [this, id, index](std::uint32_t) {
+        if (Guest* g = FindGuest(id); g != nullptr) PumpOutput(*g, index);
+      });
+      if (watch) {
+        s.watch = *watch;
+        s.watching = true;
+      }
+    }
+    return;
+  }
+  if (n <= 0) {  // EOF (every writer gone) or a broken pipe
+    s.eof = true;
+    if (s.watching) {
+      (void)loop_.Unwatch(s.watch);
+      s.watching = false;
+    }
+    MaybeReportExit(guest);
+    return;
+  }
+  chunk.resize(static_cast<std::size_t>(n));
+  s.in_flight = true;
+  if (s.watching) {
+    (void)loop_.Unwatch(s.watch);
+    s.watching = false;
+  }
+  peer::Message m;
+  auto* out = m.mutable_guest_output();
+  out->set_id(guest.id);
+  out->set_fd(index + 1);
+  out->set_data(std::move(chunk));
+  SendOutput(guest.id, index, std::move(m));
+}
+
+void Node::SendOutput(const std::string& id, int index, peer::Message message) {
+  Guest* guest = FindGuest(id);
+  if (guest == nullptr) return;
+  peers_.Send(guest->home, message, [this, id, index, message](Result<peer::Reply> r) {
+    Guest* g = FindGuest(id);
+    if (g == nullptr) return;
+    if (r && r->busy()) {
+      (void)loop_.AddTimer(kBusyRetry, std::chrono::milliseconds(0),
+                           [this, id, index, message] { SendOutput(id, index, message); });
+      return;
+    }
+    // Taken, or the home cannot take it (its deputy is gone): move on. A
+    // home unreachable for long reports the process lost; its output has
+    // nowhere to go.
+    g->out[static_cast<std::size_t>(index)].in_flight = false;
+    PumpOutput(*g, index);
+  });
+}
+
+void Node::PumpInput(Guest& guest) {
+  while (!guest.stdin_queue.empty() && guest.stdin_fd.valid()) {
+    const ssize_t n =
+        write(guest.stdin_fd.get(), guest.stdin_queue.data(), guest.stdin_queue.size());
+    if (n > 0) {
+      guest.stdin_queue.erase(0, static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      if (!guest.stdin_watching) {
+        const std::string id = guest.id;
+        auto watch = loop_.Watch(guest.stdin_fd.get(), EPOLLOUT, [this, id](std::uint32_t) {
+          if (Guest* g = FindGuest(id); g != nullptr) PumpInput(*g);
+        });
+        if (watch) {
+          guest.stdin_watch = *watch;
+          guest.stdin_watching = true;
+        }
+      }
+      return;
+    }
+    // EPIPE: the process closed its stdin; what it did not read is dropped.
+    guest.stdin_queue.clear();
+  }
+  if (guest.stdin_watching) {
+    (void)loop_.Unwatch(guest.stdin_watch);
+    guest.stdin_watching = false;
+  }
+  if (guest.stdin_close_requested && guest.stdin_fd.valid()) guest.stdin_fd.reset();
+  if (guest.stdin_ack_owed) {
+    guest.stdin_ack_owed = false;
+    peer::Message m;
+    m.mutable_guest_input_ack()->set_id(guest.id);
+    peers_.Send(guest.home, m, [](Result<peer::Reply>) {});
+  }
+}
+
+void Node::OnGuestExit(const std::string& id) {
+  Guest* guest = FindGuest(id);
+  if (guest == nullptr || guest->exited) return;
+  siginfo_t info{};
+  if (waitid(P_PIDFD, static_cast<id_t>(guest->pidfd.get()), &info, WEXITED | WNOHANG) != 0 ||
+      info.si_pid == 0) {
+    return;
+  }
+  guest->exited = true;
+  guest->cpu_seconds = guest->cpu_before + std::max(0.0, guest->cpu_at_last_sample);
+  (void)loop_.Unwatch(guest->pidfd_watch);
+  if (info.si_code == CLD_EXITED) {
+    guest->exit_code = info.si_status;
+  } else {
+    guest->signal = info.si_status;
+    guest->exit_code = 128 + info.si_status;
+  }
+  // The init takes the namespace down once its process is gone, which
+  // closes every other writer of the output pipes: they reach EOF.
+  ReapInits();
+  MaybeReportExit(*guest);
+}
+
+void Node::MaybeReportExit(Guest& guest) {
+  // While it moves, an exit (the capture's kill included) waits for the
+  // move's outcome.
+  if (!guest.exited || guest.exit_reported || guest.migrating) return;
+  for (const auto& s : guest.out) {
+    if (!s.eof || s.in_flight) return;  // output first, then the status
+  }
+  guest.exit_reported = true;
+  if (guest.moved) {
+    HandOver(guest);
+    return;
+  }
+  peer::Message m;
+  m.mutable_guest_exited()->set_id(guest.id);
+  m.mutable_guest_exited()->set_exit_code(guest.exit_code);
+  m.mutable_guest_exited()->set_signal(guest.signal);
+  ReportExit(guest.id, std::move(m), 0);
+}
+
+void Node::ReportExit(const std::string& id, peer::Message message, int tries) {
+  Guest* guest = FindGuest(id);
+  if (guest == nullptr) return;
+  peers_.Send(guest->home, message, [this, id, message, tries](Result<peer::Reply> r) {
+    // A home that cannot be reached is retried for a while (~10 s); one
+    // that no longer knows the process (kNotFound) has nothing to wait for.
+    if (!r && r.error().code() != Errc::kNotFound && tries < 20) {
+      (void)loop_.AddTimer(kExitRetry, std::chrono::milliseconds(0),
+                           [this, id, message, tries] { ReportExit(id, message, tries + 1); });
+      return;
+    }
+    DropGuest(id);
+  });
+}
+
+void Node::DropGuest(const std::string& id) {
+  auto it = guests_.find(id);
+  if (it == guests_.end()) return;
+  Guest& g = *it->second;
+  for (auto& s : g.out) {
+    if (s.watching) (void)loop_.Unwatch(s.watch);
+  }
+  if (g.stdin_watching) (void)loop_.Unwatch(g.stdin_watch);
+  if (!g.exited) (void)loop_.Unwatch(g.pidfd_watch);
+  guests_.erase(it);
+}
+
+void Node::ReapInits() {
+  std::erase_if(inits_, [](pid_t pid) {
+    const pid_t r = waitpid(pid, nullptr, WNOHANG);
+    return r == pid || (r < 0 && errno == ECHILD);
+  });
+}
+
+void Node::SampleLoad() {
+  const auto now = std::chrono::steady_clock::now();
+  const double elapsed = std::chrono::duration<double>(now - last_sample_).count();
+  last_sample_ = now;
+  double used = 0;
+  for (auto& [id, g] : guests_) {
+    if (g->exited) continue;
+    const double cpu = CpuSeconds(g->pid);
+    if (cpu < 0) continue;
+    used += std::max(0.0, cpu - g->cpu_at_last_sample);
+    g->cpu_at_last_sample = cpu;
+    g->cpu_seconds = g->cpu_before + cpu;
+  }
+  load_ = elapsed > 0 ? used / elapsed : 0;
+}
+
+void Node::Shutdown() {
+  for (auto& [id, g] : guests_) {
+    if (!g->exited && g->init_pid > 0) kill(g->init_pid, SIGKILL);
+  }
+  for (auto& [id, d] : deputies_) {
+    if (d->sid == 0) continue;
+    control::Reply reply;
+    reply.mutable_exited()->set_exit_code(kLostExitCode);
+    reply.mutable_exited()->set_lost(true);
+    reply.mutable_exited()->set_message(
+        fmt::format("process {} is lost: its home node {} is shutting down", id, peers_.self()));
+    Send(d->sid, std::move(reply));
+  }
+}
+
+// ---- migration --------------------------------------------------------------
+//
+// home H                      old node S                        new node T
+// roam migrate -> checks, state "migrating"
+//   MigrateGuest ----------->  migration thread: MigrateOut ----> restore
+//                              (freeze, pages, commit, go)        on_arrived:
+//                                                                 adopt, pump
+//   T's output: "busy" <---------------------------------------- GuestOutput
+//                              old pipes drained to EOF (output
+//                              to H), stdin left unread:
+//                              GuestStdinCarry -----------------> in front
+//   MigrationDone <----------- (ok: pid at T, times, bytes)
+// node = T, answer roam migrate; T's output taken from now on.
+// A failed move leaves the process running at S: MigrationDone says why.
+
+Result<std::optional<control::Reply>> Node::StartMigration(Deputy& deputy,
+                                                           const control::Migrate& migrate,
+                                                           std::uint64_t sid) {
+  const std::string mode = migrate.mode().empty() ? "stop-copy" : migrate.mode();
+  if (mode == "post-copy") {
+    return MakeError(Errc::kUnsupported,
+                     "post-copy between nodes is not implemented yet; use stop-copy or pre-copy");
+  }
+  if (mode != "stop-copy" && mode != "pre-copy") {
+    return MakeError(Errc::kInvalidArgument, "no migration mode '{}'", mode);
+  }
+  if (peers_.Find(migrate.to()) == nullptr) {
+    return MakeError(Errc::kNotFound, "no node '{}' in this pool", migrate.to());
+  }
+  if (deputy.state != "running") {
+    return MakeError(Errc::kUnavailable, "process {} is {}, not running", deputy.id, deputy.state);
+  }
+  if (migrate.to() == deputy.node) {
+    return MakeError(Errc::kInvalidArgument, "process {} already runs on {}", deputy.id,
+                     deputy.node);
+  }
+  deputy.state = "migrating";
+  deputy.migrate_to = migrate.to();
+  deputy.migrate_sid = sid;
+  peer::Message m;
+  m.mutable_migrate_guest()->set_id(deputy.id);
+  m.mutable_migrate_guest()->set_to(migrate.to());
+  m.mutable_migrate_guest()->set_mode(mode);
+  const std::string id = deputy.id;
+  peers_.Send(deputy.node, m, [this, id](Result<peer::Reply> r) {
+    if (r) return;  // under way: MigrationDone follows
+    Deputy* d = FindDeputy(id);
+    if (d == nullptr || d->state != "migrating") return;
+    peer::MigrationDone failed;
+    failed.set_id(id);
+    ToWire(r.error(), failed.mutable_error());
+    FinishMigration(d->node, failed);
+  });
+  return std::optional<control::Reply>();
+}
+
+void Node::FinishMigration(const std::string& sender, const peer::MigrationDone& done) {
+  Deputy* d = FindDeputy(done.id());
+  if (d == nullptr || d->node != sender || d->state != "migrating") return;
+  const std::string from = d->node;
+  d->state = "running";
+  const std::string to = d->migrate_to;
+  d->migrate_to.clear();
+  const std::uint64_t sid = std::exchange(d->migrate_sid, 0);
+  control::Reply reply;
+  if (done.ok()) {
+    d->node = done.node();
+    d->pid = done.pid();
+    ++d->migrations;
+    d->missed_heartbeats = 0;
+    // A stdin chunk sent to the old node went along with the process.
+    if (d->stdin_in_flight && d->sid != 0) {
+      d->stdin_in_flight = false;
+      control::Reply ack;
+      ack.mutable_stdin_ack();
+      Send(d->sid, std::move(ack));
+    }
+    reply.mutable_done()->set_message(fmt::format(
+        "moved {} from {} to {}: {:.1f} ms in all, frozen {:.1f} ms, {:.1f} MiB of pages", d->id,
+        from, done.node(), static_cast<double>(done.total_ns()) / 1e6,
+        static_cast<double>(done.downtime_ns()) / 1e6,
+        static_cast<double>(done.bytes()) / (1 << 20)));
+    auto* moved = reply.mutable_done()->mutable_moved();
+    moved->set_id(d->id);
+    moved->set_from(from);
+    moved->set_to(done.node());
+    moved->set_downtime_ns(done.downtime_ns());
+    moved->set_total_ns(done.total_ns());
+    moved->set_bytes(done.bytes());
+    moved->set_mode(done.mode());
+  } else {
+    ToWire(FromWire(done.error()).WithContext(fmt::format("{} stays on {}", d->id, from)),
+           reply.mutable_error());
+    (void)to;
+  }
+  if (sid != 0) Send(sid, std::move(reply));
+}
+
+Status Node::MigrateGuestAway(const std::string& home, const peer::MigrateGuest& request) {
+  Guest* g = FindGuest(request.id());
+  if (g == nullptr || g->home != home) {
+    return MakeError(Errc::kNotFound, "no process {} on {}", request.id(), peers_.self());
+  }
+  if (g->exited || g->moved) return MakeError(Errc::kNotFound, "process {} has ended", g->id);
+  if (g->migrating) return MakeError(Errc::kUnavailable, "process {} is already moving", g->id);
+  const Member* target = peers_.Find(request.to());
+  if (target == nullptr)
+    return MakeError(Errc::kNotFound, "no node '{}' in this pool", request.to());
+  peer::MovingGuest moving;
+  moving.set_id(g->id);
+  moving.set_home(g->home);
+  moving.set_uid(g->uid);
+  for (const auto& a : g->argv) moving.add_argv(a);
+  moving.set_cpu_seconds(g->cpu_before + std::max(0.0, CpuSeconds(g->pid)));
+  moving.set_source(peers_.self());
+  g->migrating = true;
+  g->done.set_node(request.to());
+  MigrationJob job;
+  job.id = g->id;
+  job.pid = g->pid;
+  job.target_address = target->data;
+  job.guest = moving.SerializeAsString();
+  job.mode = request.mode() == "pre-copy" ? migrate::MigrationMode::kPreCopy
+                                          : migrate::MigrationMode::kStopCopy;
+  g->done.set_mode(request.mode());
+  migrator_->Submit(std::move(job));
+  return Ok();
+}
+
+void Node::OnMigrationOutcome(MigrationOutcome outcome) {
+  Guest* g = FindGuest(outcome.id);
+  if (g == nullptr) return;
+  g->migrating = false;
+  g->done.set_id(g->id);
+  if (!outcome.report) {
+    // It runs on here. Tell home; an exit that came meanwhile is reported now.
+    peer::Message m;
+    *m.mutable_migration_done() = g->done;
+    m.mutable_migration_done()->set_ok(false);
+    ToWire(outcome.report.error(), m.mutable_migration_done()->mutable_error());
+    g->done.Clear();
+    peers_.Send(g->home, m, [](Result<peer::Reply>) {});
+    MaybeReportExit(*g);
+    return;
+  }
+  const auto& report = *outcome.report;
+  g->moved = true;
+  g->done.set_ok(true);
+  g->done.set_pid(g->ns_pid);  // kept: restored in a pid namespace of its own
+  g->done.set_downtime_ns(report.downtime_ns);
+  g->done.set_total_ns(report.total_ns);
+  g->done.set_bytes(report.bytes_sent);
+  // The capture killed the copy here: its exit is near (or already seen),
+  // then the output pipes drain, then HandOver.
+  OnGuestExit(g->id);
+  MaybeReportExit(*g);
+}
+
+void Node::HandOver(Guest& guest) {
+  // What the process had not read of its stdin moves with it: the bytes
+  // still in the old pipe (nobody reads it any more), then those queued.
+  std::string carry;
+  int available = 0;
+  if (guest.stdin_reader.valid() && ioctl(guest.stdin_reader.get(), FIONREAD, &available) == 0 &&
+      available > 0) {
+    carry.resize(static_cast<std::size_t>(available));
+    const ssize_t n = read(guest.stdin_reader.get(), carry.data(), carry.size());
+    carry.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+  }
+  carry += guest.stdin_queue;
+  peer::Message m;
+  m.mutable_guest_stdin_carry()->set_id(guest.id);
+  m.mutable_guest_stdin_carry()->set_data(std::move(carry));
+  m.mutable_guest_stdin_carry()->set_close(guest.stdin_close_requested);
+  const std::string id = guest.id;
+  const std::string to = guest.done.node();
+  peers_.Send(to, m, [this, id](Result<peer::Reply> r) {
+    Guest* g = FindGuest(id);
+    if (g == nullptr) return;
+    if (!r) {
+      std::fprintf(stderr, "roamd %s: stdin of %s could not follow it: %s\n", peers_.self().c_str(),
+                   id.c_str(), r.error().ToString().c_str());
+    }
+    peer::Message done;
+    *done.mutable_migration_done() = g->done;
+    const std::string home = g->home;
+    DropGuest(id);
+    peers_.Send(home, done, [](Result<peer::Reply>) {});
+  });
+}
+
+void Node::OnArrival(Arrival arrival) {
+  peer::MovingGuest moving;
+  if (!moving.ParseFromString(arrival.running.guest)) return;  // accept checked it
+  auto guest = std::make_unique<Guest>();
+  guest->id = moving.id();
+  guest->home = moving.home();
+  guest->uid = moving.uid();
+  guest->argv.assign(moving.argv().begin(), moving.argv().end());
+  guest->cpu_before = moving.cpu_seconds();
+  guest->pid = arrival.running.pid;
+  guest->init_pid = arrival.running.init_pid;
+  guest->ns_pid = NsPid(arrival.running.pid);
+  inits_.push_back(arrival.running.init_pid);
+  guest->pidfd = UniqueFd(static_cast<int>(syscall(SYS_pidfd_open, arrival.running.pid, 0)));
+  guest->stdin_fd = std::move(arrival.stdio[0]);
+  guest->stdin_reader = std::move(arrival.stdin_reader);
+  guest->out[0].fd = std::move(arrival.stdio[1]);
+  guest->out[1].fd = std::move(arrival.stdio[2]);
+  if (!guest->pidfd.valid() || FindGuest(guest->id) != nullptr) {
+    // Cannot watch it (gone already) or a duplicate: never two copies.
+    kill(arrival.running.init_pid, SIGKILL);
+    return;
+  }
+  Guest& g = *guest;
+  guests_.emplace(g.id, std::move(guest));
+  WatchGuest(g);
+}
+
+// ---- pool messages --------------------------------------------------------
+
+Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::Message& message) {
+  peer::Reply reply;
+  switch (message.what_case()) {
+    case peer::Message::kStartGuest: {
+      ROAM_ASSIGN_OR_RETURN(const pid_t pid, StartGuest(sender, message.start_guest()));
+      reply.mutable_start_guest()->set_pid(FindGuest(message.start_guest().id())->ns_pid);
+      (void)pid;
+      return reply;
+    }
+    case peer::Message::kGuestOutput: {
+      const auto& out = message.guest_output();
+      Deputy* d = FindDeputy(out.id());
+      if (d != nullptr && d->state == "migrating" && d->migrate_to == sender) {
+        // Its new node's output waits until the old node's is all here.
+        reply.set_busy(true);
+        return reply;
+      }
+      if (d == nullptr || d->node != sender) return reply;  // nobody to take it: dropped
+      if (d->sid == 0) return reply;
+      auto s = sessions_.find(d->sid);
+      if (s == sessions_.end()) return reply;
+      if (s->second->outbox_bytes > kSessionBacklog) {
+        reply.set_busy(true);
+        return reply;
+      }
+      control::Reply r;
+      r.mutable_output()->set_fd(out.fd());
+      r.mutable_output()->set_data(out.data());
+      Send(d->sid, std::move(r));
+      return reply;
+    }
+    case peer::Message::kGuestInput: {
+      const auto& in = message.guest_input();
+      Guest* g = FindGuest(in.id());
+      if (g == nullptr || g->home != sender) {
+        return MakeError(Errc::kNotFound, "no process {} on {}", in.id(), peers_.self());
+      }
+      g->stdin_queue += in.data();
+      if (in.close()) g->stdin_close_requested = true;
+      g->stdin_ack_owed = true;
+      PumpInput(*g);
+      return reply;
+    }
+    case peer::Message::kGuestInputAck: {
+      Deputy* d = FindDeputy(message.guest_input_ack().id());
+      if (d == nullptr || d->node != sender) return reply;
+      d->stdin_in_flight = false;
+      if (d->sid != 0) {
+        control::Reply r;
+        r.mutable_stdin_ack();
+        Send(d->sid, std::move(r));
+      }
+      return reply;
+    }
+    case peer::Message::kGuestSignal: {
+      const auto& sig = message.guest_signal();
+      Guest* g = FindGuest(sig.id());
+      if (g == nullptr || g->home != sender) {
+        return MakeError(Errc::kNotFound, "no process {} on {}", sig.id(), peers_.self());
+      }
+      if (!g->exited && kill(g->pid, sig.signo()) != 0) {
+        return ErrnoError(errno, "kill {} (pid {})", sig.id(), g->pid);
+      }
+      return reply;
+    }
+    case peer::Message::kGuestExited: {
+      const auto& ex = message.guest_exited();
+      Deputy* d = FindDeputy(ex.id());
+      if (d == nullptr || d->node != sender) {
+        return MakeError(Errc::kNotFound, "no deputy for {} on {}", ex.id(), peers_.self());
+      }
+      control::Exited exited;
+      exited.set_exit_code(ex.exit_code());
+      exited.set_signal(ex.signal());
+      EndDeputy(ex.id(), exited);
+      return reply;
+    }
+    case peer::Message::kNodeStatus: {
+      reply.mutable_node_status()->set_cpus(options_.cpus);
+      reply.mutable_node_status()->set_load(load_);
+      reply.mutable_node_status()->set_processes(static_cast<std::uint32_t>(guests_.size()));
+      return reply;
+    }
+    case peer::Message::kGuestQuery: {
+      for (const auto& id : message.guest_query().ids()) {
+        Guest* g = FindGuest(id);
+        if (g == nullptr || g->home != sender) continue;
+        auto* p = reply.mutable_guest_query()->add_processes();
+        p->set_id(id);
+        p->set_node(peers_.self());
+        p->set_pid(g->ns_pid);
+        p->set_cpu_seconds(g->exited ? g->cpu_seconds
+                                     : g->cpu_before + std::max(0.0, CpuSeconds(g->pid)));
+        p->set_state(g->exited ? "exiting" : "running");
+      }
+      return reply;
+    }
+    case peer::Message::kForward: {
+      const auto& fwd = message.forward();
+      if (fwd.request().has_ps()) {
+        // Only this node's own processes: the asker gathers the rest.
+        for (const auto& [id, deputy] : deputies_) {
+          ProcessInfoOf(*deputy, reply.mutable_control()->mutable_ps()->add_processes());
+        }
+        return reply;
+      }
+      if (!fwd.request().has_kill() && !fwd.request().has_migrate()) {
+        return MakeError(Errc::kInvalidArgument, "only kill, migrate and ps are forwarded");
+      }
+      ROAM_ASSIGN_OR_RETURN(auto answer, HandleAtHome(fwd.uid(), fwd.request(), 0));
+      if (answer) {
+        *reply.mutable_control() = std::move(*answer);
+      } else {
+        reply.mutable_control()->mutable_done()->set_message(
+            fmt::format("moving {} to {} (roam ps on its home node shows when it is there)",
+                        fwd.request().migrate().id(), fwd.request().migrate().to()));
+      }
+      return reply;
+    }
+    case peer::Message::kMigrateGuest:
+      ROAM_TRY(MigrateGuestAway(sender, message.migrate_guest()));
+      return reply;
+    case peer::Message::kMigrationDone:
+      FinishMigration(sender, message.migration_done());
+      return reply;
+    case peer::Message::kMigrationProgress: {
+      const auto& p = message.migration_progress();
+      Deputy* d = FindDeputy(p.id());
+      if (d == nullptr || d->node != sender || d->migrate_sid == 0) return reply;
+      control::Reply progress;
+      progress.mutable_progress()->set_done(p.done());
+      progress.mutable_progress()->set_total(p.total());
+      progress.mutable_progress()->set_what(
+          fmt::format("moving {} from {} to {}", d->id, d->node, d->migrate_to));
+      Send(d->migrate_sid, std::move(progress));
+      return reply;
+    }
+    case peer::Message::kGuestStdinCarry: {
+      const auto& carry = message.guest_stdin_carry();
+      Guest* g = FindGuest(carry.id());
+      if (g == nullptr) {
+        return MakeError(Errc::kNotFound, "no process {} on {}", carry.id(), peers_.self());
+      }
+      // Older than anything the home sends from now on: in front.
+      g->stdin_queue.insert(0, carry.data());
+      if (carry.close()) g->stdin_close_requested = true;
+      PumpInput(*g);
+      return reply;
+    }
+    case peer::Message::kReply:
+    case peer::Message::WHAT_NOT_SET:
+      break;
+  }
+  return MakeError(Errc::kProtocol, "unexpected pool message from {}", sender);
+}
+
+}  // namespace roam::daemon

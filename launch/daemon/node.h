@@ -1,0 +1,149 @@
+// roamd's node: everything one daemon does, driven by its event loop.
+//   - The control socket: `roam` commands arrive as control.proto requests;
+//     the caller is identified by SO_PEERCRED and may act only on its own
+//     processes (root on all).
+//   - The pool (pool_peers.h): authenticated requests between daemons.
+//   - Guests: processes running on this node, each in a PID namespace of
+//     its own behind roam's init (roam/proc/guest_spawn.h), in the node's
+//     guest cgroup, with stdin, stdout and stderr on pipes held by this
+//     daemon. Output goes to the process's home; stdin comes from it.
+//   - Deputies: for each process whose home is this node, wherever it runs,
+//     the record that keeps its identity here: the waiting `roam run`
+//     session (stdio, signals, exit status), its current node, and `roam
+//     ps`. A deputy checks every second that its process's node still
+//     knows it; a node that stops answering makes the process "lost", which
+//     ends its session with a clear message and exit status 255.
+//
+// Thread-safety: one thread, the loop's. Lifetime: the loop, fabrics and
+// pool must outlive the node (roamd_main.cc owns them in that order).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "launch/daemon/control.pb.h"
+#include "launch/daemon/control_socket.h"
+#include "launch/daemon/event_loop.h"
+#include "launch/daemon/migrator.h"
+#include "launch/daemon/peer.pb.h"
+#include "launch/daemon/pool_peers.h"
+#include "roam/base/error.h"
+#include "roam/base/unique_fd.h"
+
+namespace roam::daemon {
+
+inline constexpr std::uint32_t kControlVersion = 1;
+// Exit status of `roam run` when its process was lost with its node.
+inline constexpr int kLostExitCode = 255;
+
+struct NodeOptions {
+  std::filesystem::path socket;
+  // cgroup (v1 cpu hierarchy) directory that guests join; empty: none.
+  std::string guest_cgroup;
+  double cpus = 1.0;  // the node's capacity, for `roam nodes`
+  std::chrono::milliseconds heartbeat{1000};
+  // Consecutive failed heartbeats after which a guest's node is lost.
+  int lost_after = 3;
+};
+
+class Node final {
+ public:
+  // Listens on the control socket, starts serving `peers`' messages and
+  // starts the migration thread on `data` (the fabric whose address the
+  // pool published as this node's data address).
+  static Result<std::unique_ptr<Node>> Start(EventLoop& loop, PoolPeers& peers,
+                                             std::unique_ptr<transport::Fabric> data,
+                                             const NodeOptions& options);
+  ~Node();
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  // Ends every guest (SIGKILL to its init, which takes the namespace down)
+  // and tells each waiting session why. For SIGTERM.
+  void Shutdown();
+
+  // The pool's request handler (PoolPeers::Handler).
+  Result<peer::Reply> OnPeerMessage(const std::string& sender, const peer::Message& message);
+
+ private:
+  struct Session;
+  struct Deputy;
+  struct Guest;
+
+  Node(EventLoop& loop, PoolPeers& peers, NodeOptions options, UniqueFd listen_fd);
+
+  // Control socket.
+  void OnAccept();
+  void OnSessionEvent(std::uint64_t sid, std::uint32_t revents);
+  void HandleRequest(std::uint64_t sid, const control::Request& request);
+  void Send(std::uint64_t sid, control::Reply reply);
+  void SendError(std::uint64_t sid, const Error& error);
+  void FlushSession(Session& session);
+  void CloseSession(std::uint64_t sid);
+
+  void HandleRun(std::uint64_t sid, const control::Run& run);
+  void HandlePs(std::uint64_t sid, const control::Ps& ps);
+  void HandleNodes(std::uint64_t sid);
+  void HandleStdin(std::uint64_t sid, const control::Request& request);
+  void HandleSessionSignal(std::uint64_t sid, int signo);
+  // kill and migrate: decided at the process's home, for a caller `uid`.
+  // nullopt: the answer goes to session `sid` later (a migration; 0: none).
+  Result<std::optional<control::Reply>> HandleAtHome(uid_t uid, const control::Request& request,
+                                                     std::uint64_t sid);
+  Result<std::optional<control::Reply>> StartMigration(Deputy& deputy,
+                                                       const control::Migrate& migrate,
+                                                       std::uint64_t sid);
+  void FinishMigration(const std::string& sender, const peer::MigrationDone& done);
+  void ForwardToHome(std::uint64_t sid, const std::string& id, const control::Request& request);
+
+  // Deputies (processes whose home is here).
+  Deputy* FindDeputy(const std::string& id);
+  void EndDeputy(const std::string& id, const control::Exited& exited);
+  void Heartbeat();
+  void ProcessInfoOf(const Deputy& deputy, control::ProcessInfo* out) const;
+
+  // Guests (processes running here).
+  Result<pid_t> StartGuest(const std::string& home, const peer::StartGuest& start);
+  Guest* FindGuest(const std::string& id);
+  void PumpOutput(Guest& guest, int index);
+  // Sends one chunk of output home, again after a while if home is busy.
+  void SendOutput(const std::string& id, int index, peer::Message message);
+  void ReportExit(const std::string& id, peer::Message message, int tries);
+  void PumpInput(Guest& guest);
+  void OnGuestExit(const std::string& id);
+  void MaybeReportExit(Guest& guest);
+  void DropGuest(const std::string& id);
+  void ReapInits();
+  void SampleLoad();
+  // Migration, at the process's current node and at its new one.
+  Status MigrateGuestAway(const std::string& home, const peer::MigrateGuest& request);
+  void OnMigrationOutcome(MigrationOutcome outcome);
+  void HandOver(Guest& guest);
+  void OnArrival(Arrival arrival);
+  void WatchGuest(Guest& guest);
+
+  EventLoop& loop_;
+  PoolPeers& peers_;
+  NodeOptions options_;
+  UniqueFd listen_fd_;
+  WatchId listen_watch_;
+  TimerId heartbeat_timer_;
+  TimerId load_timer_;
+  std::uint64_t next_sid_ = 1;
+  std::uint64_t next_process_ = 1;
+  std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
+  std::map<std::string, std::unique_ptr<Deputy>> deputies_;
+  std::map<std::string, std::unique_ptr<Guest>> guests_;
+  std::unique_ptr<Migrator> migrator_;
+  std::vector<pid_t> inits_;  // released namespace inits to reap
+  double load_ = 0;           // CPUs used by guests over the last sample
+  std::chrono::steady_clock::time_point last_sample_;
+};
+
+}  // namespace roam::daemon

@@ -1,0 +1,379 @@
+// A pool as users meet it: three roamds, each in a network namespace of its
+// own (roam::local_nodes), talking UCX over tcp, driven through the built
+// `roam` program: remote execution with exit codes, output and signals,
+// stdin streamed to a remote process, `roam ps` at home, ownership, and a
+// process whose node is lost.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "launch/daemon/control_socket.h"
+#include "launch/pool/pool_key.h"
+#include "roam/launch/local_nodes.h"
+#include "tests/support/test_util.h"
+
+namespace roam {
+namespace {
+
+using testing::BuildDir;
+using testing::CommandResult;
+using testing::RunCommand;
+using testing::TempDir;
+
+std::string Bin(std::string_view name) { return (BuildDir() / "bin" / name).string(); }
+
+std::string ReadFile(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+bool Alive(pid_t pid) { return kill(pid, 0) == 0; }
+
+class PoolTest : public ::testing::Test {
+ protected:
+  static constexpr int kNodes = 3;
+
+  void SetUp() override {
+    ROAM_SKIP_UNLESS_ROOT("network namespaces for the nodes");
+    // Other users (the ownership test) must reach the sockets.
+    ASSERT_EQ(chmod(dir_.path().c_str(), 0755), 0);
+    launch::LocalNodesOptions options;
+    options.nodes = kNodes;
+    auto nodes = launch::LocalNodes::Create(options);
+    ASSERT_TRUE(nodes) << nodes.error().ToString();
+    nodes_ = std::move(*nodes);
+    ASSERT_TRUE(pool::PoolKey::Generate(dir_.path() / "pool.key"));
+    for (int i = 0; i < kNodes; ++i) {
+      auto pid = nodes_->Spawn(
+          i,
+          {Bin("roamd"), "--name", Name(i), "--rank", std::to_string(i), "--size",
+           std::to_string(kNodes), "--bootstrap", "dir:" + (dir_.path() / "boot").string(),
+           "--socket", Socket(i), "--pool-key", (dir_.path() / "pool.key").string(), "--cpus", "1"},
+          {{"UCX_TLS", "tcp"}, {"UCX_NET_DEVICES", "eth0"}});
+      ASSERT_TRUE(pid) << pid.error().ToString();
+      daemons_.push_back(*pid);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (int i = 0; i < kNodes; ++i) {
+      while (!daemon::ConnectControlSocket(Socket(i))) {
+        ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "roamd " << Name(i) << " not up";
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+  }
+
+  void TearDown() override {
+    for (pid_t pid : daemons_) {
+      if (pid > 0) kill(pid, SIGTERM);
+    }
+    for (pid_t pid : daemons_) {
+      if (pid <= 0) continue;
+      for (int i = 0; i < 100 && waitpid(pid, nullptr, WNOHANG) == 0; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      if (kill(pid, SIGKILL) == 0) waitpid(pid, nullptr, 0);
+    }
+    for (pid_t pid : background_) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+
+  static std::string Name(int i) { return "n" + std::to_string(i + 1); }
+  std::string Socket(int i) const { return (dir_.path() / (Name(i) + ".sock")).string(); }
+
+  // `roam ARGS` against node i's daemon, with a shell line's redirections.
+  CommandResult Roam(int i, const std::string& args) const {
+    return RunCommand({"/bin/bash", "-c",
+                       "exec 251>&-; ROAM_SOCKET=" + Socket(i) + " " + Bin("roam") + " " + args});
+  }
+
+  // `roam ARGS` in the background; its stdout and stderr go to files.
+  pid_t RoamInBackground(int i, const std::string& args, const std::string& tag) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const std::string line = "exec 251>&-; ROAM_SOCKET=" + Socket(i) + " exec " + Bin("roam") +
+                               " " + args + " >" + (dir_.path() / (tag + ".out")).string() + " 2>" +
+                               (dir_.path() / (tag + ".err")).string();
+      execl("/bin/bash", "bash", "-c", line.c_str(), nullptr);
+      _exit(127);
+    }
+    background_.push_back(pid);
+    return pid;
+  }
+
+  // Waits for a background roam; its exit status (128 + signal if killed).
+  int Wait(pid_t pid, std::chrono::seconds limit = std::chrono::seconds(30)) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    int status = 0;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        ADD_FAILURE() << "roam (pid " << pid << ") still running after " << limit.count() << " s";
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    std::erase(background_, pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+  // The processes `roam ps --json` shows on node i.
+  nlohmann::json Ps(int i) const {
+    const auto r = Roam(i, "ps --json");
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return nlohmann::json::parse(r.out, nullptr, false);
+  }
+
+  // Waits until node i's ps shows a process in state `state`; returns it.
+  nlohmann::json WaitForProcess(int i, const std::string& state = "running") const {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (std::chrono::steady_clock::now() < deadline) {
+      const auto ps = Ps(i);
+      if (ps.is_array() && !ps.empty() && ps[0]["state"] == state) return ps[0];
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ADD_FAILURE() << "no " << state << " process on " << Name(i);
+    return {};
+  }
+
+  TempDir dir_;
+  std::unique_ptr<launch::LocalNodes> nodes_;
+  std::vector<pid_t> daemons_;
+  std::vector<pid_t> background_;
+};
+
+TEST_F(PoolTest, NodesListsTheWholePool) {
+  const auto r = Roam(1, "nodes --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto nodes = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_TRUE(nodes.is_array()) << r.out;
+  ASSERT_EQ(nodes.size(), static_cast<std::size_t>(kNodes)) << r.out;
+  for (int i = 0; i < kNodes; ++i) {
+    EXPECT_EQ(nodes[i]["name"], Name(i));
+    EXPECT_EQ(nodes[i]["address"], nodes_->address(i));
+    EXPECT_EQ(nodes[i]["state"], "up");
+    EXPECT_DOUBLE_EQ(nodes[i]["cpus"].get<double>(), 1.0);
+  }
+}
+
+TEST_F(PoolTest, RunsAtHomeAndRemotelyWithOutputAndExitCode) {
+  for (const std::string node : {"", "--node n3 "}) {
+    const auto r = Roam(0, "run " + node + "-- sh -c 'echo out; echo err >&2; exit 3'");
+    EXPECT_EQ(r.exit_code, 3) << node << r.err;
+    EXPECT_EQ(r.out, "out\n") << node;
+    EXPECT_EQ(r.err, "err\n") << node;
+  }
+}
+
+TEST_F(PoolTest, RemoteProcessRunsInTheTargetNodesNetwork) {
+  // The guest runs in n2's network namespace: its eth0 has n2's address.
+  const auto r = Roam(0, "run --node n2 -- ip -4 -o addr show dev eth0");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find(nodes_->address(1) + "/"), std::string::npos) << r.out;
+}
+
+TEST_F(PoolTest, CommandNotFoundIsExit127AndOneLine) {
+  const auto r = Roam(0, "run --node n2 -- /nonexistent/program");
+  EXPECT_EQ(r.exit_code, 127);
+  EXPECT_NE(r.err.find("/nonexistent/program"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  const auto unknown = Roam(0, "run --node n9 -- true");
+  EXPECT_NE(unknown.exit_code, 0);
+  EXPECT_NE(unknown.err.find("no node 'n9'"), std::string::npos) << unknown.err;
+}
+
+TEST_F(PoolTest, StdinStreamsToARemoteProcess) {
+  // 3 MiB through the home node to n3 and back, checked by its digest.
+  const auto input = dir_.path() / "input";
+  ASSERT_EQ(
+      RunCommand({"/bin/sh", "-c", "head -c 3145728 /dev/urandom > " + input.string()}).exit_code,
+      0);
+  const auto expected = RunCommand({"/usr/bin/sha256sum", input.string()});
+  const auto r = Roam(0, "run --node n3 -- sha256sum < " + input.string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.substr(0, 64), expected.out.substr(0, 64));
+  // And the output path carries as much back.
+  const auto cat = Roam(0, "run --node n2 -- cat < " + input.string() + " | sha256sum");
+  EXPECT_EQ(cat.out.substr(0, 64), expected.out.substr(0, 64));
+}
+
+TEST_F(PoolTest, PsAtHomeShowsTheCurrentNodeAndKillEndsIt) {
+  const pid_t roam = RoamInBackground(0, "run --node n2 -- sleep 60", "sleep");
+  const auto p = WaitForProcess(0);
+  EXPECT_EQ(p["home"], "n1");
+  EXPECT_EQ(p["node"], "n2");
+  EXPECT_EQ(p["command"], "sleep 60");
+  EXPECT_EQ(p["uid"], 0);
+  EXPECT_EQ(p["pid"], 2) << "pid inside its own namespace, behind roam's init";
+  // The id works from any node of the pool.
+  const auto k = Roam(2, "kill -KILL " + p["id"].get<std::string>());
+  EXPECT_EQ(k.exit_code, 0) << k.err;
+  EXPECT_EQ(Wait(roam), 128 + SIGKILL);
+  EXPECT_TRUE(Ps(0).empty());
+}
+
+TEST_F(PoolTest, SignalsToRoamRunReachTheProcess) {
+  const pid_t roam = RoamInBackground(
+      0, "run --node n3 -- sh -c 'trap \"echo got INT; exit 42\" INT; sleep 60 & wait'", "trap");
+  WaitForProcess(0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // trap set
+  ASSERT_EQ(kill(roam, SIGINT), 0);
+  EXPECT_EQ(Wait(roam), 42);
+  EXPECT_EQ(ReadFile(dir_.path() / "trap.out"), "got INT\n");
+}
+
+TEST_F(PoolTest, ANonOwnerCannotKillAndRunsAsThemselves) {
+  const pid_t roam = RoamInBackground(0, "run --node n2 -- sleep 60", "owned");
+  const auto p = WaitForProcess(0);
+  const std::string id = p["id"];
+  const std::string as_nobody =
+      "setpriv --reuid=65534 --regid=65534 --clear-groups env ROAM_SOCKET=" + Socket(0) + " " +
+      Bin("roam");
+  const auto refused = RunCommand({"/bin/sh", "-c", as_nobody + " kill -KILL " + id});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("belongs to uid 0"), std::string::npos) << refused.err;
+  EXPECT_TRUE(Alive(roam));
+  EXPECT_EQ(Ps(0)[0]["state"], "running");
+
+  const auto mine =
+      RunCommand({"/bin/sh", "-c", "cd / && " + as_nobody + " run --node n3 -- id -u"});
+  EXPECT_EQ(mine.exit_code, 0) << mine.err;
+  EXPECT_EQ(mine.out, "65534\n");
+  ASSERT_EQ(Roam(0, "kill " + id).exit_code, 0);
+  EXPECT_EQ(Wait(roam), 128 + SIGTERM);
+}
+
+TEST_F(PoolTest, AProcessWhoseNodeIsLostEndsWithAClearStatus) {
+  const pid_t roam = RoamInBackground(0, "run --node n2 -- sleep 60", "lost");
+  WaitForProcess(0);
+  kill(daemons_[1], SIGKILL);
+  waitpid(daemons_[1], nullptr, 0);
+  daemons_[1] = -1;
+  EXPECT_EQ(Wait(roam, std::chrono::seconds(20)), 255);
+  EXPECT_NE(ReadFile(dir_.path() / "lost.err").find("lost"), std::string::npos)
+      << ReadFile(dir_.path() / "lost.err");
+  EXPECT_TRUE(Ps(0).empty());
+  const auto r = Roam(0, "nodes --json");
+  const auto nodes = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_TRUE(nodes.is_array()) << r.out << r.err;
+  EXPECT_EQ(nodes[1]["state"], "unreachable");
+}
+
+// A python3 loop that prints as it goes; its whole output is known ahead.
+constexpr const char* kCounter =
+    "python3 -c 'import time\nfor i in range(60):\n    print(i, i * i, flush=True)\n    "
+    "time.sleep(0.05)'";
+std::string CounterOutput() {
+  std::string out;
+  for (int i = 0; i < 60; ++i) out += std::to_string(i) + " " + std::to_string(i * i) + "\n";
+  return out;
+}
+
+TEST_F(PoolTest, MigratesARunningProgramAndItsOutputIsUnchanged) {
+  const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kCounter, "counter");
+  const auto p = WaitForProcess(0);
+  const std::string id = p["id"];
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const auto moved = Roam(0, "migrate " + id + " --to n3");
+  ASSERT_EQ(moved.exit_code, 0) << moved.err;
+  EXPECT_NE(moved.out.find("moved " + id + " from n2 to n3"), std::string::npos) << moved.out;
+  const auto now = Ps(0);
+  ASSERT_EQ(now.size(), 1u);
+  EXPECT_EQ(now[0]["node"], "n3");
+  EXPECT_EQ(now[0]["migrations"], 1);
+  EXPECT_EQ(now[0]["pid"], p["pid"]) << "same pid in its namespace after the move";
+  EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "counter.err");
+  EXPECT_EQ(ReadFile(dir_.path() / "counter.out"), CounterOutput());
+}
+
+TEST_F(PoolTest, MovesTwiceAndBackHomeWithStdinUnreadFollowing) {
+  // The process reverses lines from stdin slowly; most of its input is
+  // still unread (in its pipe or queued) each time it moves.
+  const auto input = dir_.path() / "lines";
+  std::string expected;
+  {
+    std::ofstream out(input);
+    for (int i = 0; i < 400; ++i) {
+      const std::string line = "line " + std::to_string(i) + " of the input";
+      out << line << "\n";
+      expected += std::string(line.rbegin(), line.rend()) + "\n";
+    }
+  }
+  const pid_t roam =
+      RoamInBackground(0,
+                       "run -- python3 -c 'import sys, time\nfor l in sys.stdin:\n    "
+                       "print(l.rstrip(\"\\n\")[::-1], flush=True)\n    time.sleep(0.005)' < " +
+                           input.string(),
+                       "reverse");
+  const std::string id = WaitForProcess(0)["id"];
+  for (const char* to : {"n2", "n3", "n1"}) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const auto moved = Roam(0, std::string("migrate ") + id + " --to " + to);
+    ASSERT_EQ(moved.exit_code, 0) << to << ": " << moved.err;
+    EXPECT_EQ(Ps(0)[0]["node"], to);
+  }
+  EXPECT_EQ(Ps(0)[0]["migrations"], 3);
+  EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "reverse.err");
+  EXPECT_EQ(ReadFile(dir_.path() / "reverse.out"), expected);
+}
+
+TEST_F(PoolTest, RefusedMigrationsLeaveTheProcessWhereItRuns) {
+  const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kCounter, "stay");
+  const std::string id = WaitForProcess(0)["id"];
+  const auto to_self = Roam(0, "migrate " + id + " --to n2");
+  EXPECT_NE(to_self.exit_code, 0);
+  EXPECT_NE(to_self.err.find("already runs on n2"), std::string::npos) << to_self.err;
+  const auto nowhere = Roam(0, "migrate " + id + " --to n7");
+  EXPECT_NE(nowhere.err.find("no node 'n7'"), std::string::npos) << nowhere.err;
+  const std::string as_nobody =
+      "setpriv --reuid=65534 --regid=65534 --clear-groups env ROAM_SOCKET=" + Socket(0) + " " +
+      Bin("roam");
+  const auto foreign = RunCommand({"/bin/sh", "-c", as_nobody + " migrate " + id + " --to n3"});
+  EXPECT_NE(foreign.err.find("belongs to uid 0"), std::string::npos) << foreign.err;
+  EXPECT_EQ(Ps(0)[0]["node"], "n2");
+  EXPECT_EQ(Wait(roam), 0);
+  EXPECT_EQ(ReadFile(dir_.path() / "stay.out"), CounterOutput());
+}
+
+TEST_F(PoolTest, TargetDaemonKilledDuringMigrationLeavesTheProcessAtTheSource) {
+  // 384 MiB to move keeps the migration going for a while.
+  const pid_t roam = RoamInBackground(
+      0,
+      std::string("run --node n2 -- python3 -c 'import time\nb = bytearray(b\"x\") * (384 << 20)\n"
+                  "for i in range(60):\n    print(i, i * i, flush=True)\n    time.sleep(0.05)'"),
+      "big");
+  const std::string id = WaitForProcess(0)["id"];
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  const pid_t migrate = RoamInBackground(0, "migrate " + id + " --to n3", "migrate");
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  kill(daemons_[2], SIGKILL);
+  waitpid(daemons_[2], nullptr, 0);
+  daemons_[2] = -1;
+  EXPECT_NE(Wait(migrate), 0) << ReadFile(dir_.path() / "migrate.out");
+  EXPECT_NE(ReadFile(dir_.path() / "migrate.err").find("stays on n2"), std::string::npos)
+      << ReadFile(dir_.path() / "migrate.err");
+  EXPECT_EQ(Ps(0)[0]["node"], "n2");
+  EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "big.err");
+  EXPECT_EQ(ReadFile(dir_.path() / "big.out"), CounterOutput());
+}
+
+}  // namespace
+}  // namespace roam
