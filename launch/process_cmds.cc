@@ -284,7 +284,8 @@ int RunNodes() {
                       {"cpus", n.cpus()},
                       {"load", n.load()},
                       {"processes", n.processes()},
-                      {"state", n.state()}});
+                      {"state", n.state()},
+                      {"dropped_messages", n.dropped()}});
     }
     std::printf("%s\n", list.dump(2).c_str());
     return 0;
@@ -356,7 +357,10 @@ int RunMigrate() {
                                 {"mode", m.mode()},
                                 {"downtime_ms", static_cast<double>(m.downtime_ns()) / 1e6},
                                 {"total_ms", static_cast<double>(m.total_ns()) / 1e6},
-                                {"bytes", m.bytes()}};
+                                {"bytes", m.bytes()},
+                                {"restore_ms", static_cast<double>(m.restore_ns()) / 1e6},
+                                {"bytes_frozen", m.bytes_frozen()},
+                                {"rounds", m.rounds()}};
     std::printf("%s\n", out.dump().c_str());
     return 0;
   }

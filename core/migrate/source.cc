@@ -245,6 +245,16 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
   capture_options.leave_running = false;
   if (pre_copy) {
     for (int round = 0; round < std::max(options.max_rounds, 1); ++round) {
+      // Rounds append what changed to the staging: another round only
+      // while it and the final pass (at worst all of the process again)
+      // still fit; a process that rewrites its memory faster than it
+      // moves ends its rounds early rather than fail.
+      if (round > 0) {
+        auto now = AnonymousBytes(pid);
+        if (!now || sink.bytes_sent() + 2 * *now + options.headroom_bytes > prepared.capacity) {
+          break;
+        }
+      }
       sink.StartPass(PutPageSink::Pass::kRound);
       ROAM_ASSIGN_OR_RETURN(const ckpt::PreCopy::Round copied, tracking->CopyRound());
       // PageStore::ForEach only reads (PageSource's interface is not const).

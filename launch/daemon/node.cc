@@ -541,6 +541,9 @@ void Node::HandleNodes(std::uint64_t sid) {
         entry->set_cpus(r->node_status().cpus());
         entry->set_load(r->node_status().load());
         entry->set_processes(r->node_status().processes());
+        const auto& st = r->node_status();
+        entry->set_dropped(st.dropped_malformed() + st.dropped_bad_version() +
+                           st.dropped_bad_mac() + st.dropped_replayed());
         entry->set_state("up");
       } else {
         entry->set_state("unreachable");
@@ -1015,6 +1018,9 @@ void Node::FinishMigration(const std::string& sender, const peer::MigrationDone&
     moved->set_total_ns(done.total_ns());
     moved->set_bytes(done.bytes());
     moved->set_mode(done.mode());
+    moved->set_restore_ns(done.restore_ns());
+    moved->set_bytes_frozen(done.bytes_frozen());
+    moved->set_rounds(done.rounds());
   } else {
     ToWire(FromWire(done.error()).WithContext(fmt::format("{} stays on {}", d->id, from)),
            reply.mutable_error());
@@ -1077,6 +1083,9 @@ void Node::OnMigrationOutcome(MigrationOutcome outcome) {
   g->done.set_downtime_ns(report.downtime_ns);
   g->done.set_total_ns(report.total_ns);
   g->done.set_bytes(report.bytes_sent);
+  g->done.set_restore_ns(report.restore_ns);
+  g->done.set_bytes_frozen(report.bytes_sent_frozen);
+  g->done.set_rounds(report.rounds);
   // The capture killed the copy here: its exit is near (or already seen),
   // then the output pipes drain, then HandOver.
   OnGuestExit(g->id);
@@ -1227,6 +1236,11 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
       reply.mutable_node_status()->set_cpus(options_.cpus);
       reply.mutable_node_status()->set_load(load_);
       reply.mutable_node_status()->set_processes(static_cast<std::uint32_t>(guests_.size()));
+      const pool::DropCounters& dropped = peers_.counters();
+      reply.mutable_node_status()->set_dropped_malformed(dropped.malformed);
+      reply.mutable_node_status()->set_dropped_bad_version(dropped.bad_version);
+      reply.mutable_node_status()->set_dropped_bad_mac(dropped.bad_mac);
+      reply.mutable_node_status()->set_dropped_replayed(dropped.replayed);
       return reply;
     }
     case peer::Message::kGuestQuery: {

@@ -171,6 +171,7 @@ TEST_F(PoolTest, NodesListsTheWholePool) {
     EXPECT_EQ(nodes[i]["address"], nodes_->address(i));
     EXPECT_EQ(nodes[i]["state"], "up");
     EXPECT_DOUBLE_EQ(nodes[i]["cpus"].get<double>(), 1.0);
+    EXPECT_EQ(nodes[i]["dropped_messages"], 0);
   }
 }
 
@@ -333,6 +334,43 @@ TEST_F(PoolTest, MovesTwiceAndBackHomeWithStdinUnreadFollowing) {
   EXPECT_EQ(Ps(0)[0]["migrations"], 3);
   EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "reverse.err");
   EXPECT_EQ(ReadFile(dir_.path() / "reverse.out"), expected);
+}
+
+TEST_F(PoolTest, BcAndXzMovedInEveryModeMatchUndisturbedRuns) {
+  // References, undisturbed and outside the pool.
+  const auto dir = dir_.path();
+  ASSERT_EQ(RunCommand({"/bin/bash", "-c",
+                        "cd " + dir.string() +
+                            " && printf 'scale=2000\\n4*a(1)\\nquit\\n' > pi.bc"
+                            " && bc -lq pi.bc > pi.ref"
+                            " && head -c 20000000 /dev/urandom | base64 > data.ref"
+                            " && xz -T1 -k -f data.ref"})
+                .exit_code,
+            0);
+  for (const std::string mode : {"stop-copy", "pre-copy"}) {
+    SCOPED_TRACE(mode);
+    ASSERT_EQ(
+        RunCommand({"/bin/cp", (dir / "data.ref").string(), (dir / "data").string()}).exit_code, 0);
+    std::filesystem::remove(dir / "data.xz");
+    const pid_t bc = RoamInBackground(
+        0, "run --node n2 -- bash -c 'cd " + dir.string() + " && exec bc -lq pi.bc'", "bc");
+    const pid_t xz = RoamInBackground(
+        0, "run --node n3 -- bash -c 'cd " + dir.string() + " && exec xz -T1 -k -f data'", "xz");
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    const auto ps = Ps(0);
+    ASSERT_EQ(ps.size(), 2u);
+    for (const auto& p : ps) {
+      const std::string to = p["node"] == "n2" ? "n3" : "n1";
+      const auto moved =
+          Roam(0, "migrate " + p["id"].get<std::string>() + " --to " + to + " --mode " + mode);
+      EXPECT_EQ(moved.exit_code, 0) << p["command"] << ": " << moved.err;
+    }
+    EXPECT_EQ(Wait(bc), 0) << ReadFile(dir / "bc.err");
+    EXPECT_EQ(Wait(xz), 0) << ReadFile(dir / "xz.err");
+    EXPECT_EQ(ReadFile(dir / "bc.out"), ReadFile(dir / "pi.ref"));
+    EXPECT_EQ(ReadFile(dir / "data.xz"), ReadFile(dir / "data.ref.xz"));
+    std::filesystem::remove(dir / "data");
+  }
 }
 
 TEST_F(PoolTest, RefusedMigrationsLeaveTheProcessWhereItRuns) {
