@@ -183,6 +183,10 @@ int RunRun() {
         Complain("run", reply.error().message());
         return ExitCodeForStartError(reply.error());
       }
+      if (reply.error().code() != Errc::kUnavailable) {
+        Complain("run", reply.error().message());  // a refusal: the run goes on
+        continue;
+      }
       Complain("run", fmt::format("lost contact with roamd: {}", reply.error().message()));
       return daemon::kLostExitCode;
     }

@@ -2,6 +2,7 @@
 // directory for the local pool, a TCP rendezvous for a host list), serves the
 // node's control socket for `roam`, runs guests, keeps deputies, and talks
 // to the other daemons over the transport with authenticated messages.
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -118,6 +119,14 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
     return roam::launch::kUsageError;
   }
   signal(SIGPIPE, SIG_IGN);
+  // The signals the event loop reads from a signalfd must be blocked in
+  // every thread, so before any starts (UCX's, the migration thread), or a
+  // SIGTERM for the process lands in a thread that does not block it and
+  // its default action kills the daemon unheard.
+  sigset_t handled;
+  sigemptyset(&handled);
+  for (int s : {SIGTERM, SIGINT, SIGCHLD}) sigaddset(&handled, s);
+  pthread_sigmask(SIG_BLOCK, &handled, nullptr);
   if (const roam::Status served = Serve(flags); !served) {
     std::fprintf(stderr, "roamd %s: %s\n", flags.name.c_str(), served.error().ToString().c_str());
     return 1;

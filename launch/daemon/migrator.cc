@@ -65,7 +65,7 @@ Result<std::unique_ptr<Migrator>> Migrator::Start(EventLoop& loop,
   ROAM_ASSIGN_OR_RETURN(m->source_, migrate::MigrationSource::Create(*m->fabric_, source_options));
   migrate::TargetCallbacks target;
   target.accept = [self](const migrate::Arrival& a) -> Status {
-    return self->callbacks_.accept ? self->callbacks_.accept(a.guest) : Ok();
+    return self->callbacks_.accept ? self->callbacks_.accept(a.guest, a.migration_id) : Ok();
   };
   target.restore_setup = [self](const migrate::Arrival& a) { return self->Setup(a); };
   target.on_running = [self](const migrate::Running& running) {
@@ -131,7 +131,7 @@ void Migrator::DrainLoopTasks() {
   for (auto& t : tasks) t();
 }
 
-Result<migrate::RestoreSetup> Migrator::Setup(const migrate::Arrival& /*arrival*/) {
+Result<migrate::RestoreSetup> Migrator::Setup(const migrate::Arrival& arrival) {
   migrate::RestoreSetup setup;
   // Guests die with this daemon, never left running orphaned.
   setup.init_ends_with_restorer = true;
@@ -148,6 +148,11 @@ Result<migrate::RestoreSetup> Migrator::Setup(const migrate::Arrival& /*arrival*
   }
   if (!guest_cgroup_.empty()) {
     setup.before_pages = [dir = guest_cgroup_](pid_t pid) { return JoinCgroup(dir, pid); };
+  }
+  if (callbacks_.verify) {
+    setup.before_resume = [this, guest = arrival.guest](pid_t pid) {
+      return callbacks_.verify(guest, pid);
+    };
   }
   return setup;
 }
@@ -195,7 +200,7 @@ void Migrator::RunJob(MigrationJob job) {
   }
   if (ep) {
     migrate::MigrateOptions options;
-    options.migration_id = next_migration_++;
+    options.migration_id = job.migration_id;
     options.guest = std::move(job.guest);
     options.mode = job.mode;
     // Progress reaches the loop at most every 200 ms.

@@ -43,6 +43,7 @@
 namespace roam::daemon {
 
 struct MigrationJob {
+  std::uint64_t migration_id = 0;   // unique per node, never 0
   std::string id;                   // the process's pool id
   pid_t pid = -1;                   // here
   transport::Bytes target_address;  // the target daemon's data fabric
@@ -68,8 +69,12 @@ class Migrator final {
     std::function<void(Arrival)> on_arrived;
     // A move under way: page bytes sent and expected (a few times a second).
     std::function<void(const std::string& id, std::uint64_t done, std::uint64_t total)> on_progress;
-    // On the migration thread: may the node take this guest? (opaque bytes)
-    std::function<Status(const std::string& guest)> accept;
+    // On the migration thread: may the node take this guest (opaque
+    // bytes, migration id)? And, once it is rebuilt and before it runs, is
+    // it what that record says (its credentials)? An error refuses it and
+    // the process runs on at its old node.
+    std::function<Status(const std::string& guest, std::uint64_t migration_id)> accept;
+    std::function<Status(const std::string& guest, pid_t pid)> verify;
   };
 
   static Result<std::unique_ptr<Migrator>> Start(EventLoop& loop,
@@ -97,7 +102,6 @@ class Migrator final {
   UniqueFd wake_thread_;  // eventfd: jobs or stop for the thread
   UniqueFd wake_loop_;    // eventfd: results for the loop
   WatchId loop_watch_;
-  std::uint64_t next_migration_ = 1;
 
   std::mutex mu_;
   std::deque<MigrationJob> jobs_;                 // guarded by mu_

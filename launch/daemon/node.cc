@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -63,6 +65,56 @@ pid_t NsPid(pid_t pid) {
   return -1;
 }
 
+// Whether the process still has its fd 0 (the stdin pipe) open.
+bool ReadsStdin(pid_t pid) {
+  struct stat st {};
+  return stat(fmt::format("/proc/{}/fd/0", pid).c_str(), &st) == 0 && S_ISFIFO(st.st_mode);
+}
+
+std::string StateOf(const peer::Reply& reply, const std::string& id) {
+  for (const auto& p : reply.guest_query().processes()) {
+    if (p.id() == id) return p.state();
+  }
+  return "";
+}
+
+// The envelope kind of a sealed MovingGuest (outside peer::Message's cases).
+constexpr std::uint32_t kMovingGuestKind = 1000;
+
+Result<peer::MovingGuest> OpenMovingGuest(const pool::PoolKey& key, const std::string& sealed) {
+  ROAM_ASSIGN_OR_RETURN(const pool::Opened opened, pool::Open(key, sealed));
+  peer::MovingGuest moving;
+  if (opened.header.kind != kMovingGuestKind || !moving.ParseFromString(opened.body)) {
+    return MakeError(Errc::kCorrupt, "unreadable guest record");
+  }
+  return moving;
+}
+
+// A rebuilt process must carry the credentials its record names, and no
+// others: the image comes over an unauthenticated protocol.
+Status CheckCredentials(pid_t pid, uid_t uid, gid_t gid) {
+  std::ifstream in(fmt::format("/proc/{}/status", pid));
+  std::string line;
+  int checked = 0;
+  while (std::getline(in, line)) {
+    const bool is_uid = line.rfind("Uid:", 0) == 0;
+    if (!is_uid && line.rfind("Gid:", 0) != 0) continue;
+    std::istringstream fields(line.substr(4));
+    const unsigned want = is_uid ? uid : gid;
+    unsigned id = 0;
+    for (int i = 0; i < 4 && (fields >> id); ++i) {
+      if (id != want) {
+        return MakeError(Errc::kPermissionDenied,
+                         "the rebuilt process has {} {} where its record says {}",
+                         is_uid ? "uid" : "gid", id, want);
+      }
+    }
+    ++checked;
+  }
+  if (checked != 2) return MakeError(Errc::kIo, "cannot read the credentials of pid {}", pid);
+  return Ok();
+}
+
 Status SetNonBlocking(int fd) {
   const int flags = fcntl(fd, F_GETFL);
   if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
@@ -85,6 +137,7 @@ struct Node::Session {
   UniqueFd fd;
   WatchId watch;
   bool watching_out = false;
+  bool watching_in = true;
   CallerIdentity who;
   std::deque<std::string> outbox;
   std::size_t outbox_bytes = 0;
@@ -106,12 +159,19 @@ struct Node::Deputy {
   std::string note;
   std::string migrate_to;         // while migrating
   std::uint64_t migrate_sid = 0;  // the session waiting for the move; 0: none
+  // While it moves, stdin and signals wait here and go to wherever it runs
+  // once the move is over (the old node may have handed it over already).
+  std::optional<peer::GuestInput> held_stdin;
+  std::vector<int> held_signals;
+  int stalled_checks = 0;  // heartbeats that found it not moving while migrating
 };
 
 struct Node::Guest {
   std::string id;
   std::string home;
+  std::string source;  // the node it came from, for the stdin carried after it
   uid_t uid = 0;
+  gid_t gid = 0;
   std::vector<std::string> argv;
   pid_t pid = -1;
   pid_t ns_pid = -1;
@@ -188,12 +248,27 @@ Result<std::unique_ptr<Node>> Node::Start(EventLoop& loop, PoolPeers& peers,
     m.mutable_migration_progress()->set_total(total);
     self->peers_.Send(g->home, m, [](Result<peer::Reply>) {});
   };
-  callbacks.accept = [](const std::string& guest) -> Status {
+  // On the migration thread: only the pool key and a receiver of its own.
+  auto receiver = std::make_shared<pool::Receiver>(peers.key());
+  callbacks.accept = [receiver, &peers](const std::string& guest,
+                                        std::uint64_t migration_id) -> Status {
+    ROAM_ASSIGN_OR_RETURN(const pool::Opened opened, receiver->Accept(guest));
     peer::MovingGuest moving;
-    if (!moving.ParseFromString(guest) || moving.id().empty()) {
+    if (opened.header.kind != kMovingGuestKind || !moving.ParseFromString(opened.body) ||
+        moving.id().empty()) {
       return MakeError(Errc::kCorrupt, "unreadable guest record");
     }
+    if (moving.source() != opened.header.sender || peers.Find(moving.source()) == nullptr ||
+        moving.migration_id() != migration_id) {
+      return MakeError(Errc::kPermissionDenied,
+                       "guest record of {} from '{}' does not match migration {}", moving.id(),
+                       opened.header.sender, migration_id);
+    }
     return Ok();
+  };
+  callbacks.verify = [&peers](const std::string& guest, pid_t pid) -> Status {
+    ROAM_ASSIGN_OR_RETURN(const peer::MovingGuest moving, OpenMovingGuest(peers.key(), guest));
+    return CheckCredentials(pid, moving.uid(), moving.gid());
   };
   ROAM_ASSIGN_OR_RETURN(
       node->migrator_,
@@ -271,6 +346,14 @@ void Node::Send(std::uint64_t sid, control::Reply reply) {
   Session& session = *it->second;
   reply.set_version(kControlVersion);
   std::string bytes = reply.SerializeAsString();
+  if (bytes.size() > kMaxControlMessage) {
+    control::Reply too_big;
+    too_big.set_version(kControlVersion);
+    ToWire(MakeError(Errc::kResourceExhausted, "the answer ({} bytes) exceeds a control message",
+                     bytes.size()),
+           too_big.mutable_error());
+    bytes = too_big.SerializeAsString();
+  }
   session.outbox_bytes += bytes.size();
   session.outbox.push_back(std::move(bytes));
   FlushSession(session);
@@ -296,14 +379,19 @@ void Node::FlushSession(Session& session) {
     session.outbox_bytes -= session.outbox.front().size();
     session.outbox.pop_front();
   }
+  // A client that does not read its answers is not read either (its
+  // requests wait in the socket) until the backlog drains.
   const bool want_out = !session.outbox.empty();
-  if (want_out != session.watching_out) {
+  const bool want_in = session.outbox_bytes <= kSessionBacklog;
+  if (want_out != session.watching_out || want_in != session.watching_in) {
     (void)loop_.Unwatch(session.watch);
     const std::uint64_t sid = session.sid;
-    auto watch = loop_.Watch(session.fd.get(), EPOLLIN | (want_out ? EPOLLOUT : 0u),
-                             [this, sid](std::uint32_t revents) { OnSessionEvent(sid, revents); });
+    auto watch =
+        loop_.Watch(session.fd.get(), (want_in ? EPOLLIN : 0u) | (want_out ? EPOLLOUT : 0u),
+                    [this, sid](std::uint32_t revents) { OnSessionEvent(sid, revents); });
     if (watch) session.watch = *watch;
     session.watching_out = want_out;
+    session.watching_in = want_in;
   }
 }
 
@@ -318,10 +406,7 @@ void Node::CloseSession(std::uint64_t sid) {
   // as from a terminal that hung up; its output from now on is dropped.
   if (Deputy* deputy = FindDeputy(run_id); deputy != nullptr) {
     deputy->sid = 0;
-    peer::Message m;
-    m.mutable_guest_signal()->set_id(run_id);
-    m.mutable_guest_signal()->set_signo(SIGHUP);
-    peers_.Send(deputy->node, m, [](Result<peer::Reply>) {});
+    SignalDeputy(*deputy, SIGHUP);
   }
 }
 
@@ -421,10 +506,27 @@ void Node::HandleRun(std::uint64_t sid, const control::Run& run) {
   start->set_gid(session.who.gid);
   for (gid_t g : session.who.groups) start->add_groups(g);
   *start->mutable_run() = run;
+  // The limits are the caller's claim: none may exceed what the kernel
+  // says the caller's own process has (a hard limit is raised only with
+  // privilege, which the daemon has and the caller may not).
+  for (auto& l : *start->mutable_run()->mutable_limits()) {
+    rlimit real{};
+    if (prlimit(session.who.pid, static_cast<__rlimit_resource>(l.resource()), nullptr, &real) !=
+        0) {
+      continue;  // the caller is gone or the limit unknown: the guest keeps the spawner's
+    }
+    l.set_max(std::min<std::uint64_t>(l.max(), real.rlim_max));
+    l.set_cur(std::min<std::uint64_t>(l.cur(), l.max()));
+  }
   peers_.Send(node, m, [this, id, node](Result<peer::Reply> reply) {
     Deputy* d = FindDeputy(id);
     if (d == nullptr) return;
     if (!reply) {
+      // Unanswered is not refused: it may run there; it must not without
+      // its home.
+      if (reply.error().code() == Errc::kTimeout || reply.error().code() == Errc::kUnavailable) {
+        KillAt(node, id);
+      }
       const std::uint64_t s = d->sid;
       deputies_.erase(id);
       if (s != 0) {
@@ -464,6 +566,10 @@ void Node::HandleStdin(std::uint64_t sid, const control::Request& request) {
     m.mutable_guest_input()->set_close(true);
   }
   deputy->stdin_in_flight = true;
+  if (deputy->state == "migrating") {
+    deputy->held_stdin = m.guest_input();
+    return;
+  }
   peers_.Send(deputy->node, m, [](Result<peer::Reply>) {
     // The ack comes as GuestInputAck once the bytes are in the pipe; a
     // failure shows up through the heartbeat.
@@ -472,12 +578,25 @@ void Node::HandleStdin(std::uint64_t sid, const control::Request& request) {
 
 void Node::HandleSessionSignal(std::uint64_t sid, int signo) {
   Session& session = *sessions_.at(sid);
-  Deputy* deputy = FindDeputy(session.run_id);
-  if (deputy == nullptr) return;
+  if (Deputy* deputy = FindDeputy(session.run_id); deputy != nullptr) SignalDeputy(*deputy, signo);
+}
+
+void Node::KillAt(const std::string& node, const std::string& id) {
   peer::Message m;
-  m.mutable_guest_signal()->set_id(deputy->id);
+  m.mutable_guest_signal()->set_id(id);
+  m.mutable_guest_signal()->set_signo(SIGKILL);
+  peers_.Send(node, m, [](Result<peer::Reply>) {});
+}
+
+void Node::SignalDeputy(Deputy& deputy, int signo) {
+  if (deputy.state == "migrating") {
+    deputy.held_signals.push_back(signo);
+    return;
+  }
+  peer::Message m;
+  m.mutable_guest_signal()->set_id(deputy.id);
   m.mutable_guest_signal()->set_signo(signo);
-  peers_.Send(deputy->node, m, [](Result<peer::Reply>) {});
+  peers_.Send(deputy.node, m, [](Result<peer::Reply>) {});
 }
 
 // ---- ps, nodes, kill ------------------------------------------------------
@@ -567,15 +686,15 @@ Result<std::optional<control::Reply>> Node::HandleAtHome(uid_t uid, const contro
   if (!is_kill) return StartMigration(*deputy, request.migrate(), sid);
   const int signo = request.kill().signo() == 0 ? SIGTERM : request.kill().signo();
   if (signo < 1 || signo >= NSIG) return MakeError(Errc::kInvalidArgument, "no signal {}", signo);
-  peer::Message m;
-  m.mutable_guest_signal()->set_id(id);
-  m.mutable_guest_signal()->set_signo(signo);
-  // The signal goes out now; a process that exits before it lands simply
-  // ends as it would have.
-  peers_.Send(deputy->node, m, [](Result<peer::Reply>) {});
+  // The signal goes out now (or when a move under way ends); a process
+  // that exits before it lands simply ends as it would have.
   control::Reply reply;
   reply.mutable_done()->set_message(
-      fmt::format("sent SIG{} to {} on {}", sigabbrev_np(signo), id, deputy->node));
+      deputy->state == "migrating"
+          ? fmt::format("SIG{} for {} is held until its move to {} ends", sigabbrev_np(signo), id,
+                        deputy->migrate_to)
+          : fmt::format("sent SIG{} to {} on {}", sigabbrev_np(signo), id, deputy->node));
+  SignalDeputy(*deputy, signo);
   return reply;
 }
 
@@ -622,6 +741,19 @@ void Node::Heartbeat() {
             if (d->state == "unreachable") d->state = "running";
           }
         }
+        if (d->state == "migrating") {
+          // The move decides; only a move that is not under way at all (the
+          // old node runs it and is not moving it) is given up here.
+          d->stalled_checks =
+              known && r && StateOf(*r, id) == "running" ? d->stalled_checks + 1 : 0;
+          if (d->stalled_checks >= options_.lost_after) {
+            peer::MigrationDone failed;
+            failed.set_id(id);
+            ToWire(MakeError(Errc::kUnavailable, "the move did not start"), failed.mutable_error());
+            FinishMigration(d->node, failed);
+          }
+          continue;
+        }
         if (known) continue;
         // Unknown at a node that answers: it exited and the report is on
         // its way, or the node restarted and lost it. Not answering: the
@@ -630,6 +762,9 @@ void Node::Heartbeat() {
           if (!r) d->state = "unreachable";
           continue;
         }
+        // Should it still run there (a node that answers again), it must not
+        // go on without its home.
+        KillAt(node, id);
         control::Exited lost;
         lost.set_exit_code(kLostExitCode);
         lost.set_lost(true);
@@ -693,6 +828,7 @@ Result<pid_t> Node::StartGuest(const std::string& home, const peer::StartGuest& 
   guest->id = start.id();
   guest->home = home;
   guest->uid = start.uid();
+  guest->gid = start.gid();
   guest->argv = spec.argv;
   guest->pid = spawned.pid;
   guest->ns_pid = spawned.ns_pid;
@@ -775,6 +911,11 @@ void Node::SendOutput(const std::string& id, int index, peer::Message message) {
                            [this, id, index, message] { SendOutput(id, index, message); });
       return;
     }
+    if (!r && r.error().code() == Errc::kNotFound && !g->exited && g->init_pid > 0) {
+      // Its home does not know it (ended it as lost, or restarted): a
+      // process without a home is ended, never left running unseen.
+      kill(g->init_pid, SIGKILL);
+    }
     // Taken, or the home cannot take it (its deputy is gone): move on. A
     // home unreachable for long reports the process lost; its output has
     // nowhere to go.
@@ -792,6 +933,12 @@ void Node::PumpInput(Guest& guest) {
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN && !ReadsStdin(guest.pid)) {
+      // It closed its stdin; this daemon's own read end keeps the pipe
+      // open, so no EPIPE comes: what it will never read is dropped.
+      guest.stdin_queue.clear();
+      break;
+    }
     if (n < 0 && errno == EAGAIN) {
       if (!guest.stdin_watching) {
         const std::string id = guest.id;
@@ -869,7 +1016,7 @@ void Node::ReportExit(const std::string& id, peer::Message message, int tries) {
   peers_.Send(guest->home, message, [this, id, message, tries](Result<peer::Reply> r) {
     // A home that cannot be reached is retried for a while (~10 s); one
     // that no longer knows the process (kNotFound) has nothing to wait for.
-    if (!r && r.error().code() != Errc::kNotFound && tries < 20) {
+    if ((r && r->busy()) || (!r && r.error().code() != Errc::kNotFound && tries < 20)) {
       (void)loop_.AddTimer(kExitRetry, std::chrono::milliseconds(0),
                            [this, id, message, tries] { ReportExit(id, message, tries + 1); });
       return;
@@ -918,6 +1065,7 @@ void Node::Shutdown() {
     if (!g->exited && g->init_pid > 0) kill(g->init_pid, SIGKILL);
   }
   for (auto& [id, d] : deputies_) {
+    if (d->node != peers_.self()) KillAt(d->node, id);
     if (d->sid == 0) continue;
     control::Reply reply;
     reply.mutable_exited()->set_exit_code(kLostExitCode);
@@ -974,6 +1122,9 @@ Result<std::optional<control::Reply>> Node::StartMigration(Deputy& deputy,
   const std::string id = deputy.id;
   peers_.Send(deputy.node, m, [this, id](Result<peer::Reply> r) {
     if (r) return;  // under way: MigrationDone follows
+    // Unanswered: the old node may have started it anyway; the heartbeat
+    // finds out (MigrationDone, or the process still there and not moving).
+    if (r.error().code() == Errc::kTimeout || r.error().code() == Errc::kUnavailable) return;
     Deputy* d = FindDeputy(id);
     if (d == nullptr || d->state != "migrating") return;
     peer::MigrationDone failed;
@@ -999,7 +1150,7 @@ void Node::FinishMigration(const std::string& sender, const peer::MigrationDone&
     ++d->migrations;
     d->missed_heartbeats = 0;
     // A stdin chunk sent to the old node went along with the process.
-    if (d->stdin_in_flight && d->sid != 0) {
+    if (d->stdin_in_flight && !d->held_stdin && d->sid != 0) {
       d->stdin_in_flight = false;
       control::Reply ack;
       ack.mutable_stdin_ack();
@@ -1027,6 +1178,13 @@ void Node::FinishMigration(const std::string& sender, const peer::MigrationDone&
     (void)to;
   }
   if (sid != 0) Send(sid, std::move(reply));
+  // What waited for the move goes to wherever the process runs now.
+  if (d->held_stdin) {
+    peer::Message m;
+    *m.mutable_guest_input() = *std::exchange(d->held_stdin, std::nullopt);
+    peers_.Send(d->node, m, [](Result<peer::Reply>) {});
+  }
+  for (int signo : std::exchange(d->held_signals, {})) SignalDeputy(*d, signo);
 }
 
 Status Node::MigrateGuestAway(const std::string& home, const peer::MigrateGuest& request) {
@@ -1046,13 +1204,18 @@ Status Node::MigrateGuestAway(const std::string& home, const peer::MigrateGuest&
   for (const auto& a : g->argv) moving.add_argv(a);
   moving.set_cpu_seconds(g->cpu_before + std::max(0.0, CpuSeconds(g->pid)));
   moving.set_source(peers_.self());
+  moving.set_gid(g->gid);
+  moving.set_migration_id(next_migration_++);
+  ROAM_ASSIGN_OR_RETURN(std::string sealed,
+                        peers_.SealFor(request.to(), kMovingGuestKind, moving.SerializeAsString()));
   g->migrating = true;
   g->done.set_node(request.to());
   MigrationJob job;
   job.id = g->id;
   job.pid = g->pid;
   job.target_address = target->data;
-  job.guest = moving.SerializeAsString();
+  job.migration_id = moving.migration_id();
+  job.guest = std::move(sealed);
   job.mode = request.mode() == "pre-copy" ? migrate::MigrationMode::kPreCopy
                                           : migrate::MigrationMode::kStopCopy;
   g->done.set_mode(request.mode());
@@ -1119,19 +1282,20 @@ void Node::HandOver(Guest& guest) {
     }
     peer::Message done;
     *done.mutable_migration_done() = g->done;
-    const std::string home = g->home;
-    DropGuest(id);
-    peers_.Send(home, done, [](Result<peer::Reply>) {});
+    ReportExit(id, std::move(done), 0);  // retried like an exit; drops the guest once home knows
   });
 }
 
 void Node::OnArrival(Arrival arrival) {
-  peer::MovingGuest moving;
-  if (!moving.ParseFromString(arrival.running.guest)) return;  // accept checked it
+  auto opened = OpenMovingGuest(peers_.key(), arrival.running.guest);
+  if (!opened) return;  // accept checked it
+  const peer::MovingGuest& moving = *opened;
   auto guest = std::make_unique<Guest>();
   guest->id = moving.id();
   guest->home = moving.home();
   guest->uid = moving.uid();
+  guest->gid = moving.gid();
+  guest->source = moving.source();
   guest->argv.assign(moving.argv().begin(), moving.argv().end());
   guest->cpu_before = moving.cpu_seconds();
   guest->pid = arrival.running.pid;
@@ -1146,6 +1310,7 @@ void Node::OnArrival(Arrival arrival) {
   if (!guest->pidfd.valid() || FindGuest(guest->id) != nullptr) {
     // Cannot watch it (gone already) or a duplicate: never two copies.
     kill(arrival.running.init_pid, SIGKILL);
+    inits_.push_back(arrival.running.pid);  // reaped with the inits
     return;
   }
   Guest& g = *guest;
@@ -1159,6 +1324,10 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
   peer::Reply reply;
   switch (message.what_case()) {
     case peer::Message::kStartGuest: {
+      if (HomeOf(message.start_guest().id()) != sender) {
+        return MakeError(Errc::kPermissionDenied, "node {} may not start process {}", sender,
+                         message.start_guest().id());
+      }
       ROAM_ASSIGN_OR_RETURN(const pid_t pid, StartGuest(sender, message.start_guest()));
       reply.mutable_start_guest()->set_pid(FindGuest(message.start_guest().id())->ns_pid);
       (void)pid;
@@ -1172,7 +1341,9 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
         reply.set_busy(true);
         return reply;
       }
-      if (d == nullptr || d->node != sender) return reply;  // nobody to take it: dropped
+      // A process its home does not know: its node ends it (SendOutput).
+      if (d == nullptr) return MakeError(Errc::kNotFound, "no process {} at its home", out.id());
+      if (d->node != sender) return reply;  // not from where it runs: dropped
       if (d->sid == 0) return reply;
       auto s = sessions_.find(d->sid);
       if (s == sessions_.end()) return reply;
@@ -1189,7 +1360,7 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
     case peer::Message::kGuestInput: {
       const auto& in = message.guest_input();
       Guest* g = FindGuest(in.id());
-      if (g == nullptr || g->home != sender) {
+      if (g == nullptr || g->home != sender || g->moved) {
         return MakeError(Errc::kNotFound, "no process {} on {}", in.id(), peers_.self());
       }
       g->stdin_queue += in.data();
@@ -1223,6 +1394,10 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
     case peer::Message::kGuestExited: {
       const auto& ex = message.guest_exited();
       Deputy* d = FindDeputy(ex.id());
+      if (d != nullptr && d->state == "migrating" && d->migrate_to == sender) {
+        reply.set_busy(true);  // it ended right after its move: once the move is over
+        return reply;
+      }
       if (d == nullptr || d->node != sender) {
         return MakeError(Errc::kNotFound, "no deputy for {} on {}", ex.id(), peers_.self());
       }
@@ -1253,7 +1428,10 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
         p->set_pid(g->ns_pid);
         p->set_cpu_seconds(g->exited ? g->cpu_seconds
                                      : g->cpu_before + std::max(0.0, CpuSeconds(g->pid)));
-        p->set_state(g->exited ? "exiting" : "running");
+        p->set_state(g->moved       ? "moved"
+                     : g->migrating ? "migrating"
+                     : g->exited    ? "exiting"
+                                    : "running");
       }
       return reply;
     }
@@ -1300,7 +1478,7 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
     case peer::Message::kGuestStdinCarry: {
       const auto& carry = message.guest_stdin_carry();
       Guest* g = FindGuest(carry.id());
-      if (g == nullptr) {
+      if (g == nullptr || g->source != sender) {
         return MakeError(Errc::kNotFound, "no process {} on {}", carry.id(), peers_.self());
       }
       // Older than anything the home sends from now on: in front.

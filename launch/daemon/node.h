@@ -92,6 +92,11 @@ class Node final {
   void HandleNodes(std::uint64_t sid);
   void HandleStdin(std::uint64_t sid, const control::Request& request);
   void HandleSessionSignal(std::uint64_t sid, int signo);
+  // To wherever the process runs; held while it moves.
+  void SignalDeputy(Deputy& deputy, int signo);
+  // Best effort: SIGKILL to process `id` at `node` (one that must not run on
+  // without its home).
+  void KillAt(const std::string& node, const std::string& id);
   // kill and migrate: decided at the process's home, for a caller `uid`.
   // nullopt: the answer goes to session `sid` later (a migration; 0: none).
   Result<std::optional<control::Reply>> HandleAtHome(uid_t uid, const control::Request& request,
@@ -137,6 +142,7 @@ class Node final {
   TimerId load_timer_;
   std::uint64_t next_sid_ = 1;
   std::uint64_t next_process_ = 1;
+  std::uint64_t next_migration_ = 1;
   std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
   std::map<std::string, std::unique_ptr<Deputy>> deputies_;
   std::map<std::string, std::unique_ptr<Guest>> guests_;

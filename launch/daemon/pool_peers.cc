@@ -73,7 +73,6 @@ PoolPeers::PoolPeers(EventLoop& loop, transport::Fabric& control, pool::PoolKey 
       key_(std::move(key)),
       self_(std::move(self)),
       timeout_(timeout),
-      sequence_(StartSequence()),
       receiver_(key_) {}
 
 PoolPeers::~PoolPeers() { control_.Handle(kTag, nullptr); }
@@ -122,12 +121,20 @@ const Member* PoolPeers::Find(std::string_view name) const {
   return nullptr;
 }
 
-Result<transport::Bytes> PoolPeers::Seal(std::uint32_t kind, const std::string& body) {
+Result<std::string> PoolPeers::SealFor(const std::string& to, std::uint32_t kind,
+                                       const std::string& body) {
+  auto [it, fresh] = sequences_.try_emplace(to, 0);
+  if (fresh) it->second = StartSequence();
   pool::Header header;
   header.sender = self_;
-  header.sequence = ++sequence_;
+  header.sequence = ++it->second;
   header.kind = kind;
-  ROAM_ASSIGN_OR_RETURN(const std::string sealed, pool::Seal(key_, header, body));
+  return pool::Seal(key_, header, body);
+}
+
+Result<transport::Bytes> PoolPeers::Seal(const std::string& to, std::uint32_t kind,
+                                         const std::string& body) {
+  ROAM_ASSIGN_OR_RETURN(const std::string sealed, SealFor(to, kind, body));
   return ToBytes(sealed);
 }
 
@@ -145,7 +152,7 @@ Result<transport::Bytes> PoolPeers::Serve(const transport::Message& request) {
   } else {
     ToWire(answer.error(), reply.mutable_error());
   }
-  return Seal(peer::Message::kReply, reply.SerializeAsString());
+  return Seal(opened.header.sender, peer::Message::kReply, reply.SerializeAsString());
 }
 
 Result<transport::Endpoint*> PoolPeers::EndpointTo(Member& member) {
@@ -179,7 +186,8 @@ void PoolPeers::Send(const std::string& to, const peer::Message& message, ReplyC
     });
     return;
   }
-  auto sealed = Seal(static_cast<std::uint32_t>(message.what_case()), message.SerializeAsString());
+  auto sealed =
+      Seal(to, static_cast<std::uint32_t>(message.what_case()), message.SerializeAsString());
   if (!sealed) {
     loop_.Defer([err = sealed.error(), done] { done(err); });
     return;

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -82,10 +83,15 @@ class PoolPeers final {
 
   const pool::DropCounters& counters() const { return receiver_.counters(); }
 
+  // Seals `body` under the pool key for member `to` (a message that goes
+  // another way than Send: a migrating guest's record on the data fabric).
+  Result<std::string> SealFor(const std::string& to, std::uint32_t kind, const std::string& body);
+  const pool::PoolKey& key() const { return key_; }
+
  private:
   PoolPeers(EventLoop& loop, transport::Fabric& control, pool::PoolKey key, std::string self,
             std::chrono::milliseconds timeout);
-  Result<transport::Bytes> Seal(std::uint32_t kind, const std::string& body);
+  Result<transport::Bytes> Seal(const std::string& to, std::uint32_t kind, const std::string& body);
   Result<transport::Bytes> Serve(const transport::Message& request);
   Result<transport::Endpoint*> EndpointTo(Member& member);
 
@@ -94,7 +100,11 @@ class PoolPeers final {
   pool::PoolKey key_;
   std::string self_;
   std::chrono::milliseconds timeout_;
-  std::uint64_t sequence_;
+  // Per destination: a receiver's replay window sees one sender's
+  // messages to it only, so one counter per receiver keeps them in order
+  // however many go elsewhere meanwhile. Each starts from the clock, so
+  // they increase across restarts of this daemon too.
+  std::map<std::string, std::uint64_t> sequences_;
   pool::Receiver receiver_;
   Handler handler_;
   std::vector<Member> members_;
