@@ -1,13 +1,19 @@
-// The source side of a stop-copy migration (migration.h): Prepare, the
-// capture into the target's staging through PutPageSink, Commit and the
-// wait for READY inside the capture's commit callback (the process still
-// frozen), then Go once the capture killed the original.
+// The source side of a migration (migration.h). Stop-copy and pre-copy:
+// Prepare, the capture into the target's staging through PutPageSink,
+// Commit and the wait for READY inside the capture's commit callback (the
+// process still frozen), then Go once the capture killed the original.
+// Post-copy: Prepare, a capture of the metadata alone (the process stays
+// frozen, its pages where they are), Commit, READY, Go, then page requests
+// served from the frozen process until the target's PagesDone.
 #include <sys/mman.h>
+#include <sys/uio.h>
 
+#include <array>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <fstream>
 #include <map>
@@ -90,6 +96,104 @@ class OutcomeLedger final {
   std::deque<std::uint64_t> order_;
 };
 
+bool IsZero(const std::byte* page) {
+  static const std::array<std::byte, ckpt::kPageSize> kZero{};
+  return std::memcmp(page, kZero.data(), ckpt::kPageSize) == 0;
+}
+
+using Ranges = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
+
+// The frozen source's extent as a Commit carries it: merged, and coarsened
+// (the smallest gaps closed) to at most `max` ranges. A coarser extent is
+// still true (a page inside may be absent), only less precise.
+std::vector<wire::Run> ExtentRuns(Ranges ranges, std::size_t max) {
+  std::sort(ranges.begin(), ranges.end());
+  Ranges merged;
+  for (const auto& r : ranges) {
+    if (r.second <= r.first) continue;
+    if (!merged.empty() && r.first <= merged.back().second) {
+      merged.back().second = std::max(merged.back().second, r.second);
+    } else {
+      merged.push_back(r);
+    }
+  }
+  if (merged.size() > max && max > 0) {
+    std::vector<std::uint64_t> gaps;
+    for (std::size_t i = 1; i < merged.size(); ++i) {
+      gaps.push_back(merged[i].first - merged[i - 1].second);
+    }
+    const std::size_t k = merged.size() - max - 1;
+    std::nth_element(gaps.begin(), gaps.begin() + static_cast<std::ptrdiff_t>(k), gaps.end());
+    const std::uint64_t close = gaps[k];
+    Ranges coarse{merged.front()};
+    for (std::size_t i = 1; i < merged.size(); ++i) {
+      if (merged[i].first - coarse.back().second <= close) {
+        coarse.back().second = merged[i].second;
+      } else {
+        coarse.push_back(merged[i]);
+      }
+    }
+    merged = std::move(coarse);
+  }
+  std::vector<wire::Run> runs;
+  runs.reserve(merged.size());
+  for (const auto& [lo, hi] : merged) runs.push_back(wire::Run{lo, hi - lo, 0});
+  return runs;
+}
+
+// Post-copy: what the page handlers serve while a MigrateOut has a frozen
+// process.
+struct PostCopyServing {
+  std::uint64_t id = 0;
+  ckpt::FrozenSource* frozen = nullptr;
+  Ranges extent;
+  std::optional<wire::PagesDone> done;
+  std::uint64_t requests = 0;
+  std::uint64_t bytes = 0;
+  std::vector<std::byte> buffer =
+      std::vector<std::byte>(std::size_t{wire::kMaxPagesPerRequest} * ckpt::kPageSize);
+
+  // The asked pages: each part that lies in the extent read with one
+  // process_vm_readv (a page the frozen process cannot read itself,
+  // PROT_NONE, through FrozenSource::ReadPage), zero pages left out.
+  Result<Bytes> Serve(const wire::PageRequest& request) {
+    constexpr std::uint64_t kPage = ckpt::kPageSize;
+    const std::uint64_t end = request.vaddr + std::uint64_t{request.pages} * kPage;
+    std::vector<char> read(request.pages, 0);
+    auto it = std::upper_bound(extent.begin(), extent.end(), request.vaddr,
+                               [](std::uint64_t a, const auto& r) { return a < r.second; });
+    for (; it != extent.end() && it->first < end; ++it) {
+      const std::uint64_t lo = std::max(it->first, request.vaddr);
+      const std::uint64_t hi = std::min(it->second, end);
+      std::byte* at = buffer.data() + (lo - request.vaddr);
+      iovec local{at, hi - lo};
+      iovec remote{reinterpret_cast<void*>(lo), hi - lo};  // NOLINT(performance-no-int-to-ptr)
+      const ssize_t got = process_vm_readv(frozen->pid(), &local, 1, &remote, 1, 0);
+      const std::uint64_t whole = got > 0 ? static_cast<std::uint64_t>(got) / kPage * kPage : 0;
+      for (std::uint64_t a = lo; a < lo + whole; a += kPage) read[(a - request.vaddr) / kPage] = 1;
+      for (std::uint64_t a = lo + whole; a < hi; a += kPage) {
+        const std::size_t i = (a - request.vaddr) / kPage;
+        ROAM_ASSIGN_OR_RETURN(const bool present,
+                              frozen->ReadPage(a, std::span(buffer.data() + i * kPage, kPage)));
+        read[i] = present ? 1 : 0;
+      }
+    }
+    wire::PageReply reply;
+    reply.vaddr = request.vaddr;
+    reply.pages = request.pages;
+    reply.present.assign((request.pages + 7) / 8, '\0');
+    for (std::uint32_t i = 0; i < request.pages; ++i) {
+      const std::byte* page = buffer.data() + std::size_t{i} * kPage;
+      if (read[i] == 0 || IsZero(page)) continue;
+      reply.present[i / 8] = static_cast<char>(reply.present[i / 8] | (1 << (i % 8)));
+      reply.data.append(reinterpret_cast<const char*>(page), kPage);
+    }
+    ++requests;
+    bytes += reply.data.size();
+    return wire::Encode(reply);
+  }
+};
+
 Result<wire::PhaseReply> Ask(transport::Fabric& fabric, transport::Endpoint& ep, std::uint16_t tag,
                              ByteView payload, std::chrono::milliseconds timeout) {
   ROAM_ASSIGN_OR_RETURN(const Bytes reply,
@@ -107,12 +211,34 @@ class SourceImpl final : public MigrationSource {
       ROAM_ASSIGN_OR_RETURN(const wire::Query q, wire::DecodeQuery(m.payload));
       return wire::EncodePhase(ledger->Get(q.migration_id));
     });
+    // Handlers run inside Progress on this thread, which is the one that
+    // froze the process (and alone may kill or resume it).
+    fabric_.Handle(kTagPages, [this](const transport::Message& m) -> Result<Bytes> {
+      ROAM_ASSIGN_OR_RETURN(const wire::PageRequest r, wire::DecodePageRequest(m.payload));
+      if (!serving_ || serving_->id != r.migration_id || serving_->done) {
+        return MakeError(Errc::kNotFound, "no post-copy {} serves pages here", r.migration_id);
+      }
+      return serving_->Serve(r);
+    });
+    fabric_.Handle(kTagPagesDone, [this](const transport::Message& m) -> Result<Bytes> {
+      ROAM_ASSIGN_OR_RETURN(wire::PagesDone d, wire::DecodePagesDone(m.payload));
+      if (!serving_ || serving_->id != d.migration_id) {
+        return MakeError(Errc::kNotFound, "no post-copy {} under way here", d.migration_id);
+      }
+      serving_->done = std::move(d);
+      return wire::EncodePhase(wire::Phase::kMoved);
+    });
   }
   ~SourceImpl() override {
     // Nothing remembers outcomes any more: a target that asks drops its copy.
     fabric_.Handle(kTagOutcome, [](const transport::Message&) -> Result<Bytes> {
       return wire::EncodePhase(wire::Phase::kUnknown);
     });
+    for (std::uint16_t tag : {kTagPages, kTagPagesDone}) {
+      fabric_.Handle(tag, [](const transport::Message&) -> Result<Bytes> {
+        return MakeError(Errc::kUnavailable, "this node no longer serves migrations");
+      });
+    }
   }
   SourceImpl(const SourceImpl&) = delete;
   SourceImpl& operator=(const SourceImpl&) = delete;
@@ -138,12 +264,21 @@ class SourceImpl final : public MigrationSource {
   }
   Result<MigrationReport> Run(transport::Endpoint& target, pid_t pid,
                               const MigrateOptions& options);
+  Result<MigrationReport> RunPostCopy(transport::Endpoint& target, pid_t pid,
+                                      const MigrateOptions& options);
+  // Commit sent: asks Status until READY (the target's pid into `report`).
+  Status WaitReady(transport::Endpoint& target, const MigrateOptions& options,
+                   MigrationReport& report, Clock::time_point commit_sent);
+  // Post-copy after Go: serves pages until PagesDone; the reason it gave
+  // up otherwise.
+  Status ServeUntilDone(transport::Endpoint& target, const MigrateOptions& options);
 
   transport::Fabric& fabric_;
   SourceOptions options_;
   std::shared_ptr<OutcomeLedger> ledger_;
   std::unique_ptr<transport::MemoryRegion> ring_;
   std::size_t ring_allocations_ = 0;
+  std::unique_ptr<PostCopyServing> serving_;
 };
 
 Result<MigrationReport> SourceImpl::MigrateOut(transport::Endpoint& target, pid_t pid,
@@ -161,8 +296,162 @@ Result<MigrationReport> SourceImpl::MigrateOut(transport::Endpoint& target, pid_
   return report;
 }
 
+Status SourceImpl::WaitReady(transport::Endpoint& target, const MigrateOptions& options,
+                             MigrationReport& report, Clock::time_point commit_sent) {
+  // The restore runs outside the target's Progress: a Status request
+  // waits there until the process is stopped before its first
+  // instruction (READY) or the restore failed (its error comes back).
+  // Waiting progresses this fabric: post-copy page requests are served.
+  const Clock::time_point deadline = DeadlineAfter(options.restore_timeout);
+  const Bytes query = wire::Encode(wire::Query{options.migration_id});
+  while (true) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) {
+      return MakeError(Errc::kTimeout, "target not ready within {} ms",
+                       options.restore_timeout.count());
+    }
+    ROAM_ASSIGN_OR_RETURN(const wire::PhaseReply status,
+                          Ask(fabric_, target, kTagStatus, query, left));
+    if (status.phase == wire::Phase::kReady) {
+      report.target_pid = static_cast<pid_t>(status.pid);
+      report.restore_ns = NsSince(commit_sent);
+      return Ok();
+    }
+    if (status.phase != wire::Phase::kCommitted) {
+      return MakeError(Errc::kProtocol, "target answered status with {}",
+                       wire::PhaseName(status.phase));
+    }
+    // Queued but not started: the next answer comes after the restore.
+    (void)transport::ProgressUntil(
+        fabric_, [] { return false; }, std::chrono::milliseconds(1));
+  }
+}
+
+Result<MigrationReport> SourceImpl::RunPostCopy(transport::Endpoint& target, pid_t pid,
+                                                const MigrateOptions& options) {
+  const Clock::time_point started = Clock::now();
+  const std::uint64_t id = options.migration_id;
+  ROAM_TRY(target.status());
+  ROAM_ASSIGN_OR_RETURN(const Bytes address, fabric_.Address());
+
+  // 1. Prepare: the target accepts (or refuses); no staging.
+  wire::Prepare prepare{id, 0, options.guest,
+                        std::string(reinterpret_cast<const char*>(address.data()), address.size()),
+                        /*post_copy=*/true};
+  ROAM_ASSIGN_OR_RETURN(const Bytes prepared_bytes,
+                        transport::RequestBlocking(fabric_, target, kTagPrepare,
+                                                   wire::Encode(prepare), options.prepare_timeout));
+  ROAM_TRY(wire::DecodePrepared(prepared_bytes));
+
+  // 2. Freeze and record all but the pages; the process stays frozen, and
+  // is resumed by `frozen`'s destructor on any return before MOVED.
+  image::Image meta;
+  ckpt::CaptureStats captured;
+  ROAM_ASSIGN_OR_RETURN(std::unique_ptr<ckpt::FrozenSource> frozen,
+                        ckpt::CaptureAsSource(pid, &meta, &captured));
+  const Clock::time_point captured_at = Clock::now();
+  serving_ = std::make_unique<PostCopyServing>();
+  serving_->id = id;
+  serving_->frozen = frozen.get();
+  // Leaves nothing for the handlers once this returns, whichever way.
+  struct EndServing {
+    std::unique_ptr<PostCopyServing>& serving;
+    ~EndServing() { serving.reset(); }
+  } end_serving{serving_};
+  // A quarter of the run table's bound: the metadata shares the message.
+  const std::vector<wire::Run> extent =
+      ExtentRuns(frozen->Extent().value_or(Ranges{}), wire::kMaxRuns / 4);
+  for (const wire::Run& r : extent) serving_->extent.emplace_back(r.vaddr, r.vaddr + r.bytes);
+
+  // 3. Commit; the restore asks for the pages it needs before the process
+  // runs (served while waiting for READY).
+  MigrationReport report;
+  wire::Commit c;
+  c.migration_id = id;
+  c.image = ckpt::EncodeImageMeta(meta);
+  c.post_copy = true;
+  c.extent = extent;
+  const Bytes message = wire::Encode(c);
+  if (message.size() > transport::kMaxMessageBytes) {
+    return MakeError(Errc::kResourceExhausted, "metadata of {} bytes exceeds a message",
+                     message.size());
+  }
+  const Clock::time_point commit_sent = Clock::now();
+  ROAM_ASSIGN_OR_RETURN(const wire::PhaseReply committed,
+                        Ask(fabric_, target, kTagCommit, message, options.io_timeout));
+  if (committed.phase != wire::Phase::kCommitted) {
+    return MakeError(Errc::kProtocol, "target answered commit with {}",
+                     wire::PhaseName(committed.phase));
+  }
+  ROAM_TRY(WaitReady(target, options, report, commit_sent));
+
+  // 4. From here the source's copy is never resumed: the target's may run.
+  ledger_->Set(id, wire::Phase::kMoved);
+  if (!FaultInjected("migrate-source-no-go")) {
+    auto go = Ask(fabric_, target, kTagGo, wire::Encode(wire::Query{id}), options.io_timeout);
+    report.go_acknowledged = go.has_value() && go->phase == wire::Phase::kRunning;
+  }
+  const Clock::time_point go_at = Clock::now();
+  report.frozen_ns = captured.frozen_ns;
+  report.downtime_ns = captured.frozen_ns + NsSince(captured_at);
+
+  // 5. Pages on request until the target has them all; then the frozen
+  // copy goes.
+  const Status served = ServeUntilDone(target, options);
+  frozen->Kill();
+  report.source_dropped_ns = NsSince(go_at);
+  if (!served) {
+    report.post_copy_error = served.error().ToString();
+  } else if (serving_->done) {
+    const wire::PagesDone& done = *serving_->done;
+    report.post_copy_complete = done.complete;
+    report.post_copy_error = done.error;
+    report.pages_on_fault = done.pages_on_fault;
+    report.pages_streamed = done.pages_streamed;
+    report.faults = done.faults;
+  }
+  report.page_requests = serving_->requests;
+  report.bytes_served = serving_->bytes;
+  report.pages = serving_->bytes / ckpt::kPageSize;
+  report.runs = extent.size();
+  report.total_ns = NsSince(started);
+  return report;
+}
+
+Status SourceImpl::ServeUntilDone(transport::Endpoint& target, const MigrateOptions& options) {
+  const Clock::time_point deadline = DeadlineAfter(options.post_copy_timeout);
+  const Bytes query = wire::Encode(wire::Query{options.migration_id});
+  while (!serving_->done) {
+    // The named fault: the source drops its copy before the target has
+    // every page (the target's server must then kill its process).
+    if (FaultInjected("migrate-source-drop-before-done")) return Ok();
+    (void)transport::ProgressUntil(
+        fabric_, [this] { return serving_->done.has_value(); }, std::chrono::milliseconds(500));
+    if (serving_->done) break;
+    if (Clock::now() > deadline) {
+      return MakeError(Errc::kTimeout, "post-copy: not every page in within {} ms",
+                       options.post_copy_timeout.count());
+    }
+    // A heartbeat: the target's process still runs there (RUNNING). A busy
+    // target thread (a restore of another migration) may not answer in
+    // time; only a dead endpoint or a wrong answer means it is gone.
+    auto alive = Ask(fabric_, target, kTagStatus, query, options.io_timeout);
+    if (serving_->done) break;
+    if (!alive && (alive.error().code() != Errc::kTimeout || !target.status())) {
+      return alive.error().WithContext("post-copy: the target went away after go");
+    }
+    if (alive && alive->phase != wire::Phase::kRunning) {
+      return MakeError(Errc::kCancelled, "post-copy: the target says {} after go",
+                       wire::PhaseName(alive->phase));
+    }
+  }
+  return Ok();
+}
+
 Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
                                         const MigrateOptions& options) {
+  if (options.mode == MigrationMode::kPostCopy) return RunPostCopy(target, pid, options);
   const Clock::time_point started = Clock::now();
   const std::uint64_t id = options.migration_id;
   ROAM_TRY(target.status());
@@ -199,7 +488,10 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
                                         .progress = options.progress});
   MigrationReport report;
   const auto commit = [&](const image::Image& meta) -> Status {
-    wire::Commit c{id, ckpt::EncodeImageMeta(meta), sink.runs(), 0};
+    wire::Commit c;
+    c.migration_id = id;
+    c.image = ckpt::EncodeImageMeta(meta);
+    c.runs = sink.runs();
     const Bytes message = wire::Encode(c);
     if (message.size() > transport::kMaxMessageBytes) {
       return MakeError(Errc::kResourceExhausted,
@@ -213,32 +505,7 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
       return MakeError(Errc::kProtocol, "target answered commit with {}",
                        wire::PhaseName(committed.phase));
     }
-    // The restore runs outside the target's Progress: a Status request
-    // waits there until the process is stopped before its first
-    // instruction (READY) or the restore failed (its error comes back).
-    const Clock::time_point deadline = DeadlineAfter(options.restore_timeout);
-    const Bytes query = wire::Encode(wire::Query{id});
-    while (true) {
-      const auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      if (left.count() <= 0) {
-        return MakeError(Errc::kTimeout, "target not ready within {} ms",
-                         options.restore_timeout.count());
-      }
-      ROAM_ASSIGN_OR_RETURN(const wire::PhaseReply status,
-                            Ask(fabric_, target, kTagStatus, query, left));
-      if (status.phase == wire::Phase::kReady) {
-        report.target_pid = static_cast<pid_t>(status.pid);
-        report.restore_ns = NsSince(commit_sent);
-        return Ok();
-      }
-      if (status.phase != wire::Phase::kCommitted) {
-        return MakeError(Errc::kProtocol, "target answered status with {}",
-                         wire::PhaseName(status.phase));
-      }
-      // Queued but not started: the next answer comes after the restore.
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
+    return WaitReady(target, options, report, commit_sent);
   };
   image::Image meta;
   ckpt::CaptureOptions capture_options;

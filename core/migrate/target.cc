@@ -1,15 +1,28 @@
-// The target side of a stop-copy migration (migration.h). Handlers run
-// inside the fabric's Progress and only check, record and answer; the
-// restore runs in RunPending, outside Progress, because it waits for the
-// source's Go in before_resume, progressing the same fabric: a handler that
-// waited there would never see the message it waits for.
+// The target side of a migration (migration.h). Handlers run inside the
+// fabric's Progress and only check, record and answer; the restore runs in
+// RunPending, outside Progress, because it waits for the source's Go in
+// before_resume, progressing the same fabric: a handler that waited there
+// would never see the message it waits for.
+//
+// Post-copy: the restore reads its pages through a RemotePageSource on a
+// fabric of its own (the page server's thread cannot use this one); once
+// the process runs, a waiter thread per migration joins the page server,
+// tells the source (PagesDone, over the page fabric) and marks the run
+// ended; RunPending reaps it. The target's thread never blocks on the
+// stream.
 #include <sys/mman.h>
 
+#include <atomic>
+#include <csignal>
 #include <optional>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "core/ckpt/image/image.pb.h"
 #include "core/ckpt/image/image_dir.h"
+#include "core/ckpt/lazy_pages.h"
+#include "core/migrate/remote_page_source.h"
 #include "core/migrate/staged_runs.h"
 #include "core/migrate/wire.h"
 #include "roam/base/deadline.h"
@@ -37,6 +50,15 @@ struct Migration {
   image::Image meta;
   pid_t pid = -1;
 };
+// A post-copy whose process runs here while its pages arrive.
+struct PostCopyRun {
+  Running running;
+  std::shared_ptr<ckpt::LazyPageServer> server;
+  std::unique_ptr<RemotePageSource> remote;
+  std::thread waiter;
+  std::atomic<bool> ended{false};
+  Status result;  // written by the waiter before `ended`
+};
 // The last migration that ended here, for a late Status or Go.
 struct Ended {
   std::uint64_t id = 0;
@@ -46,13 +68,19 @@ struct Ended {
 
 class TargetImpl final : public MigrationTarget {
  public:
-  TargetImpl(transport::Fabric& fabric, TargetCallbacks callbacks, const TargetOptions& options)
-      : fabric_(fabric), callbacks_(std::move(callbacks)), options_(options) {}
+  TargetImpl(transport::Fabric& fabric, TargetCallbacks callbacks, TargetOptions options)
+      : fabric_(fabric), callbacks_(std::move(callbacks)), options_(std::move(options)) {}
   ~TargetImpl() override {
     for (std::uint16_t tag : {kTagPrepare, kTagCommit, kTagStatus, kTagGo, kTagAbort}) {
       fabric_.Handle(tag, [](const transport::Message&) -> Result<Bytes> {
         return MakeError(Errc::kUnavailable, "this node no longer takes migrations");
       });
+    }
+    // A process still missing pages cannot run on without its server: it
+    // dies, the server sees the exit, and the waiter tells the source.
+    for (auto& run : post_copies_) {
+      if (!run->ended.load(std::memory_order_acquire)) ::kill(run->running.pid, SIGKILL);
+      run->waiter.join();
     }
   }
   TargetImpl(const TargetImpl&) = delete;
@@ -86,9 +114,13 @@ class TargetImpl final : public MigrationTarget {
 
   bool RunPending() override;
   bool HasPending() const override {
+    for (const auto& run : post_copies_) {
+      if (run->ended.load(std::memory_order_acquire)) return true;
+    }
     return current_ && (current_->state == State::kCommitted ||
                         (current_->state == State::kPrepared && Clock::now() > current_->expires));
   }
+  std::size_t post_copies() const override { return post_copies_.size(); }
   void Serve(const std::function<bool()>& stop) override {
     while (!stop()) {
       RunPending();
@@ -107,6 +139,10 @@ class TargetImpl final : public MigrationTarget {
   Result<Bytes> OnAbort(const transport::Message& m);
 
   void Restore();
+  // The process runs: its page server goes on on a waiter thread.
+  void StartPostCopy(const Running& running, std::shared_ptr<ckpt::LazyPageServer> server,
+                     std::unique_ptr<RemotePageSource> remote);
+  bool ReapPostCopies();
   Status WaitForGo(pid_t pid);
   Result<wire::Phase> AskOutcome();
   void End(Status result, pid_t pid);
@@ -126,6 +162,7 @@ class TargetImpl final : public MigrationTarget {
   std::size_t allocations_ = 0;
   std::optional<Migration> current_;
   Ended ended_;
+  std::vector<std::unique_ptr<PostCopyRun>> post_copies_;
 };
 
 Result<Bytes> TargetImpl::OnPrepare(const transport::Message& m) {
@@ -138,13 +175,18 @@ Result<Bytes> TargetImpl::OnPrepare(const transport::Message& m) {
     }
     End(MakeError(Errc::kTimeout, "no commit within {} ms", options_.commit_timeout.count()), -1);
   }
-  Arrival arrival{p.migration_id, p.page_bytes, std::move(p.guest)};
+  if (p.post_copy && !options_.page_fabric) {
+    return MakeError(Errc::kUnsupported, "this node takes no post-copy (no page fabric)");
+  }
+  Arrival arrival{p.migration_id, p.page_bytes, std::move(p.guest),
+                  p.post_copy ? MigrationMode::kPostCopy : MigrationMode::kStopCopy};
   if (callbacks_.accept) ROAM_TRY(callbacks_.accept(arrival));
-  ROAM_TRY(EnsureStaging(p.page_bytes));
+  if (!p.post_copy) ROAM_TRY(EnsureStaging(p.page_bytes));
   current_.emplace();
   current_->arrival = std::move(arrival);
   current_->source_address = std::move(p.source_address);
   current_->expires = DeadlineAfter(options_.commit_timeout);
+  if (p.post_copy) return wire::Encode(wire::Prepared{"", 0});
   return wire::Encode(wire::Prepared{packed_key_, staging_->size()});
 }
 
@@ -154,7 +196,12 @@ Result<Bytes> TargetImpl::OnCommit(const transport::Message& m) {
   if (mig->state != State::kPrepared) {
     return MakeError(Errc::kProtocol, "migration {}: commit twice", c.migration_id);
   }
-  if (c.staging_end > staging_->size()) {
+  const bool post_copy = current_->arrival.mode == MigrationMode::kPostCopy;
+  if (c.post_copy != post_copy) {
+    return MakeError(Errc::kProtocol, "migration {}: prepared {}post-copy, committed {}",
+                     c.migration_id, post_copy ? "" : "not ", c.post_copy ? "post-copy" : "not");
+  }
+  if (!post_copy && c.staging_end > staging_->size()) {
     return MakeError(Errc::kCorrupt, "migration {}: runs up to {} bytes in a staging of {}",
                      c.migration_id, c.staging_end, staging_->size());
   }
@@ -191,6 +238,11 @@ Result<Bytes> TargetImpl::OnStatus(const transport::Message& m) {
         return wire::EncodePhase(wire::Phase::kRunning, current_->pid);
       case State::kAborted:
         return wire::EncodePhase(wire::Phase::kAborted);
+    }
+  }
+  for (const auto& run : post_copies_) {
+    if (run->running.migration_id == q.migration_id) {
+      return wire::EncodePhase(wire::Phase::kRunning, run->running.pid);
     }
   }
   if (ended_.id == q.migration_id && q.migration_id != 0) {
@@ -240,13 +292,65 @@ void TargetImpl::End(Status result, pid_t pid) {
   current_.reset();
 }
 
+bool TargetImpl::ReapPostCopies() {
+  bool reaped = false;
+  for (std::size_t i = 0; i < post_copies_.size();) {
+    PostCopyRun& run = *post_copies_[i];
+    if (!run.ended.load(std::memory_order_acquire)) {
+      ++i;
+      continue;
+    }
+    run.waiter.join();
+    const Running running = run.running;
+    const Status result = run.result;
+    post_copies_.erase(post_copies_.begin() + static_cast<std::ptrdiff_t>(i));
+    if (callbacks_.on_post_copy_end) callbacks_.on_post_copy_end(running, result);
+    reaped = true;
+  }
+  return reaped;
+}
+
+void TargetImpl::StartPostCopy(const Running& running, std::shared_ptr<ckpt::LazyPageServer> server,
+                               std::unique_ptr<RemotePageSource> remote) {
+  auto run = std::make_unique<PostCopyRun>();
+  run->running = running;
+  run->server = std::move(server);
+  run->remote = std::move(remote);
+  PostCopyRun* raw = run.get();
+  // From here the server's thread alone uses the page fabric until Wait
+  // returns; then this waiter does (the join is the hand-over).
+  raw->waiter = std::thread([raw] {
+    auto stats = raw->server->Wait();
+    wire::PagesDone done;
+    done.migration_id = raw->running.migration_id;
+    done.complete = stats.has_value();
+    if (stats) {
+      done.pages_on_fault = stats->pages_on_fault;
+      done.pages_streamed = stats->pages_streamed;
+      done.faults = stats->faults;
+      done.zero_pages = stats->zero_pages;
+      raw->result = Ok();
+    } else {
+      done.error = stats.error().ToString();
+      raw->result = stats.error().WithContext("post-copy: the process was killed here");
+    }
+    // Best effort: a source that cannot be told drops its copy when its
+    // post_copy_timeout ends, or when it notices this node is gone.
+    (void)raw->remote->SendDone(done);
+    raw->remote.reset();  // the page fabric, on the thread that used it last
+    raw->ended.store(true, std::memory_order_release);
+  });
+  post_copies_.push_back(std::move(run));
+}
+
 bool TargetImpl::RunPending() {
-  if (!current_) return false;
+  const bool reaped = ReapPostCopies();
+  if (!current_) return reaped;
   if (current_->state == State::kPrepared && Clock::now() > current_->expires) {
     End(MakeError(Errc::kTimeout, "no commit within {} ms", options_.commit_timeout.count()), -1);
     return true;
   }
-  if (current_->state != State::kCommitted) return false;
+  if (current_->state != State::kCommitted) return reaped;
   Restore();
   return true;
 }
@@ -304,11 +408,32 @@ void TargetImpl::Restore() {
     if (!got) return End(got.error(), -1);
     setup = std::move(*got);
   }
-  // The pages lie where the source put them; the run table says where.
-  auto pages = StagedRuns::Create(staging_->bytes(), mig.commit.runs);
-  if (!pages) return End(pages.error(), -1);
-
   ckpt::RestoreOptions restore;
+  std::unique_ptr<ckpt::PageSource> pages;
+  RemotePageSource* remote = nullptr;
+  if (mig.arrival.mode == MigrationMode::kPostCopy) {
+    // The pages are still in the frozen source; most are asked for after
+    // the process resumed.
+    auto fabric = options_.page_fabric();
+    if (!fabric) return End(fabric.error().WithContext("post-copy: page fabric"), -1);
+    RemotePageSource::Options remote_options;
+    remote_options.stream_pages = options_.stream_request_pages;
+    remote_options.in_flight = options_.stream_requests_in_flight;
+    remote_options.timeout = options_.page_timeout;
+    auto created =
+        RemotePageSource::Create(std::move(*fabric), View(mig.source_address),
+                                 mig.arrival.migration_id, mig.commit.extent, remote_options);
+    if (!created) return End(created.error().WithContext("post-copy"), -1);
+    remote = created->get();
+    pages = std::move(*created);
+    restore.lazy = true;
+  } else {
+    // The pages lie where the source put them; the run table says where.
+    auto staged = StagedRuns::Create(staging_->bytes(), mig.commit.runs);
+    if (!staged) return End(staged.error(), -1);
+    pages = std::move(*staged);
+  }
+
   restore.pid_namespace = true;
   restore.init_ends_with_restorer = setup.init_ends_with_restorer;
   restore.stdio = setup.stdio;
@@ -318,7 +443,7 @@ void TargetImpl::Restore() {
     if (setup.before_resume) ROAM_TRY(setup.before_resume(pid));
     return WaitForGo(pid);
   };
-  auto restored = ckpt::Restore(mig.meta, **pages, restore, hooks);
+  auto restored = ckpt::Restore(mig.meta, *pages, restore, hooks);
   if (!restored) {
     return End(restored.error().WithContext(
                    fmt::format("migration {}: restore", mig.arrival.migration_id)),
@@ -327,6 +452,18 @@ void TargetImpl::Restore() {
   Running running{mig.arrival.migration_id, restored->pid, restored->init_pid, mig.arrival.guest};
   End(Ok(), restored->pid);
   if (callbacks_.on_running) callbacks_.on_running(running);
+  if (remote != nullptr) {
+    // `pages` is the RemotePageSource.
+    std::unique_ptr<RemotePageSource> owned(static_cast<RemotePageSource*>(pages.release()));
+    if (restored->post_copy) {
+      StartPostCopy(running, std::move(restored->post_copy), std::move(owned));
+    } else {
+      // No userfaultfd here: the restore read every page before the
+      // process ran (see RestoreOptions::lazy); the source may drop it.
+      (void)owned->SendDone(wire::PagesDone{running.migration_id, true, {}, 0, 0, 0, 0});
+      if (callbacks_.on_post_copy_end) callbacks_.on_post_copy_end(running, Ok());
+    }
+  }
 }
 
 }  // namespace

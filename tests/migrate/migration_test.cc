@@ -1,5 +1,6 @@
-// Stop-copy migration between two nodes of roam's transport: two UCX
-// fabrics over tcp in this process, the source on the test's thread, the
+// Migration between two nodes of roam's transport (stop-copy, pre-copy,
+// post-copy): two UCX fabrics over tcp in this process (three with the
+// target's post-copy page fabric), the source on the test's thread, the
 // target on a thread of its own serving MigrationTarget (as a daemon's
 // migration thread would). Real workloads from tests/ckpt move and check
 // themselves at the target; every failure before the target is ready leaves
@@ -107,6 +108,14 @@ class TargetNode {
       std::lock_guard lock(mu_);
       failures_.push_back(e.ToString());
     };
+    callbacks.on_post_copy_end = [this](const Running&, const Status& result) {
+      std::lock_guard lock(mu_);
+      post_copy_ends_.push_back(result);
+      cv_.notify_all();
+    };
+    if (!options.page_fabric) {
+      options.page_fabric = [] { return transport::OpenFabric("ucx", {.name = "target-pages"}); };
+    }
     std::promise<Result<transport::Bytes>> address;
     auto got = address.get_future();
     thread_ = std::thread([this, callbacks = std::move(callbacks), options, &address]() mutable {
@@ -153,6 +162,18 @@ class TargetNode {
     return failures_;
   }
   std::size_t staging_allocations() const { return allocations_; }
+  std::size_t post_copy_ends() {
+    std::lock_guard lock(mu_);
+    return post_copy_ends_.size();
+  }
+  // The n-th post-copy's end at this node, once its page server ended.
+  std::optional<Status> WaitPostCopyEnd(std::size_t n, std::chrono::milliseconds timeout = 20s) {
+    std::unique_lock lock(mu_);
+    if (!cv_.wait_for(lock, timeout, [&] { return post_copy_ends_.size() >= n; })) {
+      return std::nullopt;
+    }
+    return post_copy_ends_[n - 1];
+  }
 
  private:
   std::thread thread_;
@@ -165,6 +186,7 @@ class TargetNode {
   bool gone_ = false;
   std::vector<Running> running_;
   std::vector<std::string> failures_;
+  std::vector<Status> post_copy_ends_;
 };
 
 // The precopy workload (tests/ckpt/workloads/precopy.cc): 32 MiB it stamps,
@@ -251,6 +273,20 @@ class MigrationTest : public ::testing::Test {
     o.guest = "guest " + std::to_string(id);
     o.io_timeout = 5s;
     return o;
+  }
+
+  static void PrintPostCopy(const char* what, const MigrationReport& r) {
+    std::printf(
+        "%s: downtime %.2f ms (frozen %.2f ms, of which restore %.2f ms), source dropped %.2f ms "
+        "after go; %llu page requests, %llu bytes served; pages by fault %llu (%llu faults), by "
+        "stream %llu; total %.2f ms\n",
+        what, static_cast<double>(r.downtime_ns) / 1e6, static_cast<double>(r.frozen_ns) / 1e6,
+        static_cast<double>(r.restore_ns) / 1e6, static_cast<double>(r.source_dropped_ns) / 1e6,
+        static_cast<unsigned long long>(r.page_requests),
+        static_cast<unsigned long long>(r.bytes_served),
+        static_cast<unsigned long long>(r.pages_on_fault),
+        static_cast<unsigned long long>(r.faults),
+        static_cast<unsigned long long>(r.pages_streamed), static_cast<double>(r.total_ns) / 1e6);
   }
 
   static void Print(const char* what, const MigrationReport& r) {
@@ -663,6 +699,231 @@ TEST_F(MigrationTest, LostGoAndForgottenOutcomeDropsTheTargetCopy) {
                   .has_value());
   EXPECT_EQ(node.running(), 0u);
   EXPECT_NE(node.failures()[0].find("unknown"), std::string::npos) << node.failures()[0];
+}
+
+// Post-copy: frozen only for the metadata; the 64 MiB self-checking
+// workload resumes at the target before its heap arrived, its touches
+// fault pages in from the frozen source while the stream brings the rest,
+// and it finds every page as it left it. The source's copy stays until the
+// target says every page is in, then dies.
+TEST_F(MigrationTest, PostCopyWorkloadRunsAtTheTargetBeforeItsPagesArrived) {
+  testing::TempDir dir;
+  const auto data = dir.path() / "data";
+  std::ofstream(data) << "ABCDEFGHIJ";
+  Pipe in;
+  Pipe out;
+  Child original;
+  const std::string bin = (testing::BuildDir() / "tests" / "ckpt_workload").string();
+  ASSERT_NO_FATAL_FAILURE(Spawn({bin, "1.5", data.string()}, original, in.fd[0], out.fd[1]));
+  ASSERT_EQ(ReadLine(out.fd[0]).rfind("ready", 0), 0u);
+  std::this_thread::sleep_for(200ms);
+
+  Pipe in2;
+  Pipe out2;
+  TargetCallbacks callbacks;
+  MigrationMode mode = MigrationMode::kStopCopy;
+  callbacks.accept = [&](const Arrival& a) -> Status {
+    mode = a.mode;
+    return Ok();
+  };
+  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
+    RestoreSetup setup;
+    setup.stdio = {in2.fd[0], out2.fd[1], -1};
+    return setup;
+  };
+  TargetNode node(std::move(callbacks));
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  MigrateOptions options = Options(65);
+  options.mode = MigrationMode::kPostCopy;
+  auto report = source_->MigrateOut(*ep, original.pid, options);
+  ASSERT_TRUE(report.has_value()) << report.error().ToString();
+  PrintPostCopy("post-copy 64 MiB workload", *report);
+  EXPECT_EQ(mode, MigrationMode::kPostCopy);
+  EXPECT_TRUE(report->go_acknowledged);
+  EXPECT_TRUE(report->post_copy_complete) << report->post_copy_error;
+  EXPECT_EQ(report->bytes_sent, 0u) << "nothing is put into a staging";
+  EXPECT_GE(report->bytes_served, std::uint64_t{64} << 20);
+  EXPECT_GE(report->pages_on_fault + report->pages_streamed, std::uint64_t{64} << 8);
+  EXPECT_GT(report->pages_streamed, 0u) << "the background stream brought pages";
+  EXPECT_LE(report->frozen_ns, report->downtime_ns);
+  EXPECT_EQ(original.Wait(), 128 + SIGKILL) << "the source's copy is gone";
+  auto running = node.WaitRunning(1);
+  ASSERT_TRUE(running.has_value());
+  Child init;
+  Child copy;
+  init.pid = running->init_pid;
+  copy.pid = running->pid;
+  auto ended = node.WaitPostCopyEnd(1);
+  ASSERT_TRUE(ended.has_value());
+  EXPECT_TRUE(ended->has_value()) << ended->error().ToString();
+  in2.CloseRead();
+  out2.CloseWrite();
+  ASSERT_EQ(write(in2.fd[1], "go on\n", 6), 6);
+  std::string output;
+  for (std::string line = ReadLine(out2.fd[0]); line != "<eof>" && line != "<timeout>";
+       line = ReadLine(out2.fd[0])) {
+    output += line + "\n";
+  }
+  EXPECT_NE(output.find("data ABCDEFGH\n"), std::string::npos) << output;
+  EXPECT_NE(output.find("stdin go on\n"), std::string::npos) << output;
+  EXPECT_NE(output.find("ok after"), std::string::npos) << output;
+  EXPECT_EQ(output.find("broken"), std::string::npos) << output;
+  EXPECT_EQ(copy.Wait(), 0);
+  EXPECT_EQ(init.Wait(), 0);
+}
+
+// A target that refuses a post-copy (or fails its restore before Go, after
+// it asked for pages) leaves the process running at the source, unharmed:
+// it was frozen the whole time and is resumed.
+TEST_F(MigrationTest, PostCopyRefusedOrFailedBeforeGoLeavesTheProcessAtTheSource) {
+  Workload w;
+  ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
+  const std::string before = Hash(w.in.fd[1], w.out.fd[0]);
+  TargetCallbacks callbacks;
+  std::atomic<int> prepares{0};
+  callbacks.accept = [&](const Arrival& a) -> Status {
+    if (prepares++ == 0) {
+      return MakeError(Errc::kResourceExhausted, "no post-copy for the test ({})",
+                       a.mode == MigrationMode::kPostCopy ? "post-copy" : "?");
+    }
+    return Ok();
+  };
+  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
+    RestoreSetup setup;
+    setup.before_resume = [](pid_t) -> Status {
+      return MakeError(Errc::kInternal, "injected failure before resume");
+    };
+    return setup;
+  };
+  TargetNode node(std::move(callbacks));
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  for (const Errc expected : {Errc::kResourceExhausted, Errc::kInternal}) {
+    SCOPED_TRACE(ErrcName(expected));
+    MigrateOptions options = Options(prepares + 30);
+    options.mode = MigrationMode::kPostCopy;
+    auto report = source_->MigrateOut(*ep, w.child.pid, options);
+    ASSERT_FALSE(report.has_value());
+    EXPECT_EQ(report.error().code(), expected) << report.error().ToString();
+    if (expected == Errc::kResourceExhausted) {
+      EXPECT_NE(report.error().message().find("no post-copy for the test (post-copy)"),
+                std::string::npos)
+          << report.error().ToString();
+    }
+    EXPECT_EQ(Hash(w.in.fd[1], w.out.fd[0]), before);
+  }
+  EXPECT_EQ(node.running(), 0u);
+  ExpectIntact(w.in.fd[1], w.out.fd[0], before, w.child);
+}
+
+// A target without a page fabric refuses post-copy at Prepare, before
+// anything froze.
+TEST_F(MigrationTest, PostCopyNeedsThePageFabricAtTheTarget) {
+  Workload w;
+  ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
+  const std::string before = Hash(w.in.fd[1], w.out.fd[0]);
+  TargetOptions options;
+  options.page_fabric = []() -> Result<std::unique_ptr<transport::Fabric>> {
+    return MakeError(Errc::kUnsupported, "no page fabric in this test");
+  };
+  TargetNode node(TargetCallbacks{}, options);
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  MigrateOptions migrate = Options(40);
+  migrate.mode = MigrationMode::kPostCopy;
+  auto report = source_->MigrateOut(*ep, w.child.pid, migrate);
+  ASSERT_FALSE(report.has_value());
+  EXPECT_EQ(report.error().code(), Errc::kUnsupported) << report.error().ToString();
+  EXPECT_EQ(node.running(), 0u);
+  ExpectIntact(w.in.fd[1], w.out.fd[0], before, w.child);
+}
+
+// The source drops its frozen copy right after Go, before the target has
+// every page: the target's page server cannot get the rest and kills its
+// process rather than let it run on zeros. Never two copies, and here none:
+// post-copy's residual dependency on both nodes (migration.h).
+TEST_F(MigrationTest, PostCopySourceDroppingItsCopyEarlyKillsTheTargetCopy) {
+  Workload w;
+  ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
+  TargetNode node(TargetCallbacks{});
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  ScopedFault fault("migrate-source-drop-before-done");
+  MigrateOptions options = Options(41);
+  options.mode = MigrationMode::kPostCopy;
+  auto report = source_->MigrateOut(*ep, w.child.pid, options);
+  ASSERT_TRUE(report.has_value()) << report.error().ToString();
+  PrintPostCopy("post-copy, source dropped early", *report);
+  EXPECT_FALSE(report->post_copy_complete);
+  EXPECT_EQ(w.child.Wait(), 128 + SIGKILL);
+  auto running = node.WaitRunning(1);
+  ASSERT_TRUE(running.has_value());
+  Child init;
+  Child copy;
+  init.pid = running->init_pid;
+  copy.pid = running->pid;
+  // The workload waits on its stdin with most of its memory missing; the
+  // stream's next request fails (the source's thread goes on serving its
+  // fabric, answering that no post-copy serves pages) and the server kills
+  // it.
+  ASSERT_TRUE(transport::ProgressUntil(
+                  *fabric_, [&] { return node.post_copy_ends() == 1; }, 20s)
+                  .has_value());
+  auto ended = node.WaitPostCopyEnd(1);
+  ASSERT_TRUE(ended.has_value());
+  EXPECT_FALSE(ended->has_value()) << "every page arrived before the source dropped its copy";
+  EXPECT_EQ(copy.Wait(), 128 + SIGKILL);
+}
+
+// Not run by ctest (DISABLED_): the figure for a big process (bench's
+// memory_hog, ROAM_POSTCOPY_MIB of it, 1024 by default; ROAM_POSTCOPY_MODE
+// =stop-copy for the comparison). Run the binary with
+// --gtest_also_run_disabled_tests --gtest_filter='*PostCopyOfABigProcess*'.
+TEST_F(MigrationTest, DISABLED_PostCopyOfABigProcess) {
+  const char* mib_env = std::getenv("ROAM_POSTCOPY_MIB");
+  const std::string mib = mib_env != nullptr ? mib_env : "1024";
+  Pipe in;
+  Pipe out;
+  Child original;
+  const std::string bin = (testing::BuildDir() / "bench" / "memory_hog").string();
+  ASSERT_NO_FATAL_FAILURE(Spawn({bin, mib}, original, in.fd[0], out.fd[1]));
+  const std::string touched = ReadLine(out.fd[0], 120s);
+  ASSERT_EQ(touched.rfind("{\"first_touch_mib\"", 0), 0u) << touched;
+  Pipe out2;
+  TargetCallbacks callbacks;
+  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
+    RestoreSetup setup;
+    setup.stdio = {-1, out2.fd[1], -1};
+    return setup;
+  };
+  TargetNode node(std::move(callbacks));
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  MigrateOptions options = Options(50);
+  options.mode = MigrationMode::kPostCopy;
+  if (const char* mode = std::getenv("ROAM_POSTCOPY_MODE"); mode != nullptr) {
+    options.mode =
+        std::string(mode) == "stop-copy" ? MigrationMode::kStopCopy : MigrationMode::kPostCopy;
+  }
+  auto report = source_->MigrateOut(*ep, original.pid, options);
+  ASSERT_TRUE(report.has_value()) << report.error().ToString();
+  PrintPostCopy(("big process, " + mib + " MiB").c_str(), *report);
+  EXPECT_EQ(original.Wait(), 128 + SIGKILL);
+  auto running = node.WaitRunning(1);
+  ASSERT_TRUE(running.has_value());
+  Child init;
+  Child copy;
+  init.pid = running->init_pid;
+  copy.pid = running->pid;
+  if (options.mode == MigrationMode::kPostCopy) {
+    auto ended = node.WaitPostCopyEnd(1, 120s);
+    ASSERT_TRUE(ended.has_value());
+    EXPECT_TRUE(ended->has_value()) << ended->error().ToString();
+  }
+  out2.CloseWrite();
+  ASSERT_EQ(kill(copy.pid, SIGUSR1), 0);
+  EXPECT_EQ(ReadLine(out2.fd[0], 120s).rfind("{\"intact\": true", 0), 0u);
 }
 
 }  // namespace

@@ -1,11 +1,12 @@
 // Migration of one process from this node to a peer over roam's transport,
-// stop-copy or pre-copy (MigrationMode): the source freezes the process,
-// puts its pages into the target's staging memory with one-sided puts (for
-// pre-copy, most of them in rounds before the freeze), hands over the
-// metadata, and the target rebuilds the process there (ckpt::Restore in a PID namespace of
-// its own). The process either runs at the target and is gone at the source,
-// or runs on at the source exactly as before; on every error MigrateOut
-// returns, the latter.
+// stop-copy, pre-copy or post-copy (MigrationMode): the source freezes the
+// process, puts its pages into the target's staging memory with one-sided
+// puts (for pre-copy, most of them in rounds before the freeze; for
+// post-copy, none: the target asks for them after the process resumed
+// there), hands over the metadata, and the target rebuilds the process
+// there (ckpt::Restore in a PID namespace of its own). The process either
+// runs at the target and is gone at the source, or runs on at the source
+// exactly as before; on every error MigrateOut returns, the latter.
 //
 // Each daemon runs migrations on a migration thread with a Fabric of its own
 // (one UCX worker), so a capture or restore blocks nothing else. The source
@@ -34,6 +35,38 @@
 // Before READY, any failure (refusal, restore error, timeout, unreachable
 // target) makes the source resume its copy, record SOURCE_KEPT and send a
 // best-effort Abort{id}; the target drops its copy on Abort.
+//
+// Post-copy (version 2 of the messages, see migrate.proto):
+//   source                                     target
+//   Prepare{..., post_copy}                 -> accept(guest, mode)?; no staging
+//                                           <- Prepared{no key}
+//   freeze (ckpt::CaptureAsSource: metadata only, the process stays frozen)
+//   Commit{id, image, extent, post_copy}    -> checked, restore queued
+//                                           <- COMMITTED
+//   Status{id} ... (serving PageRequests)   -> restore with `lazy`: a
+//                                              RemotePageSource on a fabric
+//                                              of its own asks the pages
+//                                              that must be there first
+//                    <- PageRequest{id, vaddr, n}   (from the page fabric)
+//   PageReply{bitmap, bytes} ->
+//                                           <- READY (the page server runs)
+//   record MOVED (never resumed from here on)
+//   Go{id}                                  -> resume; on_running(...)
+//                                           <- RUNNING
+//   serve PageRequests (faults and the        the LazyPageServer places pages
+//   background stream), Status{id} every      on fault and in address order
+//   half second as a heartbeat
+//                                           <- PagesDone{id, counts}
+//   kill the frozen copy; MigrateOut returns
+// Between Go and PagesDone the source's copy stays frozen, never resumed:
+// there are never two copies, but the process depends on both nodes until
+// the last page is in. That is post-copy's residual risk: if the target
+// dies (or cannot be reached) after Go, the process is lost at both ends
+// (the source kills its frozen copy, since the target may have run and
+// written files; the report says post_copy_complete = false); if the
+// source dies, the target's page server fails its next request and kills
+// the process there. A loss before Go resumes the source's copy, as in
+// stop-copy.
 //
 // Who has the process when the two lose each other after READY. The target
 // resumes only on Go, or when the source answers an Outcome{id} question
@@ -72,7 +105,9 @@ inline constexpr std::uint16_t kTagCommit = 0x4d01;
 inline constexpr std::uint16_t kTagStatus = 0x4d02;
 inline constexpr std::uint16_t kTagGo = 0x4d03;
 inline constexpr std::uint16_t kTagAbort = 0x4d04;
-inline constexpr std::uint16_t kTagOutcome = 0x4d08;  // served by the source
+inline constexpr std::uint16_t kTagOutcome = 0x4d08;    // served by the source
+inline constexpr std::uint16_t kTagPages = 0x4d09;      // served by the source
+inline constexpr std::uint16_t kTagPagesDone = 0x4d0a;  // served by the source
 inline constexpr std::uint16_t kMigrateTagLast = 0x4d0f;
 
 enum class MigrationMode {
@@ -85,6 +120,15 @@ enum class MigrationMode {
   // the anonymous memory (pages rewritten between rounds are put again).
   // kUnsupported where the kernel cannot track writes.
   kPreCopy,
+  // Frozen only for the metadata: the process resumes at the target before
+  // its private anonymous writable memory arrived, and the target's page
+  // server (userfaultfd) asks the frozen source for each first touch and
+  // streams the rest in address order; then the source drops its copy.
+  // Downtime no longer grows with that memory. The target's owner must give
+  // TargetOptions::page_fabric (kUnsupported otherwise); a target where
+  // userfaultfd is unavailable restores it by stop-copy over the same
+  // requests (slower, still correct).
+  kPostCopy,
 };
 
 struct MigrateOptions {
@@ -115,6 +159,9 @@ struct MigrateOptions {
   std::uint64_t headroom_bytes = std::uint64_t{16} << 20;
   // Called on the migrating thread after each put is issued.
   std::function<void(std::uint64_t bytes_sent, std::uint64_t bytes_expected)> progress;
+  // Post-copy: from Go until the target said every page is in. Past it the
+  // source drops its copy (the target's process dies at its next request).
+  std::chrono::milliseconds post_copy_timeout{600000};
 };
 
 struct MigrationReport {
@@ -135,6 +182,20 @@ struct MigrationReport {
   // Whether the target acknowledged Go. False: the source's copy is gone
   // and the target decides by asking Outcome (see above).
   bool go_acknowledged = false;
+  // Post-copy. Downtime and frozen_ns end at Go as above (frozen_ns is then
+  // the capture of the metadata alone); the source's copy stays frozen
+  // until the target's PagesDone, `source_dropped_ns` after Go.
+  std::uint64_t source_dropped_ns = 0;
+  // PagesDone arrived and said the target's server placed every page. False
+  // with `post_copy_error`: the process was lost (see above), at both ends.
+  bool post_copy_complete = false;
+  std::string post_copy_error;
+  std::uint64_t page_requests = 0;  // served by the source (before Go too)
+  std::uint64_t bytes_served = 0;   // page bytes in their replies
+  // As the target's page server counted them (PagesDone).
+  std::uint64_t pages_on_fault = 0;
+  std::uint64_t pages_streamed = 0;
+  std::uint64_t faults = 0;
 };
 
 struct SourceOptions {
@@ -177,8 +238,10 @@ Result<MigrationReport> MigrateOut(transport::Fabric& fabric, transport::Endpoin
 // What the target's owner is asked and told.
 struct Arrival {
   std::uint64_t migration_id = 0;
-  std::uint64_t page_bytes = 0;  // expected at Prepare, exact at restore
+  std::uint64_t page_bytes = 0;  // expected at Prepare, exact at restore; 0 in post-copy
   std::string guest;
+  // Stop-copy also stands for pre-copy: the target cannot tell them apart.
+  MigrationMode mode = MigrationMode::kStopCopy;
 };
 
 // What the owner supplies for the restore.
@@ -213,6 +276,11 @@ struct TargetCallbacks {
   std::function<void(const Running&)> on_running;
   // A migration failed at this end after accept (logged by the owner).
   std::function<void(const Arrival&, const Error&)> on_failed;
+  // Post-copy: the page server ended after on_running. Ok: every page is in
+  // and the source dropped its copy; an error: the process was killed here
+  // (its pages could not be had). Called on the fabric's thread, from
+  // RunPending.
+  std::function<void(const Running&, const Status&)> on_post_copy_end;
 };
 
 struct TargetOptions {
@@ -226,6 +294,19 @@ struct TargetOptions {
   // READY without Go for this long: ask the source for the outcome.
   std::chrono::milliseconds go_timeout{10000};
   std::chrono::milliseconds outcome_timeout{5000};
+  // Post-copy: opens the fabric the page server's requests go over (one per
+  // migration, used by the restore and then by the server's thread, never
+  // by this one meanwhile: a Fabric belongs to one thread at a time). The
+  // same backend and options as this target's own. Empty: post-copy is
+  // refused (kUnsupported).
+  std::function<Result<std::unique_ptr<transport::Fabric>>()> page_fabric = nullptr;
+  // Post-copy: pages per request of the background stream (at most 255),
+  // and stream requests kept in flight ahead of the server.
+  std::uint32_t stream_request_pages = 128;
+  std::uint32_t stream_requests_in_flight = 4;
+  // Post-copy: a page request unanswered this long fails the server (the
+  // process is killed).
+  std::chrono::milliseconds page_timeout{10000};
 };
 
 // The target side of one node: serves the protocol's requests on its
@@ -234,7 +315,11 @@ struct TargetOptions {
 // migration to the next, grown (reallocated) only when a Prepare needs more
 // than it has, and never shrunk: a node keeps the memory of its largest
 // migration. One migration at a time; a Prepare while one is under way is
-// refused with kResourceExhausted.
+// refused with kResourceExhausted. A post-copy whose process runs here is
+// no longer under way in that sense: its page server (a thread of its own,
+// with the page fabric) goes on while the next migration arrives.
+// Destroying the target kills the processes of unfinished post-copies
+// (they cannot run without their pages) and joins their servers.
 class MigrationTarget {
  public:
   static Result<std::unique_ptr<MigrationTarget>> Create(transport::Fabric& fabric,
@@ -243,11 +328,18 @@ class MigrationTarget {
   virtual ~MigrationTarget() = default;
 
   // Does the work queued by the handlers (a restore, which blocks until Go,
-  // abort or timeout, progressing the fabric). Call it on the fabric's
-  // thread after Progress, never from inside it. True if it did something.
+  // abort or timeout, progressing the fabric) and reaps the post-copy page
+  // servers that ended (their PagesDone was sent from the server's side,
+  // so a late reap delays nothing but on_post_copy_end). Call it on the
+  // fabric's thread after Progress, never from inside it. True if it did
+  // something.
   virtual bool RunPending() = 0;
-  // Whether RunPending has work (a daemon's loop stops sleeping).
+  // Whether RunPending has work (a daemon's loop stops sleeping). An ended
+  // post-copy server does not wake the fabric's event fd: a loop that
+  // sleeps on it should sleep with a timeout while post_copies() > 0.
   virtual bool HasPending() const = 0;
+  // Post-copies whose process runs here with pages still arriving.
+  virtual std::size_t post_copies() const = 0;
   // Progresses the fabric and runs pending work until `stop()` holds.
   virtual void Serve(const std::function<bool()>& stop) = 0;
 

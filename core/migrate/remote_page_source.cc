@@ -1,0 +1,270 @@
+#include "core/migrate/remote_page_source.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "roam/migrate/migration.h"
+
+namespace roam::migrate {
+namespace {
+
+constexpr std::uint32_t kAbsent = std::numeric_limits<std::uint32_t>::max();
+constexpr std::uint64_t kPage = ckpt::kPageSize;
+
+}  // namespace
+
+Result<std::unique_ptr<RemotePageSource>> RemotePageSource::Create(
+    std::unique_ptr<transport::Fabric> fabric, transport::ByteView source_address,
+    std::uint64_t migration_id, const std::vector<wire::Run>& extent, const Options& options) {
+  if (options.stream_pages == 0 || options.stream_pages > wire::kMaxPagesPerRequest ||
+      options.in_flight == 0 || options.fault_pages == 0 || options.fault_pages > 128 ||
+      (options.fault_pages & (options.fault_pages - 1)) != 0) {
+    return MakeError(Errc::kInvalidArgument,
+                     "remote pages: {} pages a stream request, {} in flight, {} a fault request",
+                     options.stream_pages, options.in_flight, options.fault_pages);
+  }
+  ROAM_ASSIGN_OR_RETURN(auto source, fabric->Connect(source_address));
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+  ranges.reserve(extent.size());
+  for (const wire::Run& r : extent) ranges.emplace_back(r.vaddr, r.vaddr + r.bytes);
+  return std::unique_ptr<RemotePageSource>(new RemotePageSource(
+      std::move(fabric), std::move(source), migration_id, std::move(ranges), options));
+}
+
+RemotePageSource::RemotePageSource(std::unique_ptr<transport::Fabric> fabric,
+                                   std::unique_ptr<transport::Endpoint> source,
+                                   std::uint64_t migration_id,
+                                   std::vector<std::pair<std::uint64_t, std::uint64_t>> extent,
+                                   const Options& options)
+    : fabric_(std::move(fabric)),
+      source_(std::move(source)),
+      migration_id_(migration_id),
+      extent_(std::move(extent)),
+      options_(options) {}
+
+RemotePageSource::~RemotePageSource() {
+  // Replies still in flight must not run into chunks of a dead object: the
+  // endpoint drops them with itself, before the fabric goes.
+  source_.reset();
+}
+
+std::size_t RemotePageSource::RangeOf(std::uint64_t vaddr) const {
+  auto it = std::upper_bound(extent_.begin(), extent_.end(), vaddr,
+                             [](std::uint64_t a, const auto& r) { return a < r.first; });
+  if (it == extent_.begin()) return extent_.size();
+  --it;
+  return vaddr < it->second ? static_cast<std::size_t>(it - extent_.begin()) : extent_.size();
+}
+
+RemotePageSource::Chunk* RemotePageSource::Find(std::uint64_t vaddr) {
+  auto it = chunks_.upper_bound(vaddr);
+  if (it == chunks_.begin()) return nullptr;
+  --it;
+  Chunk& c = *it->second;
+  return vaddr < c.start + std::uint64_t{c.pages} * kPage ? &c : nullptr;
+}
+
+Result<RemotePageSource::Chunk*> RemotePageSource::Ask(std::uint64_t start, std::uint32_t pages,
+                                                       bool stream) {
+  auto chunk = std::make_shared<Chunk>();
+  chunk->start = start;
+  chunk->pages = pages;
+  chunk->stream = stream;
+  const transport::Bytes payload = wire::Encode(wire::PageRequest{migration_id_, start, pages});
+  ROAM_TRY(source_->Request(
+      kTagPages, payload, options_.timeout, [this, chunk](Result<transport::Bytes> reply) {
+        if (chunk->stream) --stream_outstanding_;
+        if (!reply) {
+          chunk->failed = std::move(reply).error();
+          return;
+        }
+        auto decoded = wire::DecodePageReply(*reply);
+        if (decoded && (decoded->vaddr != chunk->start || decoded->pages != chunk->pages)) {
+          decoded = MakeError(Errc::kProtocol, "asked {} pages at {:#x}, got {} at {:#x}",
+                              chunk->pages, chunk->start, decoded->pages, decoded->vaddr);
+        }
+        if (!decoded) {
+          chunk->failed = std::move(decoded).error();
+          return;
+        }
+        chunk->offset.assign(chunk->pages, kAbsent);
+        std::uint32_t next = 0;
+        for (std::uint32_t i = 0; i < chunk->pages; ++i) {
+          if (decoded->Has(i)) chunk->offset[i] = next++;
+        }
+        chunk->data = std::move(decoded->data);
+        chunk->arrived = true;
+        counters_.bytes += chunk->data.size();
+        order_.push_back(chunk->start);
+      }));
+  ++counters_.requests;
+  if (stream) {
+    ++counters_.stream_requests;
+    ++stream_outstanding_;
+  }
+  Chunk* raw = chunk.get();
+  chunks_[start] = std::move(chunk);
+  return raw;
+}
+
+Status RemotePageSource::ReadAhead() {
+  std::uint64_t cursor = read_ahead_;
+  while (stream_outstanding_ < options_.in_flight) {
+    // The extent range at or after the cursor.
+    auto it = std::upper_bound(extent_.begin(), extent_.end(), cursor,
+                               [](std::uint64_t a, const auto& r) { return a < r.second; });
+    if (it == extent_.end()) break;
+    const std::uint64_t start = std::max(cursor, it->first);
+    if (Chunk* c = Find(start)) {
+      cursor = c->start + std::uint64_t{c->pages} * kPage;
+      continue;
+    }
+    std::uint64_t end = std::min(start + std::uint64_t{options_.stream_pages} * kPage, it->second);
+    if (auto next = chunks_.upper_bound(start); next != chunks_.end()) {
+      end = std::min(end, next->first);
+    }
+    ROAM_TRY(Ask(start, static_cast<std::uint32_t>((end - start) / kPage), true));
+    cursor = end;
+  }
+  read_ahead_ = cursor;
+  return Ok();
+}
+
+Status RemotePageSource::AwaitChunk(Chunk& chunk) {
+  if (chunk.arrived) return Ok();
+  if (!chunk.failed) return chunk.failed;
+  ++counters_.waits;
+  // The request's own timeout ends the wait; the slack only guards it.
+  Status waited = transport::ProgressUntil(
+      *fabric_, [&chunk] { return chunk.arrived || !chunk.failed; },
+      options_.timeout + std::chrono::seconds(1));
+  if (!chunk.failed) {
+    return chunk.failed.error().WithContext(
+        fmt::format("pages at {:#x} from the source", chunk.start));
+  }
+  if (!waited) return waited;
+  return Ok();
+}
+
+void RemotePageSource::Evict() {
+  while (order_.size() > options_.cached) {
+    const std::uint64_t start = order_.front();
+    order_.pop_front();
+    if (auto it = chunks_.find(start); it != chunks_.end() && it->second->arrived) {
+      chunks_.erase(it);
+    }
+  }
+}
+
+Result<bool> RemotePageSource::ReadPage(std::uint64_t vaddr, std::span<std::byte> out4k) {
+  if (out4k.size() != kPage || vaddr % kPage != 0) {
+    return MakeError(Errc::kInvalidArgument, "ReadPage needs an aligned page and a page buffer");
+  }
+  const std::size_t range = RangeOf(vaddr);
+  if (range == extent_.size()) return false;
+  Evict();
+  Chunk* chunk = Find(vaddr);
+  // In sequence: the server's stream (it skips pages a fault placed, hence
+  // the window), or a page of a chunk the stream asked for.
+  const bool sequential =
+      (chunk != nullptr && chunk->stream) ||
+      (vaddr > last_read_ && vaddr - last_read_ <= std::uint64_t{options_.stream_pages} * kPage);
+  last_read_ = vaddr;
+  if (chunk == nullptr) {
+    const auto [lo, hi] = extent_[range];
+    std::uint64_t start;
+    std::uint64_t end;
+    if (sequential) {
+      start = vaddr;
+      end = vaddr + std::uint64_t{options_.stream_pages} * kPage;
+    } else {
+      const std::uint64_t span = std::uint64_t{options_.fault_pages} * kPage;
+      start = vaddr / span * span;
+      end = start + span;
+    }
+    start = std::max(start, lo);
+    end = std::min(end, hi);
+    if (auto next = chunks_.upper_bound(vaddr); next != chunks_.end()) {
+      end = std::min(end, next->first);
+    }
+    if (auto prev = chunks_.upper_bound(vaddr); prev != chunks_.begin()) {
+      --prev;
+      start = std::max(start, prev->second->start + std::uint64_t{prev->second->pages} * kPage);
+    }
+    ROAM_ASSIGN_OR_RETURN(
+        chunk, Ask(start, static_cast<std::uint32_t>((end - start) / kPage), sequential));
+    if (sequential) read_ahead_ = std::max(read_ahead_, end);
+  }
+  if (sequential) {
+    read_ahead_ = std::max(read_ahead_, vaddr);
+    ROAM_TRY(ReadAhead());
+  }
+  // Keeps the chunk alive whatever eviction does meanwhile.
+  const std::shared_ptr<Chunk> held = chunks_[chunk->start];
+  ROAM_TRY(AwaitChunk(*held));
+  const std::uint32_t at = held->offset[(vaddr - held->start) / kPage];
+  if (at == kAbsent) return false;
+  std::memcpy(out4k.data(), held->data.data() + std::size_t{at} * kPage, kPage);
+  return true;
+}
+
+Status RemotePageSource::ForEach(const RunFn& fn) {
+  std::deque<std::shared_ptr<Chunk>> pending;
+  std::size_t range = 0;
+  std::uint64_t cursor = extent_.empty() ? 0 : extent_[0].first;
+  const auto ask_more = [&]() -> Status {
+    while (pending.size() < options_.in_flight && range < extent_.size()) {
+      const auto [lo, hi] = extent_[range];
+      cursor = std::max(cursor, lo);
+      const std::uint64_t end =
+          std::min(cursor + std::uint64_t{wire::kMaxPagesPerRequest} * kPage, hi);
+      auto it = chunks_.find(cursor);
+      if (it != chunks_.end()) chunks_.erase(it);  // a stale chunk of ReadPage's
+      ROAM_ASSIGN_OR_RETURN(Chunk * c,
+                            Ask(cursor, static_cast<std::uint32_t>((end - cursor) / kPage), false));
+      pending.push_back(chunks_[c->start]);
+      chunks_.erase(c->start);  // not cached: read once, in order
+      cursor = end;
+      if (cursor == hi) ++range;
+    }
+    return Ok();
+  };
+  ROAM_TRY(ask_more());
+  while (!pending.empty()) {
+    std::shared_ptr<Chunk> c = std::move(pending.front());
+    pending.pop_front();
+    ROAM_TRY(AwaitChunk(*c));
+    ROAM_TRY(ask_more());
+    for (std::uint32_t i = 0; i < c->pages;) {
+      if (c->offset[i] == kAbsent) {
+        ++i;
+        continue;
+      }
+      std::uint32_t j = i;
+      while (j < c->pages && c->offset[j] != kAbsent) ++j;
+      // Present pages are consecutive in `data`.
+      ROAM_TRY(fn(c->start + std::uint64_t{i} * kPage,
+                  std::span(reinterpret_cast<const std::byte*>(c->data.data()) +
+                                std::size_t{c->offset[i]} * kPage,
+                            std::size_t{j - i} * kPage)));
+      i = j;
+    }
+  }
+  order_.clear();
+  return Ok();
+}
+
+Status RemotePageSource::SendDone(const wire::PagesDone& done) {
+  ROAM_ASSIGN_OR_RETURN(const transport::Bytes reply,
+                        transport::RequestBlocking(*fabric_, *source_, kTagPagesDone,
+                                                   wire::Encode(done), options_.timeout));
+  ROAM_ASSIGN_OR_RETURN(const wire::PhaseReply phase, wire::DecodePhase(reply));
+  if (phase.phase != wire::Phase::kMoved) {
+    return MakeError(Errc::kProtocol, "source answered pages-done with {}",
+                     wire::PhaseName(phase.phase));
+  }
+  return Ok();
+}
+
+}  // namespace roam::migrate
