@@ -190,7 +190,7 @@ struct PostCopyServing {
     }
     ++requests;
     bytes += reply.data.size();
-    return wire::Encode(reply);
+    return wire::Encode(std::move(reply));
   }
 };
 

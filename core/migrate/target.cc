@@ -14,7 +14,9 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <optional>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -38,6 +40,14 @@ using transport::ByteView;
 
 ByteView View(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+}
+
+// A named fault-injection point (source.cc has the same): true when
+// $ROAM_FAULT names it. "migrate-target-no-done": the PagesDone of a
+// post-copy is never sent, as when this node dies with the process.
+bool FaultInjected(std::string_view point) {
+  const char* fault = std::getenv("ROAM_FAULT");
+  return fault != nullptr && point == fault;
 }
 
 enum class State { kPrepared, kCommitted, kRestoring, kReady, kGo, kAborted };
@@ -336,7 +346,7 @@ void TargetImpl::StartPostCopy(const Running& running, std::shared_ptr<ckpt::Laz
     }
     // Best effort: a source that cannot be told drops its copy when its
     // post_copy_timeout ends, or when it notices this node is gone.
-    (void)raw->remote->SendDone(done);
+    if (!FaultInjected("migrate-target-no-done")) (void)raw->remote->SendDone(done);
     raw->remote.reset();  // the page fabric, on the thread that used it last
     raw->ended.store(true, std::memory_order_release);
   });

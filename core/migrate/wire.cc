@@ -145,13 +145,13 @@ Bytes Encode(const PageRequest& m) {
   return Serialize(p);
 }
 
-Bytes Encode(const PageReply& m) {
+Bytes Encode(PageReply m) {
   pb::PageReply p;
   p.set_version(kPostCopyVersion);
   p.set_vaddr(m.vaddr);
   p.set_pages(m.pages);
-  p.set_present(m.present);
-  p.set_data(m.data);
+  p.set_present(std::move(m.present));
+  p.set_data(std::move(m.data));
   return Serialize(p);
 }
 

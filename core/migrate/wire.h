@@ -120,7 +120,7 @@ Bytes Encode(const Prepared& m);
 Bytes Encode(const Commit& m);
 Bytes Encode(const Query& m);
 Bytes Encode(const PageRequest& m);
-Bytes Encode(const PageReply& m);
+Bytes Encode(PageReply m);  // by value: the page bytes move, not copy
 Bytes Encode(const PagesDone& m);
 Bytes EncodePhase(Phase phase, std::int64_t pid = 0);
 
