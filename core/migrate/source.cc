@@ -323,8 +323,9 @@ Status SourceImpl::WaitReady(transport::Endpoint& target, const MigrateOptions& 
                        wire::PhaseName(status.phase));
     }
     // Queued but not started: the next answer comes after the restore.
-    (void)transport::ProgressUntil(
-        fabric_, [] { return false; }, std::chrono::milliseconds(1));
+    // Meanwhile page requests are served.
+    const Clock::time_point until = Clock::now() + std::chrono::microseconds(200);
+    while (Clock::now() < until) fabric_.Progress();
   }
 }
 

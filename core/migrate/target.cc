@@ -206,7 +206,7 @@ Result<Bytes> TargetImpl::OnCommit(const transport::Message& m) {
   if (mig->state != State::kPrepared) {
     return MakeError(Errc::kProtocol, "migration {}: commit twice", c.migration_id);
   }
-  const bool post_copy = current_->arrival.mode == MigrationMode::kPostCopy;
+  const bool post_copy = mig->arrival.mode == MigrationMode::kPostCopy;
   if (c.post_copy != post_copy) {
     return MakeError(Errc::kProtocol, "migration {}: prepared {}post-copy, committed {}",
                      c.migration_id, post_copy ? "" : "not ", c.post_copy ? "post-copy" : "not");
