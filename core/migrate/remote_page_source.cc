@@ -163,6 +163,10 @@ Result<bool> RemotePageSource::ReadPage(std::uint64_t vaddr, std::span<std::byte
   }
   const std::size_t range = RangeOf(vaddr);
   if (range == extent_.size()) return false;
+  // Over UCX tcp a large reply moves (rendezvous) only while this end
+  // progresses: the replies in flight move on while the server copies
+  // pages in, not only when a read misses.
+  if (stream_outstanding_ > 0) (void)fabric_->Progress();
   Evict();
   Chunk* chunk = Find(vaddr);
   // In sequence: the server's stream (it skips pages a fault placed, hence
