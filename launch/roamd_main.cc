@@ -72,8 +72,14 @@ roam::Status Serve(const Flags& flags) {
   node_options.guest_cgroup = flags.guest_cgroup;
   node_options.cpus =
       flags.cpus > 0 ? flags.cpus : static_cast<double>(sysconf(_SC_NPROCESSORS_ONLN));
-  ROAM_ASSIGN_OR_RETURN(auto node,
-                        daemon::Node::Start(*loop, *peers, std::move(data), node_options));
+  // Each incoming post-copy fetches its pages on a fabric of its own.
+  auto page_fabric = [name = flags.name]() {
+    transport::FabricOptions options;
+    options.name = name + ".pages";
+    return transport::OpenFabric("ucx", options);
+  };
+  ROAM_ASSIGN_OR_RETURN(
+      auto node, daemon::Node::Start(*loop, *peers, std::move(data), page_fabric, node_options));
   node_ptr = node.get();
 
   auto stop = [&](const signalfd_siginfo&) {

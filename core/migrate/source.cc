@@ -513,18 +513,19 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
   capture_options.leave_running = false;
   if (pre_copy) {
     for (int round = 0; round < std::max(options.max_rounds, 1); ++round) {
-      // Rounds append what changed to the staging: another round only
-      // while it and the final pass (at worst all of the process again)
-      // still fit; a process that rewrites its memory faster than it
-      // moves ends its rounds early rather than fail.
-      if (round > 0) {
-        auto now = AnonymousBytes(pid);
-        if (!now || sink.bytes_sent() + 2 * *now + options.headroom_bytes > prepared.capacity) {
-          break;
-        }
+      // Rounds append what changed to the staging (sized at Prepare for
+      // twice the process). A round is sent only while it and a final pass
+      // of about twice its size still fit: a process that rewrites its
+      // memory faster than it moves (xz) ends its rounds early instead of
+      // running the staging dry. A final pass that still does not fit fails
+      // the move, and the process runs on where it was.
+      ROAM_ASSIGN_OR_RETURN(const ckpt::PreCopy::Round copied, tracking->CopyRound());
+      const std::uint64_t round_bytes = copied.pages_read * ckpt::kPageSize;
+      if (round > 0 &&
+          sink.bytes_sent() + 3 * round_bytes + options.headroom_bytes > prepared.capacity) {
+        break;
       }
       sink.StartPass(PutPageSink::Pass::kRound);
-      ROAM_ASSIGN_OR_RETURN(const ckpt::PreCopy::Round copied, tracking->CopyRound());
       // PageStore::ForEach only reads (PageSource's interface is not const).
       auto& store = const_cast<ckpt::PageStore&>(tracking->store());
       ROAM_TRY(store.ForEach([&](std::uint64_t vaddr, std::span<const std::byte> pages) {

@@ -46,9 +46,10 @@ Migrator::Migrator(EventLoop& loop, std::unique_ptr<transport::Fabric> fabric,
       wake_thread_(std::move(wake_thread)),
       wake_loop_(std::move(wake_loop)) {}
 
-Result<std::unique_ptr<Migrator>> Migrator::Start(EventLoop& loop,
-                                                  std::unique_ptr<transport::Fabric> fabric,
-                                                  std::string guest_cgroup, Callbacks callbacks) {
+Result<std::unique_ptr<Migrator>> Migrator::Start(
+    EventLoop& loop, std::unique_ptr<transport::Fabric> fabric,
+    std::function<Result<std::unique_ptr<transport::Fabric>>()> page_fabric,
+    std::string guest_cgroup, Callbacks callbacks) {
   UniqueFd wake_thread(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   UniqueFd wake_loop(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake_thread.valid() || !wake_loop.valid()) return ErrnoError(errno, "eventfd");
@@ -84,8 +85,17 @@ Result<std::unique_ptr<Migrator>> Migrator::Start(EventLoop& loop,
                  self->fabric_->name().c_str(), static_cast<unsigned long long>(a.migration_id),
                  e.ToString().c_str());
   };
+  target.on_post_copy_end = [self](const migrate::Running& running, const Status& result) {
+    if (!result) {
+      // The page server ended the process (its pages could not all come);
+      // the daemon sees it exit and reports that home.
+      std::fprintf(stderr, "roamd %s: post-copy of pid %d failed: %s\n",
+                   self->fabric_->name().c_str(), running.pid, result.error().ToString().c_str());
+    }
+  };
   migrate::TargetOptions target_options;
   target_options.initial_staging_bytes = std::size_t{32} << 20;
+  target_options.page_fabric = std::move(page_fabric);
   ROAM_ASSIGN_OR_RETURN(m->target_,
                         migrate::MigrationTarget::Create(*m->fabric_, target, target_options));
   ROAM_ASSIGN_OR_RETURN(

@@ -77,9 +77,12 @@ class Migrator final {
     std::function<Status(const std::string& guest, pid_t pid)> verify;
   };
 
-  static Result<std::unique_ptr<Migrator>> Start(EventLoop& loop,
-                                                 std::unique_ptr<transport::Fabric> fabric,
-                                                 std::string guest_cgroup, Callbacks callbacks);
+  // `page_fabric` opens the fabric an incoming post-copy fetches its pages
+  // on (one per move, used by the page server's thread).
+  static Result<std::unique_ptr<Migrator>> Start(
+      EventLoop& loop, std::unique_ptr<transport::Fabric> fabric,
+      std::function<Result<std::unique_ptr<transport::Fabric>>()> page_fabric,
+      std::string guest_cgroup, Callbacks callbacks);
   ~Migrator();
   Migrator(const Migrator&) = delete;
   Migrator& operator=(const Migrator&) = delete;

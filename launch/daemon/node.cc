@@ -228,9 +228,10 @@ Node::~Node() {
   (void)loop_.CancelTimer(load_timer_);
 }
 
-Result<std::unique_ptr<Node>> Node::Start(EventLoop& loop, PoolPeers& peers,
-                                          std::unique_ptr<transport::Fabric> data,
-                                          const NodeOptions& options) {
+Result<std::unique_ptr<Node>> Node::Start(
+    EventLoop& loop, PoolPeers& peers, std::unique_ptr<transport::Fabric> data,
+    std::function<Result<std::unique_ptr<transport::Fabric>>()> page_fabric,
+    const NodeOptions& options) {
   ROAM_ASSIGN_OR_RETURN(UniqueFd listen_fd, ListenControlSocket(options.socket));
   std::unique_ptr<Node> node(new Node(loop, peers, options, std::move(listen_fd)));
   Node* self = node.get();
@@ -270,9 +271,9 @@ Result<std::unique_ptr<Node>> Node::Start(EventLoop& loop, PoolPeers& peers,
     ROAM_ASSIGN_OR_RETURN(const peer::MovingGuest moving, OpenMovingGuest(peers.key(), guest));
     return CheckCredentials(pid, moving.uid(), moving.gid());
   };
-  ROAM_ASSIGN_OR_RETURN(
-      node->migrator_,
-      Migrator::Start(loop, std::move(data), options.guest_cgroup, std::move(callbacks)));
+  ROAM_ASSIGN_OR_RETURN(node->migrator_,
+                        Migrator::Start(loop, std::move(data), std::move(page_fabric),
+                                        options.guest_cgroup, std::move(callbacks)));
   ROAM_ASSIGN_OR_RETURN(
       node->listen_watch_,
       loop.Watch(node->listen_fd_.get(), EPOLLIN, [self](std::uint32_t) { self->OnAccept(); }));
@@ -1095,11 +1096,7 @@ Result<std::optional<control::Reply>> Node::StartMigration(Deputy& deputy,
                                                            const control::Migrate& migrate,
                                                            std::uint64_t sid) {
   const std::string mode = migrate.mode().empty() ? "stop-copy" : migrate.mode();
-  if (mode == "post-copy") {
-    return MakeError(Errc::kUnsupported,
-                     "post-copy between nodes is not implemented yet; use stop-copy or pre-copy");
-  }
-  if (mode != "stop-copy" && mode != "pre-copy") {
+  if (mode != "stop-copy" && mode != "pre-copy" && mode != "post-copy") {
     return MakeError(Errc::kInvalidArgument, "no migration mode '{}'", mode);
   }
   if (peers_.Find(migrate.to()) == nullptr) {
@@ -1216,8 +1213,9 @@ Status Node::MigrateGuestAway(const std::string& home, const peer::MigrateGuest&
   job.target_address = target->data;
   job.migration_id = moving.migration_id();
   job.guest = std::move(sealed);
-  job.mode = request.mode() == "pre-copy" ? migrate::MigrationMode::kPreCopy
-                                          : migrate::MigrationMode::kStopCopy;
+  job.mode = request.mode() == "pre-copy"    ? migrate::MigrationMode::kPreCopy
+             : request.mode() == "post-copy" ? migrate::MigrationMode::kPostCopy
+                                             : migrate::MigrationMode::kStopCopy;
   g->done.set_mode(request.mode());
   migrator_->Submit(std::move(job));
   return Ok();
@@ -1271,14 +1269,25 @@ void Node::HandOver(Guest& guest) {
   m.mutable_guest_stdin_carry()->set_id(guest.id);
   m.mutable_guest_stdin_carry()->set_data(std::move(carry));
   m.mutable_guest_stdin_carry()->set_close(guest.stdin_close_requested);
-  const std::string id = guest.id;
-  const std::string to = guest.done.node();
-  peers_.Send(to, m, [this, id](Result<peer::Reply> r) {
+  CarryStdin(guest.id, std::move(m), 0);
+}
+
+void Node::CarryStdin(const std::string& id, peer::Message carry, int tries) {
+  Guest* guest = FindGuest(id);
+  if (guest == nullptr) return;
+  peers_.Send(guest->done.node(), carry, [this, id, carry, tries](Result<peer::Reply> r) {
     Guest* g = FindGuest(id);
     if (g == nullptr) return;
-    if (!r) {
+    // Busy: the new node's loop has not adopted the process yet (its
+    // migration thread reports it through the loop); again shortly.
+    if (r && r->busy() && tries < 100) {
+      (void)loop_.AddTimer(kBusyRetry, std::chrono::milliseconds(0),
+                           [this, id, carry, tries] { CarryStdin(id, carry, tries + 1); });
+      return;
+    }
+    if (!r || r->busy()) {
       std::fprintf(stderr, "roamd %s: stdin of %s could not follow it: %s\n", peers_.self().c_str(),
-                   id.c_str(), r.error().ToString().c_str());
+                   id.c_str(), r ? "its new node never adopted it" : r.error().ToString().c_str());
     }
     peer::Message done;
     *done.mutable_migration_done() = g->done;
@@ -1478,8 +1487,13 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
     case peer::Message::kGuestStdinCarry: {
       const auto& carry = message.guest_stdin_carry();
       Guest* g = FindGuest(carry.id());
-      if (g == nullptr || g->source != sender) {
-        return MakeError(Errc::kNotFound, "no process {} on {}", carry.id(), peers_.self());
+      if (g == nullptr) {
+        reply.set_busy(true);  // not adopted yet: its arrival is on its way through the loop
+        return reply;
+      }
+      if (g->source != sender) {
+        return MakeError(Errc::kPermissionDenied, "stdin of {} may come only from {}", carry.id(),
+                         g->source);
       }
       // Older than anything the home sends from now on: in front.
       g->stdin_queue.insert(0, carry.data());

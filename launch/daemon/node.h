@@ -57,9 +57,10 @@ class Node final {
   // Listens on the control socket, starts serving `peers`' messages and
   // starts the migration thread on `data` (the fabric whose address the
   // pool published as this node's data address).
-  static Result<std::unique_ptr<Node>> Start(EventLoop& loop, PoolPeers& peers,
-                                             std::unique_ptr<transport::Fabric> data,
-                                             const NodeOptions& options);
+  static Result<std::unique_ptr<Node>> Start(
+      EventLoop& loop, PoolPeers& peers, std::unique_ptr<transport::Fabric> data,
+      std::function<Result<std::unique_ptr<transport::Fabric>>()> page_fabric,
+      const NodeOptions& options);
   ~Node();
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
@@ -130,6 +131,7 @@ class Node final {
   Status MigrateGuestAway(const std::string& home, const peer::MigrateGuest& request);
   void OnMigrationOutcome(MigrationOutcome outcome);
   void HandOver(Guest& guest);
+  void CarryStdin(const std::string& id, peer::Message carry, int tries);
   void OnArrival(Arrival arrival);
   void WatchGuest(Guest& guest);
 

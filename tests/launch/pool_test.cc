@@ -288,21 +288,27 @@ std::string CounterOutput() {
   return out;
 }
 
-TEST_F(PoolTest, MigratesARunningProgramAndItsOutputIsUnchanged) {
-  const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kCounter, "counter");
-  const auto p = WaitForProcess(0);
-  const std::string id = p["id"];
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  const auto moved = Roam(0, "migrate " + id + " --to n3");
-  ASSERT_EQ(moved.exit_code, 0) << moved.err;
-  EXPECT_NE(moved.out.find("moved " + id + " from n2 to n3"), std::string::npos) << moved.out;
-  const auto now = Ps(0);
-  ASSERT_EQ(now.size(), 1u);
-  EXPECT_EQ(now[0]["node"], "n3");
-  EXPECT_EQ(now[0]["migrations"], 1);
-  EXPECT_EQ(now[0]["pid"], p["pid"]) << "same pid in its namespace after the move";
-  EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "counter.err");
-  EXPECT_EQ(ReadFile(dir_.path() / "counter.out"), CounterOutput());
+TEST_F(PoolTest, MigratesARunningProgramInEveryModeAndItsOutputIsUnchanged) {
+  for (const std::string mode : {"stop-copy", "pre-copy", "post-copy"}) {
+    SCOPED_TRACE(mode);
+    const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kCounter, "counter");
+    const auto p = WaitForProcess(0);
+    const std::string id = p["id"];
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    const auto moved = Roam(0, "migrate " + id + " --to n3 --mode " + mode + " --json");
+    ASSERT_EQ(moved.exit_code, 0) << moved.err;
+    const auto figures = nlohmann::json::parse(moved.out, nullptr, false);
+    EXPECT_EQ(figures["mode"], mode) << moved.out;
+    EXPECT_EQ(figures["from"], "n2");
+    EXPECT_EQ(figures["to"], "n3");
+    const auto now = Ps(0);
+    ASSERT_EQ(now.size(), 1u);
+    EXPECT_EQ(now[0]["node"], "n3");
+    EXPECT_EQ(now[0]["migrations"], 1);
+    EXPECT_EQ(now[0]["pid"], p["pid"]) << "same pid in its namespace after the move";
+    EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "counter.err");
+    EXPECT_EQ(ReadFile(dir_.path() / "counter.out"), CounterOutput());
+  }
 }
 
 TEST_F(PoolTest, MovesTwiceAndBackHomeWithStdinUnreadFollowing) {
