@@ -1243,7 +1243,7 @@ void Node::OnMigrationOutcome(MigrationOutcome outcome) {
   g->done.set_pid(g->ns_pid);  // kept: restored in a pid namespace of its own
   g->done.set_downtime_ns(report.downtime_ns);
   g->done.set_total_ns(report.total_ns);
-  g->done.set_bytes(report.bytes_sent);
+  g->done.set_bytes(report.bytes_sent + report.bytes_served);  // put, or served (post-copy)
   g->done.set_restore_ns(report.restore_ns);
   g->done.set_bytes_frozen(report.bytes_sent_frozen);
   g->done.set_rounds(report.rounds);
