@@ -49,6 +49,29 @@ ByteView View(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
 
+// The size of the process's private writable mappings that no file backs
+// (heap, stacks, anonymous mmaps): what its anonymous memory may grow to
+// without mapping more. 0 if the maps cannot be read.
+std::uint64_t AnonymousMapped(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/maps");
+  std::uint64_t total = 0;
+  for (std::string line; std::getline(in, line);) {
+    std::uint64_t start = 0;
+    std::uint64_t end = 0;
+    char perms[5] = {};
+    std::uint64_t inode = 0;
+    int path_at = 0;
+    if (std::sscanf(line.c_str(), "%" SCNx64 "-%" SCNx64 " %4s %*s %*s %" SCNu64 " %n", &start,
+                    &end, perms, &inode, &path_at) < 4) {
+      continue;
+    }
+    const std::string path = path_at > 0 ? line.substr(static_cast<std::size_t>(path_at)) : "";
+    const bool anonymous = inode == 0 && (path.empty() || path == "[heap]" || path == "[stack]");
+    if (anonymous && perms[1] == 'w' && perms[3] == 'p') total += end - start;
+  }
+  return total;
+}
+
 // The process's anonymous resident memory (RssAnon), what a capture puts at
 // most, zero pages apart (copied-on-write file pages count as anonymous).
 Result<std::uint64_t> AnonymousBytes(pid_t pid) {
@@ -468,7 +491,12 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
   ROAM_ASSIGN_OR_RETURN(const Bytes address, fabric_.Address());
 
   // 1. Prepare: the target accepts (or refuses) and sizes its staging.
-  wire::Prepare prepare{id, anonymous * (pre_copy ? 2 : 1) + options.headroom_bytes, options.guest,
+  // Pre-copy lets the process run (and grow) for its rounds: its staging
+  // is sized for twice what it may grow to within its mappings (at most
+  // four times what it holds now), a stop-copy's for what it holds.
+  const std::uint64_t room =
+      pre_copy ? 2 * std::max(anonymous, std::min(AnonymousMapped(pid), 4 * anonymous)) : anonymous;
+  wire::Prepare prepare{id, room + options.headroom_bytes, options.guest,
                         std::string(reinterpret_cast<const char*>(address.data()), address.size())};
   ROAM_ASSIGN_OR_RETURN(const Bytes prepared_bytes,
                         transport::RequestBlocking(fabric_, target, kTagPrepare,

@@ -514,7 +514,12 @@ void Node::HandleRun(std::uint64_t sid, const control::Run& run) {
     rlimit real{};
     if (prlimit(session.who.pid, static_cast<__rlimit_resource>(l.resource()), nullptr, &real) !=
         0) {
-      continue;  // the caller is gone or the limit unknown: the guest keeps the spawner's
+      const int err = errno;
+      deputies_.erase(id);
+      session.run_id.clear();
+      SendError(sid, ErrnoError(err, "cannot read resource limit {} of the caller (pid {})",
+                                l.resource(), session.who.pid));
+      return;
     }
     l.set_max(std::min<std::uint64_t>(l.max(), real.rlim_max));
     l.set_cur(std::min<std::uint64_t>(l.cur(), l.max()));
@@ -1137,7 +1142,6 @@ void Node::FinishMigration(const std::string& sender, const peer::MigrationDone&
   if (d == nullptr || d->node != sender || d->state != "migrating") return;
   const std::string from = d->node;
   d->state = "running";
-  const std::string to = d->migrate_to;
   d->migrate_to.clear();
   const std::uint64_t sid = std::exchange(d->migrate_sid, 0);
   control::Reply reply;
@@ -1172,7 +1176,6 @@ void Node::FinishMigration(const std::string& sender, const peer::MigrationDone&
   } else {
     ToWire(FromWire(done.error()).WithContext(fmt::format("{} stays on {}", d->id, from)),
            reply.mutable_error());
-    (void)to;
   }
   if (sid != 0) Send(sid, std::move(reply));
   // What waited for the move goes to wherever the process runs now.
