@@ -65,6 +65,32 @@ pid_t NsPid(pid_t pid) {
   return -1;
 }
 
+// The hard resource limits of a process, by RLIMIT_* number, from
+// /proc/PID/limits (prlimit(2) on another user's process needs
+// CAP_SYS_RESOURCE even to read; the file does not). Its lines come in
+// resource order, in fixed-width columns: name 26, soft 21, hard 21.
+Result<std::vector<std::uint64_t>> CallerLimits(pid_t pid) {
+  const std::string path = fmt::format("/proc/{}/limits", pid);
+  std::ifstream in(path);
+  std::string line;
+  if (!std::getline(in, line)) {
+    return MakeError(Errc::kUnavailable, "cannot read the caller's limits ({})", path);
+  }
+  std::vector<std::uint64_t> hard;
+  while (std::getline(in, line)) {
+    if (line.size() < 68) break;
+    std::istringstream field(line.substr(47, 21));
+    std::string value;
+    field >> value;
+    hard.push_back(value == "unlimited" ? RLIM_INFINITY
+                                        : std::strtoull(value.c_str(), nullptr, 10));
+  }
+  if (hard.size() < RLIMIT_NLIMITS) {
+    return MakeError(Errc::kUnavailable, "cannot read the caller's limits ({})", path);
+  }
+  return hard;
+}
+
 // Whether the process still has its fd 0 (the stdin pipe) open.
 bool ReadsStdin(pid_t pid) {
   struct stat st {};
@@ -510,18 +536,16 @@ void Node::HandleRun(std::uint64_t sid, const control::Run& run) {
   // The limits are the caller's claim: none may exceed what the kernel
   // says the caller's own process has (a hard limit is raised only with
   // privilege, which the daemon has and the caller may not).
+  auto real = CallerLimits(session.who.pid);
+  if (!real) {
+    deputies_.erase(id);
+    session.run_id.clear();
+    SendError(sid, real.error());
+    return;
+  }
   for (auto& l : *start->mutable_run()->mutable_limits()) {
-    rlimit real{};
-    if (prlimit(session.who.pid, static_cast<__rlimit_resource>(l.resource()), nullptr, &real) !=
-        0) {
-      const int err = errno;
-      deputies_.erase(id);
-      session.run_id.clear();
-      SendError(sid, ErrnoError(err, "cannot read resource limit {} of the caller (pid {})",
-                                l.resource(), session.who.pid));
-      return;
-    }
-    l.set_max(std::min<std::uint64_t>(l.max(), real.rlim_max));
+    if (l.resource() < 0 || static_cast<std::size_t>(l.resource()) >= real->size()) continue;
+    l.set_max(std::min<std::uint64_t>(l.max(), (*real)[static_cast<std::size_t>(l.resource())]));
     l.set_cur(std::min<std::uint64_t>(l.cur(), l.max()));
   }
   peers_.Send(node, m, [this, id, node](Result<peer::Reply> reply) {

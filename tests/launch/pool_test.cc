@@ -184,6 +184,18 @@ TEST_F(PoolTest, RunsAtHomeAndRemotelyWithOutputAndExitCode) {
   }
 }
 
+TEST_F(PoolTest, TheCallersLimitsUmaskAndDirectoryGoAlong) {
+  // Lowered in the calling shell: the remote process has the same, and
+  // cannot have more than the caller's hard limit whatever roam sends.
+  const auto r = RunCommand({"/bin/bash", "-c",
+                             "exec 251>&-; cd " + dir_.path().string() +
+                                 " && ulimit -Sn 123 && ulimit -Hn 300 && " +
+                                 "umask 027 && ROAM_SOCKET=" + Socket(0) + " " + Bin("roam") +
+                                 " run --node n3 -- sh -c 'ulimit -Sn; ulimit -Hn; umask; pwd'"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "123\n300\n0027\n" + dir_.path().string() + "\n");
+}
+
 TEST_F(PoolTest, RemoteProcessRunsInTheTargetNodesNetwork) {
   // The guest runs in n2's network namespace: its eth0 has n2's address.
   const auto r = Roam(0, "run --node n2 -- ip -4 -o addr show dev eth0");
