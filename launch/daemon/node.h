@@ -13,6 +13,10 @@
 //     ps`. A deputy checks every second that its process's node still
 //     knows it; a node that stops answering makes the process "lost", which
 //     ends its session with a clear message and exit status 255.
+//   - Moves: a guest is moved by the migration thread (migrator.h); the
+//     home holds its stdin and signals meanwhile, the old node hands over
+//     its output and unread stdin, and a failed move leaves it where it
+//     ran (docs/migration.md, "In the pool").
 //
 // Thread-safety: one thread, the loop's. Lifetime: the loop, fabrics and
 // pool must outlive the node (roamd_main.cc owns them in that order).
