@@ -303,6 +303,26 @@ class MigrationTest : public ::testing::Test {
   std::unique_ptr<MigrationSource> source_;
 };
 
+// The self-checking workload at its new place, on the stdio pipes it got
+// there: it reads one more line of stdin, checks its memory, says so on
+// its new stdout and exits, and its namespace's init after it.
+void ExpectItFinishesIntact(Pipe& in2, Pipe& out2, Child& copy, Child& init) {
+  in2.CloseRead();
+  out2.CloseWrite();
+  ASSERT_EQ(write(in2.fd[1], "go on\n", 6), 6);
+  std::string output;
+  for (std::string line = ReadLine(out2.fd[0]); line != "<eof>" && line != "<timeout>";
+       line = ReadLine(out2.fd[0])) {
+    output += line + "\n";
+  }
+  EXPECT_NE(output.find("data ABCDEFGH\n"), std::string::npos) << output;
+  EXPECT_NE(output.find("stdin go on\n"), std::string::npos) << output;
+  EXPECT_NE(output.find("ok after"), std::string::npos) << output;
+  EXPECT_EQ(output.find("broken"), std::string::npos) << output;
+  EXPECT_EQ(copy.Wait(), 0);
+  EXPECT_EQ(init.Wait(), 0);
+}
+
 TEST_F(MigrationTest, WorkloadRunsOnAtTheTargetWithItsNewStdio) {
   Workload w;
   ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
@@ -399,20 +419,7 @@ TEST_F(MigrationTest, SixtyFourMebibytesArriveIntact) {
   Child copy;
   init.pid = running->init_pid;
   copy.pid = running->pid;
-  in2.CloseRead();
-  out2.CloseWrite();
-  ASSERT_EQ(write(in2.fd[1], "go on\n", 6), 6);
-  std::string output;
-  for (std::string line = ReadLine(out2.fd[0]); line != "<eof>" && line != "<timeout>";
-       line = ReadLine(out2.fd[0])) {
-    output += line + "\n";
-  }
-  EXPECT_NE(output.find("data ABCDEFGH\n"), std::string::npos) << output;
-  EXPECT_NE(output.find("stdin go on\n"), std::string::npos) << output;
-  EXPECT_NE(output.find("ok after"), std::string::npos) << output;
-  EXPECT_EQ(output.find("broken"), std::string::npos) << output;
-  EXPECT_EQ(copy.Wait(), 0);
-  EXPECT_EQ(init.Wait(), 0);
+  ExpectItFinishesIntact(in2, out2, copy, init);
 }
 
 TEST_F(MigrationTest, RefusalLeavesTheProcessRunningAtTheSource) {
@@ -757,20 +764,7 @@ TEST_F(MigrationTest, PostCopyWorkloadRunsAtTheTargetBeforeItsPagesArrived) {
   auto ended = node.WaitPostCopyEnd(1);
   ASSERT_TRUE(ended.has_value());
   EXPECT_TRUE(ended->has_value()) << ended->error().ToString();
-  in2.CloseRead();
-  out2.CloseWrite();
-  ASSERT_EQ(write(in2.fd[1], "go on\n", 6), 6);
-  std::string output;
-  for (std::string line = ReadLine(out2.fd[0]); line != "<eof>" && line != "<timeout>";
-       line = ReadLine(out2.fd[0])) {
-    output += line + "\n";
-  }
-  EXPECT_NE(output.find("data ABCDEFGH\n"), std::string::npos) << output;
-  EXPECT_NE(output.find("stdin go on\n"), std::string::npos) << output;
-  EXPECT_NE(output.find("ok after"), std::string::npos) << output;
-  EXPECT_EQ(output.find("broken"), std::string::npos) << output;
-  EXPECT_EQ(copy.Wait(), 0);
-  EXPECT_EQ(init.Wait(), 0);
+  ExpectItFinishesIntact(in2, out2, copy, init);
 }
 
 // A target that refuses a post-copy (or fails its restore before Go, after
