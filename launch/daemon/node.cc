@@ -182,7 +182,6 @@ struct Node::Deputy {
   double cpu_seconds = 0;
   int missed_heartbeats = 0;
   bool stdin_in_flight = false;
-  std::string note;
   std::string migrate_to;         // while migrating
   std::uint64_t migrate_sid = 0;  // the session waiting for the move; 0: none
   // While it moves, stdin and signals wait here and go to wherever it runs
@@ -641,7 +640,6 @@ void Node::ProcessInfoOf(const Deputy& deputy, control::ProcessInfo* out) const 
   out->set_cpu_seconds(deputy.cpu_seconds);
   out->set_migrations(deputy.migrations);
   out->set_pid(deputy.pid);
-  out->set_note(deputy.note);
 }
 
 void Node::HandlePs(std::uint64_t sid, const control::Ps& ps) {

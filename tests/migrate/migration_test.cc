@@ -240,6 +240,17 @@ class MigrationTest : public ::testing::Test {
     posix_spawn_file_actions_destroy(&actions);
   }
 
+  // The 64 MiB self-checking workload (tests/ckpt workloads), reading a
+  // data file it holds open, started and past its first report.
+  static void StartSelfCheck(const testing::TempDir& dir, Pipe& in, Pipe& out, Child& original) {
+    const auto data = dir.path() / "data";
+    std::ofstream(data) << "ABCDEFGHIJ";
+    const std::string bin = (testing::BuildDir() / "tests" / "ckpt_workload").string();
+    ASSERT_NO_FATAL_FAILURE(Spawn({bin, "1.5", data.string()}, original, in.fd[0], out.fd[1]));
+    ASSERT_EQ(ReadLine(out.fd[0]).rfind("ready", 0), 0u);
+    std::this_thread::sleep_for(200ms);
+  }
+
   static void StartPrecopy(Workload& w) {
     const std::string bin = (testing::BuildDir() / "tests" / "ckpt_precopy").string();
     ASSERT_NO_FATAL_FAILURE(Spawn({bin}, w.child, w.in.fd[0], w.out.fd[1]));
@@ -386,15 +397,10 @@ TEST_F(MigrationTest, WorkloadRunsOnAtTheTargetWithItsNewStdio) {
 
 TEST_F(MigrationTest, SixtyFourMebibytesArriveIntact) {
   testing::TempDir dir;
-  const auto data = dir.path() / "data";
-  std::ofstream(data) << "ABCDEFGHIJ";
   Pipe in;
   Pipe out;
   Child original;
-  const std::string bin = (testing::BuildDir() / "tests" / "ckpt_workload").string();
-  ASSERT_NO_FATAL_FAILURE(Spawn({bin, "1.5", data.string()}, original, in.fd[0], out.fd[1]));
-  ASSERT_EQ(ReadLine(out.fd[0]).rfind("ready", 0), 0u);
-  std::this_thread::sleep_for(200ms);
+  ASSERT_NO_FATAL_FAILURE(StartSelfCheck(dir, in, out, original));
 
   Pipe in2;
 
@@ -715,15 +721,10 @@ TEST_F(MigrationTest, LostGoAndForgottenOutcomeDropsTheTargetCopy) {
 // target says every page is in, then dies.
 TEST_F(MigrationTest, PostCopyWorkloadRunsAtTheTargetBeforeItsPagesArrived) {
   testing::TempDir dir;
-  const auto data = dir.path() / "data";
-  std::ofstream(data) << "ABCDEFGHIJ";
   Pipe in;
   Pipe out;
   Child original;
-  const std::string bin = (testing::BuildDir() / "tests" / "ckpt_workload").string();
-  ASSERT_NO_FATAL_FAILURE(Spawn({bin, "1.5", data.string()}, original, in.fd[0], out.fd[1]));
-  ASSERT_EQ(ReadLine(out.fd[0]).rfind("ready", 0), 0u);
-  std::this_thread::sleep_for(200ms);
+  ASSERT_NO_FATAL_FAILURE(StartSelfCheck(dir, in, out, original));
 
   Pipe in2;
   Pipe out2;
