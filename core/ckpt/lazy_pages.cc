@@ -185,8 +185,8 @@ class LazyPageServer::Engine {
     spaces_.push_back(std::move(root));
   }
 
-  Result<LazyStats> Run(const std::atomic<bool>& stop) {
-    Status status = Loop(stop);
+  Result<LazyStats> Run(const std::atomic<bool>& stop, const std::atomic<bool>& stream_held) {
+    Status status = Loop(stop, stream_held);
     if (!status) {
       Fail();
       stats_.total_ns = NowNs() - started_ns_;
@@ -200,17 +200,21 @@ class LazyPageServer::Engine {
   }
 
  private:
-  Status Loop(const std::atomic<bool>& stop) {
+  Status Loop(const std::atomic<bool>& stop, const std::atomic<bool>& stream_held) {
+    // While the stream is held the wait is short: its release is noticed
+    // within a millisecond.
+    constexpr int kHeldPollMs = 1;
     for (;;) {
       for (std::size_t i = spaces_.size(); i-- > 0;) {
         if (spaces_[i]->Finished()) Retire(i);
       }
       if (spaces_.empty() || stop.load(std::memory_order_relaxed)) return Ok();
-      const bool busy = std::any_of(spaces_.begin(), spaces_.end(), [this](const auto& s) {
-        return Streaming(*s) || !s->deferred.empty() || !s->remaps.empty();
+      const bool held = stream_held.load(std::memory_order_relaxed);
+      const bool busy = std::any_of(spaces_.begin(), spaces_.end(), [this, held](const auto& s) {
+        return (!held && Streaming(*s)) || !s->deferred.empty() || !s->remaps.empty();
       });
-      ROAM_TRY(ServeMessages(busy ? 0 : options_.poll_timeout_ms));
-      ROAM_TRY(StreamNext());
+      ROAM_TRY(ServeMessages(busy ? 0 : held ? kHeldPollMs : options_.poll_timeout_ms));
+      if (!held) ROAM_TRY(StreamNext());
     }
   }
 
@@ -849,9 +853,10 @@ Result<std::unique_ptr<LazyPageServer>> LazyPageServer::Start(
                                          std::move(table), poison, started);
   std::unique_ptr<LazyPageServer> server(new LazyPageServer(std::move(engine)));
   LazyPageServer* self = server.get();
+  server->stream_held_.store(options.hold_stream, std::memory_order_relaxed);
   server->thread_ = std::thread([self] {
     try {
-      self->result_ = self->engine_->Run(self->stop_);
+      self->result_ = self->engine_->Run(self->stop_, self->stream_held_);
     } catch (const std::exception& e) {
       self->result_ =
           Result<LazyStats>(MakeError(Errc::kInternal, "lazy page server: exception {}", e.what()));

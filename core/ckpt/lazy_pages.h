@@ -86,6 +86,10 @@ class LazyPageServer final {
     // Longest single wait for a fault when the stream is idle; exits and
     // Stop requests are noticed at this period.
     int poll_timeout_ms = 50;
+    // The stream waits for ReleaseStream(): a restore holds it back until
+    // the process resumes, so that its pages do not compete with the last
+    // steps of the restore (downtime). Faults are served meanwhile.
+    bool hold_stream = false;
   };
 
   // `uffd`: a fresh userfaultfd (from userfaultfd(2) or an injected call,
@@ -132,12 +136,16 @@ class LazyPageServer final {
   // teardown of a process that is being killed, or for tests.
   void Stop() { stop_.store(true, std::memory_order_relaxed); }
 
+  // Lets a held stream (Options::hold_stream) begin; thread-safe.
+  void ReleaseStream() { stream_held_.store(false, std::memory_order_relaxed); }
+
  private:
   class Engine;
   explicit LazyPageServer(std::unique_ptr<Engine> engine);
 
   std::unique_ptr<Engine> engine_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> stream_held_{false};
   std::thread thread_;
   std::optional<Result<LazyStats>> result_;  // set by the thread before it ends
 };

@@ -297,6 +297,15 @@ class Rebuilder {
     }
     std::sort(must.begin(), must.end());
     must.erase(std::unique(must.begin(), must.end()), must.end());
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> wanted;
+    for (const std::uint64_t a : must) {
+      if (!wanted.empty() && wanted.back().second == a) {
+        wanted.back().second += kPageSize;
+      } else {
+        wanted.emplace_back(a, a + kPageSize);
+      }
+    }
+    ROAM_TRY(pages.Prefetch(wanted));
     // Adjacent pages go in one write (of at most 4 MiB).
     constexpr std::size_t kEagerWriteMax = 4 << 20;
     std::vector<std::byte> run;
@@ -777,6 +786,7 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
       }
       LazyPageServer::Options lazy_options;
       lazy_options.pid = stub;
+      lazy_options.hold_stream = true;  // released once the process runs
       // From here the server alone reads `pages`.
       // Its thread must not inherit our pin.
       colocation.Release(0);
@@ -865,6 +875,7 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
   }
   guard.Release();
   stats.restore_ns = static_cast<std::uint64_t>(NowNs() - started);
+  if (server) server->ReleaseStream();
   stats.post_copy = std::move(server);
   return stats;
 }

@@ -66,11 +66,15 @@ RemotePageSource::Chunk* RemotePageSource::Find(std::uint64_t vaddr) {
 }
 
 Result<RemotePageSource::Chunk*> RemotePageSource::Ask(std::uint64_t start, std::uint32_t pages,
-                                                       bool stream) {
+                                                       bool stream, bool prefetched) {
   auto chunk = std::make_shared<Chunk>();
   chunk->start = start;
   chunk->pages = pages;
   chunk->stream = stream;
+  chunk->prefetched = prefetched;
+  // A prefetched chunk may arrive long before it is read: it becomes
+  // evictable only once read.
+  chunk->read = !prefetched;
   const transport::Bytes payload = wire::Encode(wire::PageRequest{migration_id_, start, pages});
   ROAM_TRY(source_->Request(
       kTagPages, payload, options_.timeout, [this, chunk](Result<transport::Bytes> reply) {
@@ -96,7 +100,7 @@ Result<RemotePageSource::Chunk*> RemotePageSource::Ask(std::uint64_t start, std:
         chunk->data = std::move(decoded->data);
         chunk->arrived = true;
         counters_.bytes += chunk->data.size();
-        order_.push_back(chunk->start);
+        if (chunk->read) order_.push_back(chunk->start);
       }));
   ++counters_.requests;
   if (stream) {
@@ -170,10 +174,12 @@ Result<bool> RemotePageSource::ReadPage(std::uint64_t vaddr, std::span<std::byte
   Evict();
   Chunk* chunk = Find(vaddr);
   // In sequence: the server's stream (it skips pages a fault placed, hence
-  // the window), or a page of a chunk the stream asked for.
+  // the window), or a page of a chunk the stream asked for; never a page
+  // the restore said it would read (Prefetch).
   const bool sequential =
-      (chunk != nullptr && chunk->stream) ||
-      (vaddr > last_read_ && vaddr - last_read_ <= std::uint64_t{options_.stream_pages} * kPage);
+      (chunk == nullptr || !chunk->prefetched) &&
+      ((chunk != nullptr && chunk->stream) ||
+       (vaddr > last_read_ && vaddr - last_read_ <= std::uint64_t{options_.stream_pages} * kPage));
   last_read_ = vaddr;
   if (chunk == nullptr) {
     const auto [lo, hi] = extent_[range];
@@ -207,10 +213,39 @@ Result<bool> RemotePageSource::ReadPage(std::uint64_t vaddr, std::span<std::byte
   // Keeps the chunk alive whatever eviction does meanwhile.
   const std::shared_ptr<Chunk> held = chunks_[chunk->start];
   ROAM_TRY(AwaitChunk(*held));
+  if (!held->read) {
+    held->read = true;
+    order_.push_back(held->start);
+  }
   const std::uint32_t at = held->offset[(vaddr - held->start) / kPage];
   if (at == kAbsent) return false;
   std::memcpy(out4k.data(), held->data.data() + std::size_t{at} * kPage, kPage);
   return true;
+}
+
+Status RemotePageSource::Prefetch(std::span<const std::pair<std::uint64_t, std::uint64_t>> ranges) {
+  for (const auto& [want_lo, want_hi] : ranges) {
+    auto it = std::upper_bound(extent_.begin(), extent_.end(), want_lo,
+                               [](std::uint64_t a, const auto& r) { return a < r.second; });
+    for (; it != extent_.end() && it->first < want_hi; ++it) {
+      std::uint64_t cursor = std::max(want_lo, it->first);
+      const std::uint64_t end = std::min(want_hi, it->second);
+      while (cursor < end) {
+        if (Chunk* c = Find(cursor)) {
+          cursor = c->start + std::uint64_t{c->pages} * kPage;
+          continue;
+        }
+        std::uint64_t stop =
+            std::min(end, cursor + std::uint64_t{wire::kMaxPagesPerRequest} * kPage);
+        if (auto next = chunks_.upper_bound(cursor); next != chunks_.end()) {
+          stop = std::min(stop, next->first);
+        }
+        ROAM_TRY(Ask(cursor, static_cast<std::uint32_t>((stop - cursor) / kPage), false, true));
+        cursor = stop;
+      }
+    }
+  }
+  return Ok();
 }
 
 Status RemotePageSource::ForEach(const RunFn& fn) {

@@ -73,6 +73,10 @@ class RemotePageSource final : public ckpt::PageSource {
   std::optional<std::vector<std::pair<std::uint64_t, std::uint64_t>>> Extent() const override {
     return extent_;
   }
+  // Asks for every page of `ranges` the extent may hold, all requests in
+  // flight at once (the restore's eager pages: one round trip, not one per
+  // run). Reads of them are not taken for the stream's.
+  Status Prefetch(std::span<const std::pair<std::uint64_t, std::uint64_t>> ranges) override;
 
   // Tells the source every page is in (or why not): it drops its copy.
   Status SendDone(const wire::PagesDone& done);
@@ -83,6 +87,8 @@ class RemotePageSource final : public ckpt::PageSource {
     std::uint64_t start = 0;
     std::uint32_t pages = 0;
     bool stream = false;
+    bool prefetched = false;  // asked by Prefetch
+    bool read = false;        // counted for eviction (prefetched chunks: once read)
     bool arrived = false;
     Status failed;
     std::string present;
@@ -98,7 +104,8 @@ class RemotePageSource final : public ckpt::PageSource {
   std::size_t RangeOf(std::uint64_t vaddr) const;
   // The chunk (arrived or not) covering `vaddr`, or nullptr.
   Chunk* Find(std::uint64_t vaddr);
-  Result<Chunk*> Ask(std::uint64_t start, std::uint32_t pages, bool stream);
+  Result<Chunk*> Ask(std::uint64_t start, std::uint32_t pages, bool stream,
+                     bool prefetched = false);
   // Keeps `in_flight` stream chunks outstanding from read_ahead_ on.
   Status ReadAhead();
   Status AwaitChunk(Chunk& chunk);

@@ -104,6 +104,12 @@ class TargetImpl final : public MigrationTarget {
     fabric_.Handle(kTagAbort, [this](const transport::Message& m) { return OnAbort(m); });
   }
 
+  // Best effort: without a spare the next post-copy opens its own.
+  void OpenSparePageFabric() {
+    if (!options_.page_fabric || spare_page_fabric_) return;
+    if (auto opened = options_.page_fabric()) spare_page_fabric_ = std::move(*opened);
+  }
+
   Status EnsureStaging(std::uint64_t bytes) {
     if (staging_ && staging_->size() >= bytes) return Ok();
     const std::size_t granule = std::max<std::size_t>(options_.staging_granule, 4096);
@@ -168,6 +174,8 @@ class TargetImpl final : public MigrationTarget {
   TargetCallbacks callbacks_;
   TargetOptions options_;
   std::unique_ptr<transport::MemoryRegion> staging_;
+  // The next post-copy's page fabric, opened ahead (options_.page_fabric).
+  std::unique_ptr<transport::Fabric> spare_page_fabric_;
   std::string packed_key_;
   std::size_t allocations_ = 0;
   std::optional<Migration> current_;
@@ -424,14 +432,18 @@ void TargetImpl::Restore() {
   if (mig.arrival.mode == MigrationMode::kPostCopy) {
     // The pages are still in the frozen source; most are asked for after
     // the process resumed.
-    auto fabric = options_.page_fabric();
-    if (!fabric) return End(fabric.error().WithContext("post-copy: page fabric"), -1);
+    std::unique_ptr<transport::Fabric> fabric = std::move(spare_page_fabric_);
+    if (!fabric) {
+      auto opened = options_.page_fabric();
+      if (!opened) return End(opened.error().WithContext("post-copy: page fabric"), -1);
+      fabric = std::move(*opened);
+    }
     RemotePageSource::Options remote_options;
     remote_options.stream_pages = options_.stream_request_pages;
     remote_options.in_flight = options_.stream_requests_in_flight;
     remote_options.timeout = options_.page_timeout;
     auto created =
-        RemotePageSource::Create(std::move(*fabric), View(mig.source_address),
+        RemotePageSource::Create(std::move(fabric), View(mig.source_address),
                                  mig.arrival.migration_id, mig.commit.extent, remote_options);
     if (!created) return End(created.error().WithContext("post-copy"), -1);
     remote = created->get();
@@ -463,6 +475,7 @@ void TargetImpl::Restore() {
   End(Ok(), restored->pid);
   if (callbacks_.on_running) callbacks_.on_running(running);
   if (remote != nullptr) {
+    OpenSparePageFabric();
     // `pages` is the RemotePageSource.
     std::unique_ptr<RemotePageSource> owned(static_cast<RemotePageSource*>(pages.release()));
     if (restored->post_copy) {
@@ -484,6 +497,7 @@ Result<std::unique_ptr<MigrationTarget>> MigrationTarget::Create(transport::Fabr
   auto target = std::make_unique<TargetImpl>(fabric, std::move(callbacks), options);
   if (options.initial_staging_bytes > 0)
     ROAM_TRY(target->EnsureStaging(options.initial_staging_bytes));
+  target->OpenSparePageFabric();
   target->RegisterHandlers();
   return std::unique_ptr<MigrationTarget>(std::move(target));
 }

@@ -102,6 +102,12 @@ class PageSource {
   virtual std::optional<std::vector<std::pair<std::uint64_t, std::uint64_t>>> Extent() const {
     return std::nullopt;
   }
+  // A hint: the pages of `ranges` (sorted, disjoint, page-aligned) will be
+  // read next, each once, in address order. A source far away asks for them
+  // all at once rather than one round trip per run. No-op by default.
+  virtual Status Prefetch(std::span<const std::pair<std::uint64_t, std::uint64_t>> /*ranges*/) {
+    return Ok();
+  }
 };
 
 // Pages held in memory, in any order of Add (overlap is still refused).

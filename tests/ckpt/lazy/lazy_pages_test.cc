@@ -19,6 +19,7 @@
 #include <iterator>
 #include <numeric>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -269,6 +270,42 @@ TEST_F(LazyPagesTest, RandomReadsWhileStreamingSeeEveryByte) {
       "streamed, %lu zero, first fault %.3f ms\n",
       Ms(stats->total_ns), stats->faults, stats->pages_on_fault, stats->pages_streamed,
       stats->zero_pages, Ms(stats->first_fault_ns));
+}
+
+// A held stream (a restore holds it until the process resumes) places
+// nothing of its own, while faults are served; released, it places the rest.
+TEST_F(LazyPagesTest, HeldStreamPlacesOnlyFaultsUntilReleased) {
+  Region region(4 << 20);
+  ASSERT_NE(region.base, 0u);
+  MemoryPageStore store;
+  FillStore(store, region.base, region.pages());
+  LazyPageServer::Options options;
+  options.hold_stream = true;
+  auto server = LazyPageServer::Start(NewUffd(), region.ranges(), store, options);
+  ASSERT_TRUE(server.has_value()) << server.error().ToString();
+  // A fault placed while held: one block around page 5.
+  EXPECT_TRUE(PageOk(region.base + 5 * kPageSize, 5));
+  const auto resident = [&region] {
+    std::vector<unsigned char> in(region.pages());
+    EXPECT_EQ(::mincore(reinterpret_cast<void*>(region.base), region.size, in.data()), 0);
+    return std::count_if(in.begin(), in.end(), [](unsigned char c) { return (c & 1) != 0; });
+  };
+  // Unheld, the stream places these 4 MiB in a few milliseconds.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_GE(resident(), 1);
+  EXPECT_LE(resident(), static_cast<std::ptrdiff_t>(options.fault_batch_pages));
+
+  (*server)->ReleaseStream();
+  auto stats = (*server)->Wait();
+  ASSERT_TRUE(stats.has_value()) << stats.error().ToString();
+  EXPECT_EQ(stats->pages_unplaced, 0u);
+  EXPECT_GT(stats->pages_streamed, 0u);
+  EXPECT_LE(stats->pages_on_fault, options.fault_batch_pages);
+  std::uint64_t bad = 0;
+  for (std::uint64_t p = 0; p < region.pages(); ++p) {
+    bad += PageOk(region.base + p * kPageSize, p) ? 0 : 1;
+  }
+  EXPECT_EQ(bad, 0u);
 }
 
 // Measurements for the log (not asserted): 64 MiB placed by the stream alone,

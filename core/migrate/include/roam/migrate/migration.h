@@ -298,7 +298,8 @@ struct TargetOptions {
   // migration, used by the restore and then by the server's thread, never
   // by this one meanwhile: a Fabric belongs to one thread at a time). The
   // same backend and options as this target's own. Empty: post-copy is
-  // refused (kUnsupported).
+  // refused (kUnsupported). One is opened ahead (at Create, and again after
+  // each post-copy's restore), so opening it is not downtime.
   std::function<Result<std::unique_ptr<transport::Fabric>>()> page_fabric = nullptr;
   // Post-copy: pages per request of the background stream (at most 255),
   // and stream requests kept in flight ahead of the server.
