@@ -70,6 +70,16 @@ Result<std::unique_ptr<Migrator>> Migrator::Start(
   };
   target.restore_setup = [self](const migrate::Arrival& a) { return self->Setup(a); };
   target.on_running = [self](const migrate::Running& running) {
+    // Into the guests' cgroup once it runs: a cgroup move waits for an RCU
+    // grace period (5-15 ms here), which inside the restore would be
+    // downtime. Until then it runs in the node's cgroup, outside the
+    // guests' CPU share.
+    if (!self->guest_cgroup_.empty()) {
+      if (auto joined = JoinCgroup(self->guest_cgroup_, running.pid); !joined) {
+        std::fprintf(stderr, "roamd %s: pid %d runs outside the guests' cgroup: %s\n",
+                     self->fabric_->name().c_str(), running.pid, joined.error().ToString().c_str());
+      }
+    }
     Arrival arrival;
     arrival.running = running;
     arrival.stdio = std::move(self->pending_ours_);
@@ -155,9 +165,6 @@ Result<migrate::RestoreSetup> Migrator::Setup(const migrate::Arrival& arrival) {
     const int flags = fcntl(pending_ours_[i].get(), F_GETFL);
     (void)fcntl(pending_ours_[i].get(), F_SETFL, flags | O_NONBLOCK);
     setup.stdio[i] = pending_theirs_[i].get();
-  }
-  if (!guest_cgroup_.empty()) {
-    setup.before_pages = [dir = guest_cgroup_](pid_t pid) { return JoinCgroup(dir, pid); };
   }
   if (callbacks_.verify) {
     setup.before_resume = [this, guest = arrival.guest](pid_t pid) {

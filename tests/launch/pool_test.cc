@@ -11,7 +11,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -22,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/daemon/control_socket.h"
+#include "launch/node_cgroup.h"
 #include "launch/pool/pool_key.h"
 #include "roam/launch/local_nodes.h"
 #include "tests/support/test_util.h"
@@ -59,13 +62,35 @@ class PoolTest : public ::testing::Test {
     ASSERT_TRUE(nodes) << nodes.error().ToString();
     nodes_ = std::move(*nodes);
     ASSERT_TRUE(pool::PoolKey::Generate(dir_.path() / "pool.key"));
+    // Each node's guests in a cgroup of their own, as in a local pool,
+    // where this machine has a v1 cpu controller.
+    if (auto mount = launch::CpuCgroupMount()) {
+      cgroups_ = *mount / ("roam-pooltest-" + std::to_string(getpid()));
+      for (int i = 0; i < kNodes; ++i) {
+        ASSERT_TRUE(launch::CreateNodeCgroup(cgroups_ / Name(i), 1.0));
+      }
+    }
     for (int i = 0; i < kNodes; ++i) {
-      auto pid = nodes_->Spawn(
-          i,
-          {Bin("roamd"), "--name", Name(i), "--rank", std::to_string(i), "--size",
-           std::to_string(kNodes), "--bootstrap", "dir:" + (dir_.path() / "boot").string(),
-           "--socket", Socket(i), "--pool-key", (dir_.path() / "pool.key").string(), "--cpus", "1"},
-          {{"UCX_TLS", "tcp"}, {"UCX_NET_DEVICES", "eth0"}});
+      std::vector<std::string> argv = {Bin("roamd"),
+                                       "--name",
+                                       Name(i),
+                                       "--rank",
+                                       std::to_string(i),
+                                       "--size",
+                                       std::to_string(kNodes),
+                                       "--bootstrap",
+                                       "dir:" + (dir_.path() / "boot").string(),
+                                       "--socket",
+                                       Socket(i),
+                                       "--pool-key",
+                                       (dir_.path() / "pool.key").string(),
+                                       "--cpus",
+                                       "1"};
+      if (!cgroups_.empty()) {
+        argv.push_back("--guest-cgroup");
+        argv.push_back(GuestCgroup(i).string());
+      }
+      auto pid = nodes_->Spawn(i, argv, {{"UCX_TLS", "tcp"}, {"UCX_NET_DEVICES", "eth0"}});
       ASSERT_TRUE(pid) << pid.error().ToString();
       daemons_.push_back(*pid);
     }
@@ -93,7 +118,13 @@ class PoolTest : public ::testing::Test {
       kill(pid, SIGKILL);
       waitpid(pid, nullptr, 0);
     }
+    if (!cgroups_.empty()) {
+      EXPECT_TRUE(launch::KillCgroupTree(cgroups_, std::chrono::seconds(10)));
+      EXPECT_TRUE(launch::RemoveCgroupTree(cgroups_));
+    }
   }
+
+  std::filesystem::path GuestCgroup(int i) const { return cgroups_ / Name(i) / "guests"; }
 
   static std::string Name(int i) { return "n" + std::to_string(i + 1); }
   std::string Socket(int i) const { return (dir_.path() / (Name(i) + ".sock")).string(); }
@@ -155,6 +186,7 @@ class PoolTest : public ::testing::Test {
   }
 
   TempDir dir_;
+  std::filesystem::path cgroups_;  // empty without a v1 cpu controller
   std::unique_ptr<launch::LocalNodes> nodes_;
   std::vector<pid_t> daemons_;
   std::vector<pid_t> background_;
@@ -321,6 +353,37 @@ TEST_F(PoolTest, MigratesARunningProgramInEveryModeAndItsOutputIsUnchanged) {
     EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "counter.err");
     EXPECT_EQ(ReadFile(dir_.path() / "counter.out"), CounterOutput());
   }
+}
+
+TEST_F(PoolTest, AProcessRunsInTheGuestCgroupOfWhicheverNodeItIsOn) {
+  if (cgroups_.empty()) GTEST_SKIP() << "no cgroup v1 cpu controller here";
+  // It prints its own cpu cgroup ten times a second for six seconds.
+  const std::string watcher =
+      "python3 -u -c \"import time\nfor i in range(60):\n"
+      "  print([l for l in open('/proc/self/cgroup') if ':cpu:' in l][0].strip())\n"
+      "  time.sleep(0.1)\"";
+  const pid_t roam = RoamInBackground(0, "run -- " + watcher, "cgroup");
+  const std::string id = WaitForProcess(0)["id"];
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  for (const auto& [to, mode] : {std::pair{"n2", "post-copy"}, std::pair{"n3", "stop-copy"}}) {
+    const auto moved = Roam(0, "migrate " + id + " --to " + to + " --mode " + mode);
+    ASSERT_EQ(moved.exit_code, 0) << moved.err;
+    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  }
+  EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "cgroup.err");
+  std::vector<std::string> lines;
+  std::istringstream out(ReadFile(dir_.path() / "cgroup.out"));
+  for (std::string line; std::getline(out, line);) lines.push_back(line);
+  ASSERT_EQ(lines.size(), 60u);
+  // "4:cpu:/roam-pooltest-PID/n1/guests": the path below the mount.
+  const auto in = [this](const std::string& line, int node) {
+    const std::string want = ":cpu:/" + cgroups_.filename().string() + "/" + Name(node) + "/guests";
+    return line.ends_with(want);
+  };
+  EXPECT_TRUE(in(lines.front(), 0)) << lines.front();
+  EXPECT_TRUE(in(lines.back(), 2)) << lines.back();
+  EXPECT_TRUE(std::any_of(lines.begin(), lines.end(), [&](const auto& l) { return in(l, 1); }))
+      << "never seen in n2's guests";
 }
 
 TEST_F(PoolTest, MovesTwiceAndBackHomeWithStdinUnreadFollowing) {
