@@ -55,9 +55,10 @@ void ReapChildren() {
     }
   }
   // Hold no file of the restorer's: its open files, its stdio (a reader
-  // waiting for EOF), its cwd. (The image's page file is mapped
-  // MADV_DONTFORK, so it never reaches here; the restorer's other memory
-  // does, copy-on-write, for as long as the init lives.)
+  // waiting for EOF), its cwd. (The image's page file and the transport's
+  // registered memory are MADV_DONTFORK, so they never reach here; the
+  // restorer's other memory does, copy-on-write, for as long as the init
+  // lives: a daemon keeps its heap trimmed.)
   if (control > 0) syscall(SYS_close_range, 0, control - 1, 0);
   syscall(SYS_close_range, control + 1, ~0U, 0);
   syscall(SYS_chdir, "/");

@@ -223,10 +223,20 @@ class Rebuilder {
   void Populate(const PageSource& pages) {
     const auto extent = pages.Extent();
     if (!extent) return;
+    // Touching ranges (a staging's runs split where the bytes lie apart)
+    // go in one call: each call is an injected syscall.
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> merged;
+    for (const auto& [lo, hi] : *extent) {
+      if (!merged.empty() && merged.back().second == lo) {
+        merged.back().second = hi;
+      } else {
+        merged.emplace_back(lo, hi);
+      }
+    }
     constexpr std::uint64_t kMinRun = 64 * kPageSize;
     for (const auto& v : meta_.vmas()) {
       if (v.kind() != image::Vma::ANONYMOUS || (v.prot() & PROT_WRITE) == 0) continue;
-      for (const auto& [lo, hi] : *extent) {
+      for (const auto& [lo, hi] : merged) {
         const std::uint64_t start = std::max(lo, v.start());
         const std::uint64_t end = std::min(hi, v.end());
         if (end <= start || end - start < kMinRun) continue;

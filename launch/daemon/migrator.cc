@@ -1,6 +1,7 @@
 #include "launch/daemon/migrator.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -229,6 +230,9 @@ void Migrator::RunJob(MigrationJob job) {
       PostToLoop([this, id, done, total] { callbacks_.on_progress(id, done, total); });
     };
     outcome.report = source_->MigrateOut(*ep, job.pid, options);
+    // A pre-copy held the process's pages in this thread's malloc arena:
+    // freed, they stay resident until trimmed.
+    malloc_trim(0);
   }
   auto shared = std::make_shared<MigrationOutcome>(std::move(outcome));
   PostToLoop([this, shared] { callbacks_.on_done(std::move(*shared)); });

@@ -2,6 +2,10 @@
 // placement (tests/transport/harness.h), skipping what a backend lacks.
 // What landed is checked by the peer itself (it checksums its own memory on
 // request), never only by the initiator's completions.
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -96,6 +100,21 @@ TEST_P(TransportConformanceTest, CapabilitiesSayWhatTheBackendDoes) {
   EXPECT_EQ(caps.ToString(), fake ? "fault-injection,deterministic" : "cross-process");
   // Only fabrics with an event fd can sleep in poll().
   EXPECT_EQ(h_->local().event_fd() >= 0, !fake);
+}
+
+TEST_P(TransportConformanceTest, AllocatedMemoryIsNotInheritedByAFork) {
+  auto region = h_->local().Allocate(std::size_t{4} << 20);
+  ASSERT_TRUE(region.has_value()) << region.error().ToString();
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // ENOMEM: nothing is mapped there in the child.
+    const int rc = madvise((*region)->data(), (*region)->size(), MADV_NORMAL);
+    _exit(rc != 0 && errno == ENOMEM ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child has the region mapped";
 }
 
 TEST_P(TransportConformanceTest, PutAndGetOneByteTo64MiB) {

@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "roam/base/deadline.h"
@@ -610,6 +611,8 @@ class FakeFabric final : public Fabric {
       return MakeError(Errc::kResourceExhausted, "cannot allocate a region of {} bytes", bytes);
     }
     std::memset(memory.get(), 0, rounded);
+    // Whole pages of our own: a fork must not inherit them (Fabric::Allocate).
+    (void)madvise(memory.get(), rounded, MADV_DONTFORK);
     std::span<std::byte> span(memory.get(), bytes);
     return net_.AddRegion(id_, span, std::move(memory));
   }

@@ -1,7 +1,9 @@
 #include "transport/ucx/ucx_fabric.h"
 
+#include <sys/mman.h>
 #include <time.h>
 #include <ucp/api/ucp.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
@@ -413,6 +415,14 @@ Result<std::unique_ptr<MemoryRegion>> UcxFabric::Allocate(std::size_t bytes) {
     return UcxError(s, "query registered memory");
   }
   auto* data = static_cast<std::byte*>(attr.address);
+  // Not inherited by forks (see Fabric::Allocate); the whole pages inside
+  // it, should UCX hand back memory that does not start on one.
+  const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  const std::uintptr_t first = (reinterpret_cast<std::uintptr_t>(data) + page - 1) / page * page;
+  const std::uintptr_t last = (reinterpret_cast<std::uintptr_t>(data) + bytes) / page * page;
+  if (last > first) {
+    (void)madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTFORK);
+  }
   // UCX may hand back recycled memory; the interface promises zeros.
   std::memset(data, 0, bytes);
   return std::unique_ptr<MemoryRegion>(

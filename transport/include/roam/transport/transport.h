@@ -196,7 +196,10 @@ class Fabric {
   virtual Result<std::unique_ptr<Endpoint>> Connect(ByteView peer_address) = 0;
 
   // Memory the fabric allocates and registers (zero-filled): the kind peers
-  // can write one-sidedly where the backend can.
+  // can write one-sidedly where the backend can. A forked child does not
+  // inherit it (MADV_DONTFORK): a child's copy-on-write share would make
+  // every later write to it here copy the page, for as long as the child
+  // lives (restore stubs and pid-namespace inits are forks).
   virtual Result<std::unique_ptr<MemoryRegion>> Allocate(std::size_t bytes) = 0;
   // Registers memory the caller owns; it must outlive the region.
   virtual Result<std::unique_ptr<MemoryRegion>> Register(std::span<std::byte> memory) = 0;
