@@ -19,6 +19,7 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "core/ckpt/arch/arch.h"
@@ -253,6 +254,51 @@ class Rebuilder {
       stats_.pages_written += data.size() / kPageSize;
       return Ok();
     });
+  }
+
+  // Pages held in memory (PageSource::RunsStayValid), split by bytes among
+  // `threads` writers. Each write faults its pages in as it goes, so the
+  // faults (fresh memory: the larger half of the cost) run in parallel
+  // too. 1 GiB here, two threads: 240-258 ms against 492-555 ms for
+  // Populate and one writer.
+  Status WritePagesInParallel(PageSource& pages, unsigned threads) {
+    struct Run {
+      std::uint64_t vaddr;
+      std::span<const std::byte> data;
+    };
+    std::vector<Run> runs;
+    std::uint64_t total = 0;
+    ROAM_TRY(pages.ForEach([&](std::uint64_t vaddr, std::span<const std::byte> data) -> Status {
+      runs.push_back({vaddr, data});
+      total += data.size();
+      return Ok();
+    }));
+    // Writer i takes the runs from bounds[i] to bounds[i + 1].
+    std::vector<std::size_t> bounds = {0};
+    std::uint64_t covered = 0;
+    for (std::size_t r = 0; r < runs.size(); ++r) {
+      covered += runs[r].data.size();
+      if (bounds.size() < threads && covered >= total * bounds.size() / threads) {
+        bounds.push_back(r + 1);
+      }
+    }
+    bounds.push_back(runs.size());
+    std::vector<Status> results(bounds.size() - 1, Ok());
+    const auto write = [&](std::size_t i) {
+      for (std::size_t r = bounds[i]; r < bounds[i + 1]; ++r) {
+        if (auto w = memory_.Write(runs[r].vaddr, runs[r].data); !w) {
+          results[i] = std::move(w);
+          return;
+        }
+      }
+    };
+    std::vector<std::thread> helpers;
+    for (std::size_t i = 1; i < results.size(); ++i) helpers.emplace_back(write, i);
+    write(0);
+    for (auto& h : helpers) h.join();
+    for (auto& r : results) ROAM_TRY(std::move(r));
+    stats_.pages_written += total / kPageSize;
+    return Ok();
   }
 
   // Post-copy: the memory left to the page server (private anonymous
@@ -814,8 +860,17 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
     }
   }
   if (!server) {
-    rebuild.Populate(pages);
-    ROAM_TRY(rebuild.WritePages(pages));
+    const unsigned writers = std::min(4U, std::max(1U, std::thread::hardware_concurrency()));
+    if (pages.RunsStayValid() && writers > 1) {
+      // The writers must not inherit our pin (nor the stub's CPU).
+      colocation.Release(0);
+      Status written = rebuild.WritePagesInParallel(pages, writers);
+      colocation.Add(0);
+      ROAM_TRY(std::move(written));
+    } else {
+      rebuild.Populate(pages);
+      ROAM_TRY(rebuild.WritePages(pages));
+    }
   }
   ROAM_TRY(rebuild.PlaceVdso(parked, block_start, stub_vdso));
 

@@ -31,6 +31,7 @@ class StagedRuns final : public ckpt::PageSource {
 
   Status ForEach(const RunFn& fn) override;
   Result<bool> ReadPage(std::uint64_t vaddr, std::span<std::byte> out4k) override;
+  bool RunsStayValid() const override { return true; }  // spans of the staging
   std::optional<std::vector<std::pair<std::uint64_t, std::uint64_t>>> Extent() const override;
 
  private:

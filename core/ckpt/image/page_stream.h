@@ -102,6 +102,10 @@ class PageSource {
   virtual std::optional<std::vector<std::pair<std::uint64_t, std::uint64_t>>> Extent() const {
     return std::nullopt;
   }
+  // Whether the spans ForEach hands out stay valid as long as the source
+  // does (pages held in memory): the restore then writes them from several
+  // threads at once.
+  virtual bool RunsStayValid() const { return false; }
   // A hint: the pages of `ranges` (sorted, disjoint, page-aligned) will be
   // read next, each once, in address order. A source far away asks for them
   // all at once rather than one round trip per run. No-op by default.
@@ -121,6 +125,7 @@ class MemoryPageStore final : public PageSink, public PageSource {
   Status Finish() override;
   Status ForEach(const RunFn& fn) override;
   Result<bool> ReadPage(std::uint64_t vaddr, std::span<std::byte> out4k) override;
+  bool RunsStayValid() const override { return true; }
 
   std::uint64_t page_count() const { return page_count_; }
 
