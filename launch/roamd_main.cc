@@ -45,6 +45,11 @@ roam::Status Serve(const Flags& flags) {
   // driven by the migration thread, so that a large move never stalls the
   // control traffic.
   fabric_options.name = flags.name + ".data";
+  // A target answers nothing while it grows its staging or restores (seconds
+  // for gibibytes here): a silent peer is given the restore's own limit
+  // (MigrateOptions::restore_timeout). A daemon that dies closes its
+  // connections, which is noticed at once.
+  fabric_options.peer_timeout = std::chrono::seconds(60);
   ROAM_ASSIGN_OR_RETURN(auto data, transport::OpenFabric("ucx", fabric_options));
   ROAM_ASSIGN_OR_RETURN(const auto data_address, data->Address());
 
