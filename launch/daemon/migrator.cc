@@ -71,8 +71,16 @@ Result<std::unique_ptr<Migrator>> Migrator::Start(
   };
   target.restore_setup = [self](const migrate::Arrival& a) { return self->Setup(a); };
   target.on_running = [self](const migrate::Running& running) {
-    // Into the guests' cgroup once it runs: a cgroup move waits for an RCU
-    // grace period (5-15 ms here), which inside the restore would be
+    Arrival arrival;
+    arrival.running = running;
+    arrival.stdio = std::move(self->pending_ours_);
+    arrival.stdin_reader = std::move(self->pending_theirs_[0]);
+    for (auto& fd : self->pending_theirs_) fd.reset();
+    auto shared = std::make_shared<Arrival>(std::move(arrival));
+    self->PostToLoop([self, shared] { self->callbacks_.on_arrived(std::move(*shared)); });
+    // Into the guests' cgroup once it runs, after the loop was told (the
+    // old node's hand-over waits for that): a cgroup move waits for an RCU
+    // grace period (5-20 ms here), which inside the restore would be
     // downtime. Until then it runs in the node's cgroup, outside the
     // guests' CPU share.
     if (!self->guest_cgroup_.empty()) {
@@ -81,13 +89,6 @@ Result<std::unique_ptr<Migrator>> Migrator::Start(
                      self->fabric_->name().c_str(), running.pid, joined.error().ToString().c_str());
       }
     }
-    Arrival arrival;
-    arrival.running = running;
-    arrival.stdio = std::move(self->pending_ours_);
-    arrival.stdin_reader = std::move(self->pending_theirs_[0]);
-    for (auto& fd : self->pending_theirs_) fd.reset();
-    auto shared = std::make_shared<Arrival>(std::move(arrival));
-    self->PostToLoop([self, shared] { self->callbacks_.on_arrived(std::move(*shared)); });
   };
   target.on_failed = [self](const migrate::Arrival& a, const Error& e) {
     for (auto& fd : self->pending_ours_) fd.reset();

@@ -31,6 +31,10 @@ namespace {
 constexpr std::size_t kSessionBacklog = std::size_t{1} << 20;
 constexpr std::size_t kChunk = 64 * 1024;
 constexpr std::chrono::milliseconds kBusyRetry{20};
+// The new node adopts a moved process moments after its restore: stdin
+// carried to it is tried again soon, for up to 2 s.
+constexpr std::chrono::milliseconds kCarryRetry{5};
+constexpr int kCarryTries = 400;
 constexpr std::chrono::milliseconds kExitRetry{500};
 
 // The CPU time of a process in seconds (utime + stime of /proc/PID/stat, its
@@ -1305,8 +1309,8 @@ void Node::CarryStdin(const std::string& id, peer::Message carry, int tries) {
     if (g == nullptr) return;
     // Busy: the new node's loop has not adopted the process yet (its
     // migration thread reports it through the loop); again shortly.
-    if (r && r->busy() && tries < 100) {
-      (void)loop_.AddTimer(kBusyRetry, std::chrono::milliseconds(0),
+    if (r && r->busy() && tries < kCarryTries) {
+      (void)loop_.AddTimer(kCarryRetry, std::chrono::milliseconds(0),
                            [this, id, carry, tries] { CarryStdin(id, carry, tries + 1); });
       return;
     }
