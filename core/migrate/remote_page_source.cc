@@ -114,7 +114,12 @@ Result<RemotePageSource::Chunk*> RemotePageSource::Ask(std::uint64_t start, std:
 
 Status RemotePageSource::ReadAhead() {
   std::uint64_t cursor = read_ahead_;
-  while (stream_outstanding_ < options_.in_flight) {
+  // Never further ahead of the reader than half the cache holds: chunks
+  // that arrive faster than the server places them would be evicted
+  // unread and asked for again (a 256 MiB process served 400 MiB so).
+  const std::uint64_t horizon =
+      last_read_ + std::uint64_t{options_.cached / 2} * options_.stream_pages * kPage;
+  while (stream_outstanding_ < options_.in_flight && cursor < horizon) {
     // The extent range at or after the cursor.
     auto it = std::upper_bound(extent_.begin(), extent_.end(), cursor,
                                [](std::uint64_t a, const auto& r) { return a < r.second; });

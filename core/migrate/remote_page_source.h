@@ -45,7 +45,7 @@ class RemotePageSource final : public ckpt::PageSource {
     std::uint32_t stream_pages = 128;  // per read-ahead request, 1..255
     std::uint32_t in_flight = 4;       // read-ahead requests outstanding
     std::uint32_t fault_pages = 16;    // per isolated request, a power of two <= 128
-    std::size_t cached = 32;           // chunks kept
+    std::size_t cached = 32;           // chunks kept; the stream reads ahead at most half
     std::chrono::milliseconds timeout{10000};
   };
   struct Counters {
