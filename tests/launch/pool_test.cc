@@ -386,6 +386,40 @@ TEST_F(PoolTest, AProcessRunsInTheGuestCgroupOfWhicheverNodeItIsOn) {
       << "never seen in n2's guests";
 }
 
+TEST_F(PoolTest, ASignalSentDuringAMoveArrivesOnceAfterIt) {
+  // 256 MiB of non-zero memory, so the move takes a while; it counts to 59
+  // and says when SIGUSR1 came.
+  const std::string program =
+      "python3 -u -c \"import signal, time\n"
+      "signal.signal(signal.SIGUSR1, lambda s, f: print('usr1'))\n"
+      "hold = b'x' * (256 << 20)\n"
+      "for i in range(60):\n"
+      "  print(i)\n"
+      "  time.sleep(0.05)\"";
+  const pid_t roam = RoamInBackground(0, "run --node n2 -- " + program, "usr1");
+  const std::string id = WaitForProcess(0)["id"];
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));  // memory filled, handler set
+  const pid_t move = RoamInBackground(0, "migrate " + id + " --to n3", "move");
+  // Sent while the move runs: the home holds it until the move is over.
+  for (int i = 0; i < 100 && Ps(0)[0]["state"] != "migrating"; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(Ps(0)[0]["state"], "migrating") << "the move was over before the signal";
+  const auto signalled = Roam(0, "kill -USR1 " + id);
+  EXPECT_EQ(signalled.exit_code, 0) << signalled.err;
+  EXPECT_EQ(Wait(move), 0) << ReadFile(dir_.path() / "move.err");
+  EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "usr1.err");
+  std::string expected;
+  for (int i = 0; i < 60; ++i) expected += std::to_string(i) + "\n";
+  std::string out = ReadFile(dir_.path() / "usr1.out");
+  const auto at = out.find("usr1\n");
+  ASSERT_NE(at, std::string::npos) << out;
+  out.erase(at, 5);
+  EXPECT_EQ(out.find("usr1"), std::string::npos) << "delivered more than once";
+  EXPECT_EQ(out, expected);
+  EXPECT_EQ(Ps(0).size(), 0u);
+}
+
 TEST_F(PoolTest, MovesTwiceAndBackHomeWithStdinUnreadFollowing) {
   // The process reverses lines from stdin slowly; most of its input is
   // still unread (in its pipe or queued) each time it moves.
