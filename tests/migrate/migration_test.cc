@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -69,6 +70,7 @@ std::string ReadLine(int fd, std::chrono::milliseconds timeout = 20s) {
 // Kills and reaps a child the test still owns.
 struct Child {
   Child() = default;
+  explicit Child(pid_t p) : pid(p) {}
   Child(const Child&) = delete;
   Child& operator=(const Child&) = delete;
   ~Child() {
@@ -91,6 +93,15 @@ struct Child {
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
   pid_t pid = -1;
+};
+
+// Sets $ROAM_FAULT for one test.
+class ScopedFault {
+ public:
+  explicit ScopedFault(const char* point) { ::setenv("ROAM_FAULT", point, 1); }
+  ~ScopedFault() { ::unsetenv("ROAM_FAULT"); }
+  ScopedFault(const ScopedFault&) = delete;
+  ScopedFault& operator=(const ScopedFault&) = delete;
 };
 
 // A node's migration thread: its own fabric, a MigrationTarget served until
@@ -199,6 +210,8 @@ struct Workload {
 
 class MigrationTest : public ::testing::Test {
  protected:
+  using RestoreSetupFn = decltype(TargetCallbacks::restore_setup);
+
   void SetUp() override {
     ROAM_SKIP_UNLESS_ROOT("seizes the workload and rebuilds it in a pid namespace");
     // A workload that died must fail a test, not kill the test binary.
@@ -278,9 +291,42 @@ class MigrationTest : public ::testing::Test {
     EXPECT_EQ(child.Wait(), 0);
   }
 
-  static MigrateOptions Options(std::uint64_t id) {
+  // The precopy workload at its new place, on the stdio pipes it got there:
+  // intact as ExpectIntact says, and its namespace's init exits after it.
+  static void ExpectMovedIntact(Pipe& in2, Pipe& out2, const std::string& hash, Child& copy,
+                                Child& init) {
+    in2.CloseRead();
+    out2.CloseWrite();
+    ExpectIntact(in2.fd[1], out2.fd[0], hash, copy);
+    EXPECT_EQ(init.Wait(), 0);
+  }
+
+  // A restore_setup that gives the restored process `in` as its stdin and
+  // `out` as its stdout.
+  static RestoreSetupFn StdioOnto(Pipe& in, Pipe& out) {
+    return [&in, &out](const Arrival&) -> Result<RestoreSetup> {
+      RestoreSetup setup;
+      setup.stdio = {in.fd[0], out.fd[1], -1};
+      return setup;
+    };
+  }
+
+  // A restore_setup whose every restore fails just before the process
+  // resumes.
+  static RestoreSetupFn FailBeforeResume() {
+    return [](const Arrival&) -> Result<RestoreSetup> {
+      RestoreSetup setup;
+      setup.before_resume = [](pid_t) -> Status {
+        return MakeError(Errc::kInternal, "injected failure before resume");
+      };
+      return setup;
+    };
+  }
+
+  static MigrateOptions Options(std::uint64_t id, MigrationMode mode = MigrationMode::kStopCopy) {
     MigrateOptions o;
     o.migration_id = id;
+    o.mode = mode;
     o.guest = "guest " + std::to_string(id);
     o.io_timeout = 5s;
     return o;
@@ -341,7 +387,6 @@ TEST_F(MigrationTest, WorkloadRunsOnAtTheTargetWithItsNewStdio) {
   ASSERT_EQ(before.rfind("hash ", 0), 0u) << before;
 
   Pipe in2;
-
   Pipe out2;
   TargetCallbacks callbacks;
   std::string accepted;
@@ -349,11 +394,7 @@ TEST_F(MigrationTest, WorkloadRunsOnAtTheTargetWithItsNewStdio) {
     accepted = a.guest;
     return Ok();
   };
-  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
-    RestoreSetup setup;
-    setup.stdio = {in2.fd[0], out2.fd[1], -1};
-    return setup;
-  };
+  callbacks.restore_setup = StdioOnto(in2, out2);
   TargetNode node(std::move(callbacks));
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
@@ -372,10 +413,8 @@ TEST_F(MigrationTest, WorkloadRunsOnAtTheTargetWithItsNewStdio) {
   EXPECT_EQ(w.child.Wait(), 128 + SIGKILL) << "the source's copy is gone";
   auto running = node.WaitRunning(1);
   ASSERT_TRUE(running.has_value());
-  Child init;
-  Child copy;
-  init.pid = running->init_pid;
-  copy.pid = running->pid;
+  Child init(running->init_pid);
+  Child copy(running->pid);
   EXPECT_EQ(accepted, "guest 7");
   EXPECT_EQ(running->guest, "guest 7");
   EXPECT_EQ(running->migration_id, 7u);
@@ -389,10 +428,7 @@ TEST_F(MigrationTest, WorkloadRunsOnAtTheTargetWithItsNewStdio) {
   EXPECT_GT(report->restore_ns, 0u);
   EXPECT_LT(report->restore_ns, report->frozen_ns);
 
-  in2.CloseRead();
-  out2.CloseWrite();
-  ExpectIntact(in2.fd[1], out2.fd[0], before, copy);
-  EXPECT_EQ(init.Wait(), 0);
+  ExpectMovedIntact(in2, out2, before, copy, init);
 }
 
 TEST_F(MigrationTest, SixtyFourMebibytesArriveIntact) {
@@ -403,14 +439,9 @@ TEST_F(MigrationTest, SixtyFourMebibytesArriveIntact) {
   ASSERT_NO_FATAL_FAILURE(StartSelfCheck(dir, in, out, original));
 
   Pipe in2;
-
   Pipe out2;
   TargetCallbacks callbacks;
-  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
-    RestoreSetup setup;
-    setup.stdio = {in2.fd[0], out2.fd[1], -1};
-    return setup;
-  };
+  callbacks.restore_setup = StdioOnto(in2, out2);
   TargetNode node(std::move(callbacks));
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
@@ -421,10 +452,8 @@ TEST_F(MigrationTest, SixtyFourMebibytesArriveIntact) {
   EXPECT_EQ(original.Wait(), 128 + SIGKILL);
   auto running = node.WaitRunning(1);
   ASSERT_TRUE(running.has_value());
-  Child init;
-  Child copy;
-  init.pid = running->init_pid;
-  copy.pid = running->pid;
+  Child init(running->init_pid);
+  Child copy(running->pid);
   ExpectItFinishesIntact(in2, out2, copy, init);
 }
 
@@ -531,14 +560,9 @@ TEST_F(MigrationTest, StagingIsReusedByTheNextMigration) {
     EXPECT_EQ(w.child.Wait(), 128 + SIGKILL);
     auto running = node.WaitRunning(round);
     ASSERT_TRUE(running.has_value());
-    Child init;
-    Child copy;
-    init.pid = running->init_pid;
-    copy.pid = running->pid;
-    in2.CloseRead();
-    out2.CloseWrite();
-    ExpectIntact(in2.fd[1], out2.fd[0], before, copy);
-    EXPECT_EQ(init.Wait(), 0);
+    Child init(running->init_pid);
+    Child copy(running->pid);
+    ExpectMovedIntact(in2, out2, before, copy, init);
   }
   EXPECT_EQ(node.staging_allocations(), 1u) << "the second migration reallocated the staging";
   EXPECT_EQ(source_->ring_allocations(), 1u);
@@ -555,16 +579,11 @@ TEST_F(MigrationTest, PreCopyPutsRoundsWhileItRunsAndOnlyChangesWhileFrozen) {
   Pipe in2;
   Pipe out2;
   TargetCallbacks callbacks;
-  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
-    RestoreSetup setup;
-    setup.stdio = {in2.fd[0], out2.fd[1], -1};
-    return setup;
-  };
+  callbacks.restore_setup = StdioOnto(in2, out2);
   TargetNode node(std::move(callbacks));
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
-  MigrateOptions options = Options(11);
-  options.mode = MigrationMode::kPreCopy;
+  MigrateOptions options = Options(11, MigrationMode::kPreCopy);
   options.max_rounds = 3;
   options.enough_pages = 0;  // all three rounds
   std::string before;
@@ -588,15 +607,10 @@ TEST_F(MigrationTest, PreCopyPutsRoundsWhileItRunsAndOnlyChangesWhileFrozen) {
   EXPECT_EQ(w.child.Wait(), 128 + SIGKILL);
   auto running = node.WaitRunning(1);
   ASSERT_TRUE(running.has_value());
-  Child init;
-  Child copy;
-  init.pid = running->init_pid;
-  copy.pid = running->pid;
-  in2.CloseRead();
-  out2.CloseWrite();
+  Child init(running->init_pid);
+  Child copy(running->pid);
   ASSERT_EQ(before.rfind("hash ", 0), 0u) << before;
-  ExpectIntact(in2.fd[1], out2.fd[0], before, copy);
-  EXPECT_EQ(init.Wait(), 0);
+  ExpectMovedIntact(in2, out2, before, copy, init);
 }
 
 // Pre-copy's tracking is undone whatever fails: a refusal (after tracking
@@ -611,20 +625,13 @@ TEST_F(MigrationTest, PreCopyFailuresLeaveTheProcessRunningAtTheSource) {
     if (prepares++ == 0) return MakeError(Errc::kPermissionDenied, "not this guest");
     return Ok();
   };
-  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
-    RestoreSetup setup;
-    setup.before_resume = [](pid_t) -> Status {
-      return MakeError(Errc::kInternal, "injected failure before resume");
-    };
-    return setup;
-  };
+  callbacks.restore_setup = FailBeforeResume();
   TargetNode node(std::move(callbacks));
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
   for (const Errc expected : {Errc::kPermissionDenied, Errc::kInternal}) {
     SCOPED_TRACE(ErrcName(expected));
-    MigrateOptions options = Options(prepares + 20);
-    options.mode = MigrationMode::kPreCopy;
+    MigrateOptions options = Options(prepares + 20, MigrationMode::kPreCopy);
     options.max_rounds = 2;
     options.enough_pages = 0;
     options.on_round = [&](int) { Command(w, 'w'); };
@@ -646,15 +653,6 @@ TEST_F(MigrationTest, PreCopyFailuresLeaveTheProcessRunningAtTheSource) {
   EXPECT_EQ(w.child.Wait(), 0);
 }
 
-// Sets $ROAM_FAULT for one test.
-class ScopedFault {
- public:
-  explicit ScopedFault(const char* point) { ::setenv("ROAM_FAULT", point, 1); }
-  ~ScopedFault() { ::unsetenv("ROAM_FAULT"); }
-  ScopedFault(const ScopedFault&) = delete;
-  ScopedFault& operator=(const ScopedFault&) = delete;
-};
-
 // Go is lost after the source killed its copy: the target asks the source,
 // which answers MOVED, and the copy runs.
 TEST_F(MigrationTest, LostGoTargetAsksTheSourceAndRuns) {
@@ -664,11 +662,7 @@ TEST_F(MigrationTest, LostGoTargetAsksTheSourceAndRuns) {
   Pipe in2;
   Pipe out2;
   TargetCallbacks callbacks;
-  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
-    RestoreSetup setup;
-    setup.stdio = {in2.fd[0], out2.fd[1], -1};
-    return setup;
-  };
+  callbacks.restore_setup = StdioOnto(in2, out2);
   TargetNode node(std::move(callbacks), TargetOptions{.go_timeout = 300ms});
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
@@ -683,14 +677,9 @@ TEST_F(MigrationTest, LostGoTargetAsksTheSourceAndRuns) {
                   .has_value());
   auto running = node.WaitRunning(1);
   ASSERT_TRUE(running.has_value());
-  Child init;
-  Child copy;
-  init.pid = running->init_pid;
-  copy.pid = running->pid;
-  in2.CloseRead();
-  out2.CloseWrite();
-  ExpectIntact(in2.fd[1], out2.fd[0], before, copy);
-  EXPECT_EQ(init.Wait(), 0);
+  Child init(running->init_pid);
+  Child copy(running->pid);
+  ExpectMovedIntact(in2, out2, before, copy, init);
 }
 
 // Go is lost and the source no longer knows the migration (a restarted
@@ -734,17 +723,11 @@ TEST_F(MigrationTest, PostCopyWorkloadRunsAtTheTargetBeforeItsPagesArrived) {
     mode = a.mode;
     return Ok();
   };
-  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
-    RestoreSetup setup;
-    setup.stdio = {in2.fd[0], out2.fd[1], -1};
-    return setup;
-  };
+  callbacks.restore_setup = StdioOnto(in2, out2);
   TargetNode node(std::move(callbacks));
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
-  MigrateOptions options = Options(65);
-  options.mode = MigrationMode::kPostCopy;
-  auto report = source_->MigrateOut(*ep, original.pid, options);
+  auto report = source_->MigrateOut(*ep, original.pid, Options(65, MigrationMode::kPostCopy));
   ASSERT_TRUE(report.has_value()) << report.error().ToString();
   PrintPostCopy("post-copy 64 MiB workload", *report);
   EXPECT_EQ(mode, MigrationMode::kPostCopy);
@@ -760,10 +743,8 @@ TEST_F(MigrationTest, PostCopyWorkloadRunsAtTheTargetBeforeItsPagesArrived) {
   EXPECT_EQ(original.Wait(), 128 + SIGKILL) << "the source's copy is gone";
   auto running = node.WaitRunning(1);
   ASSERT_TRUE(running.has_value());
-  Child init;
-  Child copy;
-  init.pid = running->init_pid;
-  copy.pid = running->pid;
+  Child init(running->init_pid);
+  Child copy(running->pid);
   auto ended = node.WaitPostCopyEnd(1);
   ASSERT_TRUE(ended.has_value());
   EXPECT_TRUE(ended->has_value()) << ended->error().ToString();
@@ -786,21 +767,14 @@ TEST_F(MigrationTest, PostCopyRefusedOrFailedBeforeGoLeavesTheProcessAtTheSource
     }
     return Ok();
   };
-  callbacks.restore_setup = [&](const Arrival&) -> Result<RestoreSetup> {
-    RestoreSetup setup;
-    setup.before_resume = [](pid_t) -> Status {
-      return MakeError(Errc::kInternal, "injected failure before resume");
-    };
-    return setup;
-  };
+  callbacks.restore_setup = FailBeforeResume();
   TargetNode node(std::move(callbacks));
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
   for (const Errc expected : {Errc::kResourceExhausted, Errc::kInternal}) {
     SCOPED_TRACE(ErrcName(expected));
-    MigrateOptions options = Options(prepares + 30);
-    options.mode = MigrationMode::kPostCopy;
-    auto report = source_->MigrateOut(*ep, w.child.pid, options);
+    auto report =
+        source_->MigrateOut(*ep, w.child.pid, Options(prepares + 30, MigrationMode::kPostCopy));
     ASSERT_FALSE(report.has_value());
     EXPECT_EQ(report.error().code(), expected) << report.error().ToString();
     if (expected == Errc::kResourceExhausted) {
@@ -827,9 +801,7 @@ TEST_F(MigrationTest, PostCopyNeedsThePageFabricAtTheTarget) {
   TargetNode node(TargetCallbacks{}, options);
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
-  MigrateOptions migrate = Options(40);
-  migrate.mode = MigrationMode::kPostCopy;
-  auto report = source_->MigrateOut(*ep, w.child.pid, migrate);
+  auto report = source_->MigrateOut(*ep, w.child.pid, Options(40, MigrationMode::kPostCopy));
   ASSERT_FALSE(report.has_value());
   EXPECT_EQ(report.error().code(), Errc::kUnsupported) << report.error().ToString();
   EXPECT_EQ(node.running(), 0u);
@@ -847,19 +819,15 @@ TEST_F(MigrationTest, PostCopySourceDroppingItsCopyEarlyKillsTheTargetCopy) {
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
   ScopedFault fault("migrate-source-drop-before-done");
-  MigrateOptions options = Options(41);
-  options.mode = MigrationMode::kPostCopy;
-  auto report = source_->MigrateOut(*ep, w.child.pid, options);
+  auto report = source_->MigrateOut(*ep, w.child.pid, Options(41, MigrationMode::kPostCopy));
   ASSERT_TRUE(report.has_value()) << report.error().ToString();
   PrintPostCopy("post-copy, source dropped early", *report);
   EXPECT_FALSE(report->post_copy_complete);
   EXPECT_EQ(w.child.Wait(), 128 + SIGKILL);
   auto running = node.WaitRunning(1);
   ASSERT_TRUE(running.has_value());
-  Child init;
-  Child copy;
-  init.pid = running->init_pid;
-  copy.pid = running->pid;
+  Child init(running->init_pid);
+  Child copy(running->pid);
   // The workload waits on its stdin with most of its memory missing; the
   // stream's next request fails (the source's thread goes on serving its
   // fabric, answering that no post-copy serves pages) and the server kills
@@ -889,8 +857,7 @@ TEST_F(MigrationTest, PostCopyTargetLostAfterGoDropsTheSourceCopyToo) {
     running = node.WaitRunning(1);
     node.Kill();  // its post-copy process dies with it
   });
-  MigrateOptions options = Options(42);
-  options.mode = MigrationMode::kPostCopy;
+  MigrateOptions options = Options(42, MigrationMode::kPostCopy);
   options.post_copy_timeout = 10s;  // a hang fails the test, not the binary
   auto report = source_->MigrateOut(*ep, w.child.pid, options);
   killer.join();
@@ -902,10 +869,8 @@ TEST_F(MigrationTest, PostCopyTargetLostAfterGoDropsTheSourceCopyToo) {
       << report->post_copy_error;
   EXPECT_EQ(w.child.Wait(), 128 + SIGKILL) << "the source's copy is gone too";
   ASSERT_TRUE(running.has_value());
-  Child init;
-  Child copy;
-  init.pid = running->init_pid;
-  copy.pid = running->pid;
+  Child init(running->init_pid);
+  Child copy(running->pid);
   EXPECT_EQ(copy.Wait(), 128 + SIGKILL);
 }
 
@@ -941,8 +906,7 @@ TEST_F(MigrationTest, DISABLED_PostCopyOfABigProcess) {
   TargetNode node(std::move(callbacks), target_options);
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
-  MigrateOptions options = Options(50);
-  options.mode = MigrationMode::kPostCopy;
+  MigrateOptions options = Options(50, MigrationMode::kPostCopy);
   if (const char* mode = std::getenv("ROAM_POSTCOPY_MODE"); mode != nullptr) {
     options.mode =
         std::string(mode) == "stop-copy" ? MigrationMode::kStopCopy : MigrationMode::kPostCopy;
@@ -953,10 +917,8 @@ TEST_F(MigrationTest, DISABLED_PostCopyOfABigProcess) {
   EXPECT_EQ(original.Wait(), 128 + SIGKILL);
   auto running = node.WaitRunning(1);
   ASSERT_TRUE(running.has_value());
-  Child init;
-  Child copy;
-  init.pid = running->init_pid;
-  copy.pid = running->pid;
+  Child init(running->init_pid);
+  Child copy(running->pid);
   if (options.mode == MigrationMode::kPostCopy) {
     auto ended = node.WaitPostCopyEnd(1, 120s);
     ASSERT_TRUE(ended.has_value());
