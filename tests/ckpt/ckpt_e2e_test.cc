@@ -30,18 +30,12 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::BuildDir;
+using testing::ReadFile;
 using testing::RunCommand;
 using testing::TempDir;
 
 std::string Bin(const std::string& name) { return (BuildDir() / "bin" / name).string(); }
 std::string TestBin(const std::string& name) { return (BuildDir() / "tests" / name).string(); }
-
-std::string Slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 void Spit(const fs::path& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;
@@ -101,7 +95,7 @@ class Process {
 bool WaitFor(const fs::path& path, const std::string& text, double seconds = 20) {
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   while (std::chrono::steady_clock::now() < end) {
-    if (Slurp(path).find(text) != std::string::npos) return true;
+    if (ReadFile(path).find(text) != std::string::npos) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return false;
@@ -118,7 +112,7 @@ bool WaitUntil(const std::function<bool()>& done, double seconds = 20) {
 }
 
 std::string ProcFile(pid_t pid, const std::string& name) {
-  return Slurp("/proc/" + std::to_string(pid) + "/" + name);
+  return ReadFile("/proc/" + std::to_string(pid) + "/" + name);
 }
 
 // The value of `key` in /proc/PID/status ("" if the process is gone).
@@ -227,7 +221,7 @@ TEST_F(CkptTest, SelfCheckingWorkloadSurvivesStopCopy) {
   ASSERT_EQ(pipe(p), 0);  // stdin is a pipe: the restorer supplies fd 0
   Process w({TestBin("ckpt_workload"), "1.5", Path("data").string()}, Path("out"), p[0]);
   close(p[0]);
-  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << ReadFile(Path("out"));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
 
   const auto cp =
@@ -242,7 +236,7 @@ TEST_F(CkptTest, SelfCheckingWorkloadSurvivesStopCopy) {
   const auto rs =
       RunCommand({Bin("roam"), "restore", Path("img").string(), "--stdin", Path("stdin").string()});
   EXPECT_EQ(rs.exit_code, 0) << rs.err;
-  const std::string out = Slurp(Path("out"));
+  const std::string out = ReadFile(Path("out"));
   EXPECT_NE(out.find("data ABCDEFGH\n"), std::string::npos) << out;
   EXPECT_NE(out.find("stdin go on\n"), std::string::npos) << out;
   EXPECT_NE(out.find("ok after"), std::string::npos) << out;
@@ -255,14 +249,14 @@ TEST_F(CkptTest, SelfCheckingWorkloadSurvivesPostCopy) {
   Spit(Path("data"), "ABCDEFGHIJ");
   Spit(Path("stdin"), "lazy\n");
   Process w({TestBin("ckpt_workload"), "1.0", Path("data").string()}, Path("out"));
-  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << ReadFile(Path("out"));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
   const auto rs = RunCommand({Bin("roam"), "restore", Path("img").string(), "--lazy", "--same-pid",
                               "--stdin", Path("stdin").string()});
   EXPECT_EQ(rs.exit_code, 0) << rs.err;
   EXPECT_EQ(rs.err.find("post-copy unavailable"), std::string::npos) << rs.err;
-  const std::string out = Slurp(Path("out"));
+  const std::string out = ReadFile(Path("out"));
   EXPECT_NE(out.find("ok after"), std::string::npos) << out;
   EXPECT_EQ(out.find("broken"), std::string::npos) << out;
 }
@@ -276,7 +270,7 @@ TEST_F(CkptTest, ChildForkedRightAfterLazyRestoreSeesEveryByte) {
   ASSERT_EQ(pipe(p), 0);  // blocks reading it until the restore gives a line
   Process w({TestBin("ckpt_forker"), "48"}, Path("out"), p[0]);
   close(p[0]);
-  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << ReadFile(Path("out"));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
   close(p[1]);
@@ -284,20 +278,20 @@ TEST_F(CkptTest, ChildForkedRightAfterLazyRestoreSeesEveryByte) {
       {Bin("roam"), "restore", Path("img").string(), "--lazy", "--stdin", Path("stdin").string()});
   EXPECT_EQ(rs.exit_code, 0) << rs.err;
   EXPECT_EQ(rs.err.find("post-copy unavailable"), std::string::npos) << rs.err;
-  const std::string out = Slurp(Path("out"));
+  const std::string out = ReadFile(Path("out"));
   EXPECT_NE(out.find("child ok"), std::string::npos) << out;
   EXPECT_NE(out.find("parent ok"), std::string::npos) << out;
 }
 
 TEST_F(CkptTest, ThreadsSurvivePostCopy) {
   Process w({TestBin("ckpt_threads"), "1.0"}, Path("out"));
-  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << ReadFile(Path("out"));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
   const auto rs =
       RunCommand({Bin("roam"), "restore", Path("img").string(), "--same-pid", "--lazy"});
-  EXPECT_EQ(rs.exit_code, 0) << rs.err << Slurp(Path("out"));
-  EXPECT_NE(Slurp(Path("out")).find("ok threads"), std::string::npos) << Slurp(Path("out"));
+  EXPECT_EQ(rs.exit_code, 0) << rs.err << ReadFile(Path("out"));
+  EXPECT_NE(ReadFile(Path("out")).find("ok threads"), std::string::npos) << ReadFile(Path("out"));
 }
 
 TEST_F(CkptTest, BlockedReadIsRestartedAfterRestore) {
@@ -308,15 +302,15 @@ TEST_F(CkptTest, BlockedReadIsRestartedAfterRestore) {
   Process w({TestBin("ckpt_workload"), "0.1", Path("data").string()}, Path("out"), p[0]);
   close(p[0]);
   // After "data" it blocks reading stdin.
-  ASSERT_TRUE(WaitFor(Path("out"), "data ABCDEFGH")) << Slurp(Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "data ABCDEFGH")) << ReadFile(Path("out"));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
   close(p[1]);
   const auto rs =
       RunCommand({Bin("roam"), "restore", Path("img").string(), "--stdin", Path("stdin").string()});
   EXPECT_EQ(rs.exit_code, 0) << rs.err;
-  EXPECT_NE(Slurp(Path("out")).find("stdin late line\nok after"), std::string::npos)
-      << Slurp(Path("out"));
+  EXPECT_NE(ReadFile(Path("out")).find("stdin late line\nok after"), std::string::npos)
+      << ReadFile(Path("out"));
 }
 
 TEST_F(CkptTest, LeaveRunningKeepsTheOriginalGoing) {
@@ -326,8 +320,8 @@ TEST_F(CkptTest, LeaveRunningKeepsTheOriginalGoing) {
   const auto cp = RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o",
                               Path("img").string(), "--leave-running"});
   ASSERT_EQ(cp.exit_code, 0) << cp.err;
-  EXPECT_EQ(w.Wait(), 0) << Slurp(Path("out"));
-  EXPECT_NE(Slurp(Path("out")).find("ok after"), std::string::npos);
+  EXPECT_EQ(w.Wait(), 0) << ReadFile(Path("out"));
+  EXPECT_NE(ReadFile(Path("out")).find("ok after"), std::string::npos);
 }
 
 // Real programs nobody here wrote: output after a mid-run checkpoint and
@@ -346,7 +340,7 @@ void CompareWithUndisturbed(const TempDir& dir, const std::vector<std::string>& 
   };
   {
     Process ref(with_output(reference), output_file.empty() ? reference : dir.path() / "ref.log");
-    ASSERT_EQ(ref.Wait(), 0) << Slurp(dir.path() / "ref.log");
+    ASSERT_EQ(ref.Wait(), 0) << ReadFile(dir.path() / "ref.log");
   }
   Process run(with_output(migrated), output_file.empty() ? migrated : dir.path() / "mig.log");
   std::this_thread::sleep_for(std::chrono::milliseconds(checkpoint_after_ms));
@@ -359,7 +353,7 @@ void CompareWithUndisturbed(const TempDir& dir, const std::vector<std::string>& 
   if (!checkpoint_flags.empty()) std::printf("%s", cp.out.c_str());
   const auto rs = RunCommand({Bin("roam"), "restore", (dir.path() / "img").string()});
   ASSERT_EQ(rs.exit_code, 0) << rs.err;
-  const std::string a = Slurp(reference), b = Slurp(migrated);
+  const std::string a = ReadFile(reference), b = ReadFile(migrated);
   EXPECT_GT(a.size(), 0u);
   EXPECT_TRUE(a == b) << "outputs differ: " << a.size() << " vs " << b.size() << " bytes";
 }
@@ -390,11 +384,11 @@ TEST_F(CkptTest, ThreadSignalPendingAcrossANewPid) {
        "time.sleep(1.0)\n"
        "print('pending' if signal.SIGUSR1 in signal.sigpending() else 'lost', flush=True)\n");
   Process w({"/usr/bin/python3", Path("pending.py").string()}, Path("out"));
-  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << ReadFile(Path("out"));
   ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
   const auto rs = RunCommand({Bin("roam"), "restore", Path("img").string()});
   EXPECT_EQ(rs.exit_code, 0) << rs.err;
-  EXPECT_NE(Slurp(Path("out")).find("pending"), std::string::npos) << Slurp(Path("out"));
+  EXPECT_NE(ReadFile(Path("out")).find("pending"), std::string::npos) << ReadFile(Path("out"));
 }
 
 TEST_F(CkptTest, BcPiMatchesUndisturbedRun) {
@@ -452,7 +446,7 @@ TEST_F(CkptTest, UnprivilegedUserCheckpointsAndRestoresOwnProcess) {
     return argv;
   };
   Process w(nobody({TestBin("ckpt_workload"), "1.0", (home / "data").string()}), home / "out");
-  ASSERT_TRUE(WaitFor(home / "out", "ready")) << Slurp(home / "out");
+  ASSERT_TRUE(WaitFor(home / "out", "ready")) << ReadFile(home / "out");
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   // Pre-copy too: its userfaultfd is made by the target, here not root.
   const auto cp = RunCommand(nobody({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o",
@@ -467,13 +461,13 @@ TEST_F(CkptTest, UnprivilegedUserCheckpointsAndRestoresOwnProcess) {
   EXPECT_EQ(same.exit_code, 1);
   EXPECT_NE(same.err.find("permission-denied"), std::string::npos) << same.err;
   // So does a pid namespace of its own (CAP_SYS_ADMIN).
-  const auto before = Slurp(home / "out");
+  const auto before = ReadFile(home / "out");
   const auto ns = RunCommand(nobody({Bin("roam"), "restore", (home / "img").string(), "--pid-ns"}));
   EXPECT_EQ(ns.exit_code, 1);
   EXPECT_EQ(std::count(ns.err.begin(), ns.err.end(), '\n'), 1) << ns.err;
   EXPECT_NE(ns.err.find("permission-denied"), std::string::npos) << ns.err;
   EXPECT_NE(ns.err.find("CAP_SYS_ADMIN"), std::string::npos) << ns.err;
-  EXPECT_EQ(Slurp(home / "out"), before) << "the refused restore ran the process";
+  EXPECT_EQ(ReadFile(home / "out"), before) << "the refused restore ran the process";
 
   // Post-copy needs what nobody lacks (fork events want CAP_SYS_PTRACE; a
   // userfaultfd for kernel faults wants root): stop-copy, and it says so.
@@ -482,7 +476,7 @@ TEST_F(CkptTest, UnprivilegedUserCheckpointsAndRestoresOwnProcess) {
   EXPECT_NE(rs.err.find("exe link not restored"), std::string::npos) << rs.err;
   EXPECT_NE(rs.err.find("post-copy unavailable, restored by stop-copy"), std::string::npos)
       << rs.err;
-  EXPECT_NE(Slurp(home / "out").find("ok after"), std::string::npos) << Slurp(home / "out");
+  EXPECT_NE(ReadFile(home / "out").find("ok after"), std::string::npos) << ReadFile(home / "out");
 }
 
 TEST_F(CkptTest, SamePidRestoreKeepsThePid) {
@@ -496,12 +490,12 @@ TEST_F(CkptTest, SamePidRestoreKeepsThePid) {
   EXPECT_EQ(rs.out, "restored as pid " + std::to_string(w.pid()) + "\n");
   EXPECT_EQ(rs.err.find("pid changed"), std::string::npos) << rs.err;
   // It was reparented away from the exited roam: wait for its output.
-  EXPECT_TRUE(WaitFor(Path("out"), "ok after")) << Slurp(Path("out"));
+  EXPECT_TRUE(WaitFor(Path("out"), "ok after")) << ReadFile(Path("out"));
 }
 
 TEST_F(CkptTest, ThreadsKeepTheirIdsRobustMutexAndRaise) {
   Process w({TestBin("ckpt_threads"), "1.5"}, Path("out"));
-  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << ReadFile(Path("out"));
   std::this_thread::sleep_for(std::chrono::milliseconds(400));
   ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
   // New thread ids would break glibc: refused without --same-pid.
@@ -509,8 +503,8 @@ TEST_F(CkptTest, ThreadsKeepTheirIdsRobustMutexAndRaise) {
   EXPECT_EQ(refused.exit_code, 1);
   EXPECT_NE(refused.err.find("--same-pid"), std::string::npos) << refused.err;
   const auto rs = RunCommand({Bin("roam"), "restore", Path("img").string(), "--same-pid"});
-  EXPECT_EQ(rs.exit_code, 0) << rs.err << Slurp(Path("out"));
-  EXPECT_NE(Slurp(Path("out")).find("ok threads"), std::string::npos) << Slurp(Path("out"));
+  EXPECT_EQ(rs.exit_code, 0) << rs.err << ReadFile(Path("out"));
+  EXPECT_NE(ReadFile(Path("out")).find("ok threads"), std::string::npos) << ReadFile(Path("out"));
 }
 
 // The pool's way: each process in a pid namespace of its own behind a roam
@@ -519,7 +513,7 @@ TEST_F(CkptTest, ThreadsKeepTheirIdsRobustMutexAndRaise) {
 // workload's raise(), pthread_kill() and robust mutex check them.
 TEST_F(CkptTest, PidNamespaceRestoreKeepsIdsWhileTheyAreInUseHere) {
   Process w({TestBin("ckpt_threads"), "4.0"}, Path("out"));
-  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << ReadFile(Path("out"));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   const auto cp = RunCommand({Bin("roam"), "checkpoint", std::to_string(w.pid()), "-o",
                               Path("img").string(), "--leave-running"});
@@ -532,7 +526,8 @@ TEST_F(CkptTest, PidNamespaceRestoreKeepsIdsWhileTheyAreInUseHere) {
   NamespacedRestore second({Bin("roam"), "restore", Path("img").string(), "--pid-ns"},
                            Path("second.log"));
   for (auto* r : {&first, &second}) {
-    ASSERT_TRUE(r->Find("ckpt_threads")) << Slurp(Path("first.log")) << Slurp(Path("second.log"));
+    ASSERT_TRUE(r->Find("ckpt_threads"))
+        << ReadFile(Path("first.log")) << ReadFile(Path("second.log"));
     EXPECT_NE(PidNamespaceOf(r->process()), PidNamespaceOf(getpid()));
     EXPECT_EQ(NsPids(r->process()).back(), w.pid());
     std::vector<pid_t> inside;
@@ -544,11 +539,11 @@ TEST_F(CkptTest, PidNamespaceRestoreKeepsIdsWhileTheyAreInUseHere) {
         << ProcFile(r->init(), "maps");
   }
   EXPECT_NE(PidNamespaceOf(first.process()), PidNamespaceOf(second.process()));
-  EXPECT_EQ(w.Wait(), 0) << Slurp(Path("out"));
-  EXPECT_EQ(first.roam().Wait(), 0) << Slurp(Path("first.log")) << Slurp(Path("out"));
-  EXPECT_EQ(second.roam().Wait(), 0) << Slurp(Path("second.log")) << Slurp(Path("out"));
-  EXPECT_NE(Slurp(Path("out")).find("ok threads"), std::string::npos) << Slurp(Path("out"));
-  EXPECT_EQ(Slurp(Path("out")).find("broken"), std::string::npos) << Slurp(Path("out"));
+  EXPECT_EQ(w.Wait(), 0) << ReadFile(Path("out"));
+  EXPECT_EQ(first.roam().Wait(), 0) << ReadFile(Path("first.log")) << ReadFile(Path("out"));
+  EXPECT_EQ(second.roam().Wait(), 0) << ReadFile(Path("second.log")) << ReadFile(Path("out"));
+  EXPECT_NE(ReadFile(Path("out")).find("ok threads"), std::string::npos) << ReadFile(Path("out"));
+  EXPECT_EQ(ReadFile(Path("out")).find("broken"), std::string::npos) << ReadFile(Path("out"));
   // roam reaped the inits after the processes.
   EXPECT_FALSE(fs::exists("/proc/" + std::to_string(first.init())));
   EXPECT_FALSE(fs::exists("/proc/" + std::to_string(second.init())));
@@ -558,13 +553,13 @@ TEST_F(CkptTest, PidNamespaceRestoreKeepsIdsWhileTheyAreInUseHere) {
 // knows (those inside) and moves again into a fresh namespace.
 TEST_F(CkptTest, ProcessRestoredInAPidNamespaceMovesAgain) {
   Process w({TestBin("ckpt_threads"), "3.0"}, Path("out"));
-  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << ReadFile(Path("out"));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   const std::vector<pid_t> tids = ThreadsOf(w.pid());
   ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
   NamespacedRestore first({Bin("roam"), "restore", Path("img").string(), "--pid-ns"},
                           Path("first.log"));
-  ASSERT_TRUE(first.Find("ckpt_threads")) << Slurp(Path("first.log")) << Slurp(Path("out"));
+  ASSERT_TRUE(first.Find("ckpt_threads")) << ReadFile(Path("first.log")) << ReadFile(Path("out"));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   const auto check =
       RunCommand({Bin("roam"), "checkpoint", "--check", std::to_string(first.process())});
@@ -572,20 +567,20 @@ TEST_F(CkptTest, ProcessRestoredInAPidNamespaceMovesAgain) {
   const auto cp = RunCommand(
       {Bin("roam"), "checkpoint", std::to_string(first.process()), "-o", Path("img2").string()});
   ASSERT_EQ(cp.exit_code, 0) << cp.err;
-  EXPECT_EQ(first.roam().Wait(), 128 + SIGKILL) << Slurp(Path("first.log"));
+  EXPECT_EQ(first.roam().Wait(), 128 + SIGKILL) << ReadFile(Path("first.log"));
   EXPECT_FALSE(fs::exists("/proc/" + std::to_string(first.init())));
 
   NamespacedRestore again({Bin("roam"), "restore", Path("img2").string(), "--pid-ns"},
                           Path("again.log"));
-  ASSERT_TRUE(again.Find("ckpt_threads")) << Slurp(Path("again.log")) << Slurp(Path("out"));
+  ASSERT_TRUE(again.Find("ckpt_threads")) << ReadFile(Path("again.log")) << ReadFile(Path("out"));
   EXPECT_EQ(NsPids(again.process()).back(), w.pid());
   std::vector<pid_t> inside;
   for (const pid_t t : ThreadsOf(again.process())) inside.push_back(NsPids(t).back());
   std::sort(inside.begin(), inside.end());
   EXPECT_EQ(inside, tids);
-  EXPECT_EQ(again.roam().Wait(), 0) << Slurp(Path("again.log")) << Slurp(Path("out"));
-  EXPECT_NE(Slurp(Path("out")).find("ok threads"), std::string::npos) << Slurp(Path("out"));
-  EXPECT_EQ(Slurp(Path("out")).find("broken"), std::string::npos) << Slurp(Path("out"));
+  EXPECT_EQ(again.roam().Wait(), 0) << ReadFile(Path("again.log")) << ReadFile(Path("out"));
+  EXPECT_NE(ReadFile(Path("out")).find("ok threads"), std::string::npos) << ReadFile(Path("out"));
+  EXPECT_EQ(ReadFile(Path("out")).find("broken"), std::string::npos) << ReadFile(Path("out"));
 }
 
 // Signals reach the restored process straight, through the init and through
@@ -593,10 +588,10 @@ TEST_F(CkptTest, ProcessRestoredInAPidNamespaceMovesAgain) {
 // with the process.
 TEST_F(CkptTest, PidNamespaceInitForwardsSignalsAndReapsOrphans) {
   Process w({TestBin("ckpt_signals")}, Path("out"));
-  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << ReadFile(Path("out"));
   ASSERT_NO_FATAL_FAILURE(CheckpointAndEnd(w));
   NamespacedRestore r({Bin("roam"), "restore", Path("img").string(), "--pid-ns"}, Path("log"));
-  ASSERT_TRUE(r.Find("ckpt_signals")) << Slurp(Path("log")) << Slurp(Path("out"));
+  ASSERT_TRUE(r.Find("ckpt_signals")) << ReadFile(Path("log")) << ReadFile(Path("out"));
   EXPECT_EQ(NsPids(r.process()).back(), w.pid());
   EXPECT_EQ(PidNamespaceOf(r.init()), PidNamespaceOf(r.process()));
 
@@ -607,20 +602,21 @@ TEST_F(CkptTest, PidNamespaceInitForwardsSignalsAndReapsOrphans) {
     ASSERT_GT(to, 0);
     ASSERT_EQ(kill(to, SIGUSR1), 0);
     EXPECT_TRUE(WaitFor(Path("out"), "usr1 " + std::to_string(++sent)))
-        << "SIGUSR1 sent to pid " << to << " did not arrive: " << Slurp(Path("out"));
+        << "SIGUSR1 sent to pid " << to << " did not arrive: " << ReadFile(Path("out"));
   }
 
   ASSERT_EQ(kill(r.process(), SIGUSR2), 0);
-  ASSERT_TRUE(WaitFor(Path("out"), "orphan ")) << Slurp(Path("out"));
-  EXPECT_NE(Slurp(Path("out")).find(" ppid 1\n"), std::string::npos)
-      << "the orphan was not reparented to the namespace's init: " << Slurp(Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "orphan ")) << ReadFile(Path("out"));
+  EXPECT_NE(ReadFile(Path("out")).find(" ppid 1\n"), std::string::npos)
+      << "the orphan was not reparented to the namespace's init: " << ReadFile(Path("out"));
   EXPECT_TRUE(WaitUntil([&] { return ChildrenOf(r.init()).empty(); }))
       << "the init left a zombie: children "
       << ProcFile(r.init(), "task/" + std::to_string(r.init()) + "/children");
 
   ASSERT_EQ(kill(r.init(), SIGTERM), 0);
-  EXPECT_EQ(r.roam().Wait(), 0) << Slurp(Path("log")) << Slurp(Path("out"));
-  EXPECT_NE(Slurp(Path("out")).find("term after 3 usr1"), std::string::npos) << Slurp(Path("out"));
+  EXPECT_EQ(r.roam().Wait(), 0) << ReadFile(Path("log")) << ReadFile(Path("out"));
+  EXPECT_NE(ReadFile(Path("out")).find("term after 3 usr1"), std::string::npos)
+      << ReadFile(Path("out"));
   EXPECT_FALSE(fs::exists("/proc/" + std::to_string(r.init())));
 }
 
@@ -629,7 +625,7 @@ class RefusalTest : public CkptTest, public ::testing::WithParamInterface<const 
 TEST_P(RefusalTest, RefusedAndLeftRunning) {
   const std::string reason = GetParam();
   Process w({TestBin("ckpt_refusal"), reason}, Path("out"));
-  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << Slurp(Path("out"));
+  ASSERT_TRUE(WaitFor(Path("out"), "ready")) << ReadFile(Path("out"));
   if (reason == "traced") {
     ASSERT_EQ(ptrace(PTRACE_SEIZE, w.pid(), nullptr, nullptr), 0);
   }
@@ -690,17 +686,17 @@ TEST_F(CkptTest, DamagedImagesAreRefused) {
   for (const auto& d : damages) {
     const fs::path copy = Path(std::string("bad-") + d.name);
     fs::copy(Path("img"), copy);
-    std::string bytes = Slurp(copy / d.file);
+    std::string bytes = ReadFile(copy / d.file);
     d.apply(bytes);
     Spit(copy / d.file, bytes);
-    const auto before = Slurp(Path("out"));
+    const auto before = ReadFile(Path("out"));
     const auto rs = RunCommand({Bin("roam"), "restore", copy.string()});
     EXPECT_NE(rs.exit_code, 0) << d.name;
     EXPECT_EQ(std::count(rs.err.begin(), rs.err.end(), '\n'), 1) << d.name << ": " << rs.err;
     EXPECT_TRUE(rs.err.find("corrupt") != std::string::npos ||
                 rs.err.find("incompatible") != std::string::npos)
         << d.name << ": " << rs.err;
-    EXPECT_EQ(Slurp(Path("out")), before) << d.name << ": the process ran";
+    EXPECT_EQ(ReadFile(Path("out")), before) << d.name << ": the process ran";
   }
 }
 

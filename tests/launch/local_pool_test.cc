@@ -33,6 +33,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing::BuildDir;
 using testing::CommandResult;
+using testing::ReadFile;
 using testing::RunCommand;
 using namespace std::chrono_literals;
 
@@ -41,13 +42,6 @@ struct Report {
   ino_t netns = 0;
   std::string cgroup;
 };
-
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 bool Connects(const std::string& path) {
   const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);

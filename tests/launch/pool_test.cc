@@ -34,17 +34,11 @@ namespace {
 
 using testing::BuildDir;
 using testing::CommandResult;
+using testing::ReadFile;
 using testing::RunCommand;
 using testing::TempDir;
 
 std::string Bin(std::string_view name) { return (BuildDir() / "bin" / name).string(); }
-
-std::string ReadFile(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 bool Alive(pid_t pid) { return kill(pid, 0) == 0; }
 

@@ -31,6 +31,7 @@ namespace roam::proc {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::ReadFile;
 
 constexpr uid_t kNobody = 65534;
 constexpr gid_t kNogroup = 65534;
@@ -51,13 +52,6 @@ std::string StatusField(pid_t pid, const std::string& name) {
     return first == std::string::npos ? "" : value.substr(first, last - first + 1);
   }
   return "<none>";
-}
-
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 std::string ReadAll(int fd) {

@@ -44,23 +44,19 @@ TempDir::~TempDir() {
 
 bool IsRoot() { return geteuid() == 0; }
 
-std::filesystem::path BuildDir() {
-  const char* dir = std::getenv("ROAM_BUILD_DIR");
-  return dir != nullptr ? std::filesystem::path(dir) : std::filesystem::path(ROAM_TEST_BUILD_DIR);
-}
-
-std::filesystem::path SourceDir() { return ROAM_TEST_SOURCE_DIR; }
-
-namespace {
-
-std::string Slurp(const std::filesystem::path& path) {
+std::string ReadFile(const std::filesystem::path& path) {
   std::ifstream in(path);
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
 }
 
-}  // namespace
+std::filesystem::path BuildDir() {
+  const char* dir = std::getenv("ROAM_BUILD_DIR");
+  return dir != nullptr ? std::filesystem::path(dir) : std::filesystem::path(ROAM_TEST_BUILD_DIR);
+}
+
+std::filesystem::path SourceDir() { return ROAM_TEST_SOURCE_DIR; }
 
 CommandResult RunCommand(const std::vector<std::string>& argv) {
   CommandResult result;
@@ -91,8 +87,8 @@ CommandResult RunCommand(const std::vector<std::string>& argv) {
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  result.out = Slurp(out_path);
-  result.err = Slurp(err_path);
+  result.out = ReadFile(out_path);
+  result.err = ReadFile(err_path);
   return result;
 }
 

@@ -36,6 +36,9 @@ class TempDir final {
 
 bool IsRoot();
 
+// The whole contents of a file; empty if it cannot be read.
+std::string ReadFile(const std::filesystem::path& path);
+
 // The build tree the test was built in (ROAM_BUILD_DIR overrides it), and
 // the source tree.
 std::filesystem::path BuildDir();
