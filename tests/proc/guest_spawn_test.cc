@@ -107,7 +107,8 @@ int WaitFor(pid_t pid, std::chrono::seconds limit = std::chrono::seconds(20)) {
 struct GuestReaper {
   pid_t guest = -1;
   pid_t init = -1;
-  GuestReaper() = default;
+  explicit GuestReaper(const SpawnedGuest& g) : guest(g.pid), init(g.init_pid) {}
+  GuestReaper(pid_t guest_pid, pid_t init_pid) : guest(guest_pid), init(init_pid) {}
   GuestReaper(const GuestReaper&) = delete;
   GuestReaper& operator=(const GuestReaper&) = delete;
   ~GuestReaper() {
@@ -119,10 +120,6 @@ struct GuestReaper {
       kill(init, SIGKILL);
       waitpid(init, nullptr, __WALL);
     }
-  }
-  void Track(const SpawnedGuest& g) {
-    guest = g.pid;
-    init = g.init_pid;
   }
   // Wait statuses, -1 while not reaped (then left to the destructor).
   int WaitGuest(std::chrono::seconds limit = std::chrono::seconds(20)) {
@@ -176,8 +173,7 @@ class GuestSpawnTest : public ::testing::Test {
 TEST_F(GuestSpawnTest, ExitCodeComesBackAndTheInitEndsWithTheGuest) {
   auto guest = SpawnGuest(Spec({"sh", "-c", "exit 7"}));
   ASSERT_TRUE(guest.has_value()) << guest.error().ToString();
-  GuestReaper reaper;
-  reaper.Track(*guest);
+  GuestReaper reaper(*guest);
   EXPECT_TRUE(guest->pidfd.valid());
   const int status = reaper.WaitBoth();
   ASSERT_TRUE(WIFEXITED(status)) << status;
@@ -198,8 +194,7 @@ TEST_F(GuestSpawnTest, RunsAsTheGivenUserInItsOwnSessionAndPidNamespace) {
   auto guest = SpawnGuest(spec);
   sigaction(SIGPIPE, &old, nullptr);
   ASSERT_TRUE(guest.has_value()) << guest.error().ToString();
-  GuestReaper reaper;
-  reaper.Track(*guest);
+  GuestReaper reaper(*guest);
 
   EXPECT_EQ(StatusField(guest->pid, "Uid"), "65534 65534 65534 65534");
   EXPECT_EQ(StatusField(guest->pid, "Gid"), "65534 65534 65534 65534");
@@ -227,8 +222,7 @@ TEST_F(GuestSpawnTest, EnvironmentIsExactlyTheGivenOne) {
   spec.stdio[1] = out.write;
   auto guest = SpawnGuest(spec);
   ASSERT_TRUE(guest.has_value()) << guest.error().ToString();
-  GuestReaper reaper;
-  reaper.Track(*guest);
+  GuestReaper reaper(*guest);
   out.CloseWrite();
   EXPECT_EQ(ReadAll(out.read), "A=1\nB=two words\nEMPTY=\n");
   EXPECT_EQ(reaper.WaitBoth(), 0);
@@ -243,8 +237,7 @@ TEST_F(GuestSpawnTest, WorkingDirectoryAndUmaskApply) {
   spec.stdio[1] = out.write;
   auto guest = SpawnGuest(spec);
   ASSERT_TRUE(guest.has_value()) << guest.error().ToString();
-  GuestReaper reaper;
-  reaper.Track(*guest);
+  GuestReaper reaper(*guest);
   out.CloseWrite();
   EXPECT_EQ(ReadAll(out.read), dir.path().string() + "\n0027\n");
   EXPECT_EQ(reaper.WaitBoth(), 0);
@@ -258,8 +251,7 @@ TEST_F(GuestSpawnTest, StdioGoesThroughTheGivenFds) {
   spec.stdio = {in.read, out.write, err.write};
   auto guest = SpawnGuest(spec);
   ASSERT_TRUE(guest.has_value()) << guest.error().ToString();
-  GuestReaper reaper;
-  reaper.Track(*guest);
+  GuestReaper reaper(*guest);
   in.CloseRead();
   out.CloseWrite();
   err.CloseWrite();
@@ -279,8 +271,7 @@ TEST_F(GuestSpawnTest, NoOtherFdReachesTheGuest) {
   auto guest = SpawnGuest(spec);
   close(leaked);
   ASSERT_TRUE(guest.has_value()) << guest.error().ToString();
-  GuestReaper reaper;
-  reaper.Track(*guest);
+  GuestReaper reaper(*guest);
   std::set<std::string> fds;
   for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(guest->pid) + "/fd")) {
     fds.insert(e.path().filename().string());
@@ -295,8 +286,7 @@ TEST_F(GuestSpawnTest, LimitsApplyAndOneAboveTheHardLimitIsClamped) {
   ASSERT_EQ(getrlimit(RLIMIT_MSGQUEUE, &msgqueue), 0);
   auto guest = SpawnGuest(spec);
   ASSERT_TRUE(guest.has_value()) << guest.error().ToString();
-  GuestReaper reaper;
-  reaper.Track(*guest);
+  GuestReaper reaper(*guest);
   const std::string limits = ReadFile("/proc/" + std::to_string(guest->pid) + "/limits");
   EXPECT_NE(limits.find("Max open files            64                   128"), std::string::npos)
       << limits;
@@ -387,8 +377,7 @@ TEST_F(GuestSpawnTest, JoinsTheGivenCgroupsBeforeItRuns) {
     spec.stdio[1] = out.write;
     auto guest = SpawnGuest(spec);
     ASSERT_TRUE(guest.has_value()) << guest.error().ToString();
-    GuestReaper reaper;
-    reaper.Track(*guest);
+    GuestReaper reaper(*guest);
     out.CloseWrite();
     // What the program itself sees, from its first instruction on.
     const std::string seen = ReadAll(out.read);
@@ -410,8 +399,7 @@ TEST_F(GuestSpawnTest, JoinsTheGivenCgroupsBeforeItRuns) {
 TEST_F(GuestSpawnTest, KillingTheInitKillsTheGuest) {
   auto guest = SpawnGuest(Spec({"sleep", "1000"}));
   ASSERT_TRUE(guest.has_value()) << guest.error().ToString();
-  GuestReaper reaper;
-  reaper.Track(*guest);
+  GuestReaper reaper(*guest);
   ASSERT_EQ(kill(guest->init_pid, SIGKILL), 0);
   const int status = reaper.WaitGuest();
   ASSERT_TRUE(status != -1 && WIFSIGNALED(status)) << status;
@@ -434,9 +422,7 @@ TEST_F(GuestSpawnTest, GuestDiesWhenItsSpawnerIsKilled) {
   ASSERT_EQ(read(pids.read, got.data(), sizeof(got)), static_cast<ssize_t>(sizeof(got)));
   kill(spawner, SIGKILL);
   waitpid(spawner, nullptr, 0);
-  GuestReaper reaper;  // reparented to us: still ours to reap
-  reaper.guest = got[0];
-  reaper.init = got[1];
+  GuestReaper reaper(got[0], got[1]);  // reparented to us: still ours to reap
   ASSERT_GT(got[0], 0);
   const int status = reaper.WaitGuest(std::chrono::seconds(10));
   const int init_status = reaper.WaitInit(std::chrono::seconds(10));
@@ -452,8 +438,7 @@ TEST_F(GuestSpawnTest, GuestDiesWhenItsSpawningThreadEnds) {
   Result<SpawnedGuest> guest = MakeError(Errc::kInternal, "not run");
   std::thread([&] { guest = SpawnGuest(Spec({"sleep", "1000"})); }).join();
   ASSERT_TRUE(guest.has_value()) << guest.error().ToString();
-  GuestReaper reaper;  // reparented to this thread's process: still ours
-  reaper.Track(*guest);
+  GuestReaper reaper(*guest);  // reparented to this thread's process: still ours
   const int status = reaper.WaitGuest(std::chrono::seconds(10));
   ASSERT_TRUE(status != -1 && WIFSIGNALED(status)) << status;
   EXPECT_EQ(WTERMSIG(status), SIGKILL);
