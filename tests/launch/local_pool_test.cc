@@ -14,7 +14,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -104,7 +103,7 @@ class LocalPoolTest : public ::testing::Test {
   void TearDown() override {
     if (name_.empty()) return;
     // Whatever the test left, even if `pool down` itself is what broke.
-    (void)Roam({"pool", "down", "--name", name_});
+    (void)Down();
     (void)KillCgroupTree(PoolCgroup(), 5s);
     (void)RemoveCgroupTree(PoolCgroup());
     std::error_code ec;
@@ -124,6 +123,14 @@ class LocalPoolTest : public ::testing::Test {
     return Roam(
         {"pool", "up", "--local", std::to_string(nodes), "--cpus-per-node", "0.5", "--name", name_},
         env);
+  }
+
+  // `roam pool down` of this test's pool.
+  CommandResult Down() const { return Roam({"pool", "down", "--name", name_}); }
+
+  // The pool's state file, parsed (discarded if it does not parse).
+  nlohmann::json PoolJson() const {
+    return nlohmann::json::parse(ReadFile(Dir() / "pool.json"), nullptr, false);
   }
 
   fs::path PoolCgroup() const { return cpu_mount_ / ("roam." + name_); }
@@ -171,7 +178,7 @@ TEST_F(LocalPoolTest, UpStartsNodesInTheirOwnNamespacesAndCgroupsAndDownRemovesT
             std::string::npos)
       << up.out;
 
-  const nlohmann::json j = nlohmann::json::parse(ReadFile(dir / "pool.json"), nullptr, false);
+  const nlohmann::json j = PoolJson();
   ASSERT_TRUE(j.is_object()) << ReadFile(dir / "pool.json");
   EXPECT_EQ(j["name"], name_);
   ASSERT_EQ(j["nodes"].size(), 3u);
@@ -217,7 +224,7 @@ TEST_F(LocalPoolTest, UpStartsNodesInTheirOwnNamespacesAndCgroupsAndDownRemovesT
   }
   EXPECT_EQ(LocalPoolSocket(name_, "n4").error().code(), Errc::kNotFound);
 
-  const CommandResult down = Roam({"pool", "down", "--name", name_});
+  const CommandResult down = Down();
   EXPECT_EQ(down.exit_code, 0) << down.out << down.err;
   ExpectGone(reports, keeper);
 }
@@ -236,7 +243,7 @@ TEST_F(LocalPoolTest, UpTwiceIsAClearError) {
 }
 
 TEST_F(LocalPoolTest, DownWithoutAPoolSaysSo) {
-  const CommandResult down = Roam({"pool", "down", "--name", name_});
+  const CommandResult down = Down();
   EXPECT_EQ(down.exit_code, 1);
   EXPECT_EQ(down.err, fmt::format("roam: pool down: no local pool '{}' is up\n", name_));
 }
@@ -250,7 +257,7 @@ TEST_F(LocalPoolTest, BadNameIsRefused) {
 TEST_F(LocalPoolTest, DownCleansUpAfterAKilledKeeper) {
   const CommandResult up = Up(2);
   ASSERT_EQ(up.exit_code, 0) << up.err;
-  const auto j = nlohmann::json::parse(ReadFile(Dir() / "pool.json"), nullptr, false);
+  const auto j = PoolJson();
   const pid_t keeper = j["keeper"].get<pid_t>();
   std::vector<Report> reports;
   for (const char* node : {"n1", "n2"}) {
@@ -261,7 +268,7 @@ TEST_F(LocalPoolTest, DownCleansUpAfterAKilledKeeper) {
   ASSERT_TRUE(WaitFor([&] { return !Running(keeper); }, 5s));
   // The roamds died with the keeper (PDEATHSIG); the directory and the
   // cgroups are down's to remove.
-  const CommandResult down = Roam({"pool", "down", "--name", name_});
+  const CommandResult down = Down();
   EXPECT_EQ(down.exit_code, 0) << down.err;
   ExpectGone(reports, keeper);
 }
@@ -276,20 +283,20 @@ TEST_F(LocalPoolTest, TheKeeperLogsARoamdThatExits) {
       [&] { return ReadFile(Dir() / "keeper.log").find(expected) != std::string::npos; }, 5s))
       << ReadFile(Dir() / "keeper.log");
   EXPECT_TRUE(Connects(Dir() / "n1.sock")) << "the other node went too";
-  const CommandResult down = Roam({"pool", "down", "--name", name_});
+  const CommandResult down = Down();
   EXPECT_EQ(down.exit_code, 0) << down.err;
   EXPECT_FALSE(fs::exists(Dir()));
 }
 
 TEST_F(LocalPoolTest, UpReplacesTheStateOfADeadKeeper) {
   ASSERT_EQ(Up(1).exit_code, 0);
-  const auto j = nlohmann::json::parse(ReadFile(Dir() / "pool.json"), nullptr, false);
+  const auto j = PoolJson();
   const pid_t keeper = j["keeper"].get<pid_t>();
   ASSERT_EQ(kill(keeper, SIGKILL), 0);
   ASSERT_TRUE(WaitFor([&] { return !Running(keeper); }, 5s));
   const CommandResult again = Up(2);
   ASSERT_EQ(again.exit_code, 0) << again.err;
-  const auto k = nlohmann::json::parse(ReadFile(Dir() / "pool.json"), nullptr, false);
+  const auto k = PoolJson();
   EXPECT_NE(k["keeper"].get<pid_t>(), keeper);
   EXPECT_EQ(k["nodes"].size(), 2u);
 }

@@ -3,7 +3,6 @@
 // `roam` program: remote execution with exit codes, output and signals,
 // stdin streamed to a remote process, `roam ps` at home, ownership, and a
 // process whose node is lost.
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -118,24 +117,35 @@ class PoolTest : public ::testing::Test {
     }
   }
 
+  // Node i's daemon dies at once, as a lost node's would.
+  void KillDaemon(int i) {
+    kill(daemons_[i], SIGKILL);
+    waitpid(daemons_[i], nullptr, 0);
+    daemons_[i] = -1;
+  }
+
   std::filesystem::path GuestCgroup(int i) const { return cgroups_ / Name(i) / "guests"; }
 
   static std::string Name(int i) { return "n" + std::to_string(i + 1); }
   std::string Socket(int i) const { return (dir_.path() / (Name(i) + ".sock")).string(); }
 
+  // The start of a bash line for roam against node i's daemon: fd 251
+  // closed, ROAM_SOCKET set for the command that follows.
+  std::string RoamLine(int i) const { return "exec 251>&-; ROAM_SOCKET=" + Socket(i) + " "; }
+
   // `roam ARGS` against node i's daemon, with a shell line's redirections.
   CommandResult Roam(int i, const std::string& args) const {
-    return RunCommand({"/bin/bash", "-c",
-                       "exec 251>&-; ROAM_SOCKET=" + Socket(i) + " " + Bin("roam") + " " + args});
+    return RunCommand({"/bin/bash", "-c", RoamLine(i) + Bin("roam") + " " + args});
   }
 
   // `roam ARGS` in the background; its stdout and stderr go to files.
   pid_t RoamInBackground(int i, const std::string& args, const std::string& tag) {
+    // Built before fork: the child of a threaded process must not allocate.
+    const std::string line = RoamLine(i) + "exec " + Bin("roam") + " " + args + " >" +
+                             (dir_.path() / (tag + ".out")).string() + " 2>" +
+                             (dir_.path() / (tag + ".err")).string();
     const pid_t pid = fork();
     if (pid == 0) {
-      const std::string line = "exec 251>&-; ROAM_SOCKET=" + Socket(i) + " exec " + Bin("roam") +
-                               " " + args + " >" + (dir_.path() / (tag + ".out")).string() + " 2>" +
-                               (dir_.path() / (tag + ".err")).string();
       execl("/bin/bash", "bash", "-c", line.c_str(), nullptr);
       _exit(127);
     }
@@ -303,9 +313,7 @@ TEST_F(PoolTest, ANonOwnerCannotKillAndRunsAsThemselves) {
 TEST_F(PoolTest, AProcessWhoseNodeIsLostEndsWithAClearStatus) {
   const pid_t roam = RoamInBackground(0, "run --node n2 -- sleep 60", "lost");
   WaitForProcess(0);
-  kill(daemons_[1], SIGKILL);
-  waitpid(daemons_[1], nullptr, 0);
-  daemons_[1] = -1;
+  KillDaemon(1);
   EXPECT_EQ(Wait(roam, std::chrono::seconds(20)), 255);
   EXPECT_NE(ReadFile(dir_.path() / "lost.err").find("lost"), std::string::npos)
       << ReadFile(dir_.path() / "lost.err");
@@ -516,9 +524,7 @@ TEST_F(PoolTest, TargetDaemonKilledDuringMigrationLeavesTheProcessAtTheSource) {
   std::this_thread::sleep_for(std::chrono::milliseconds(800));
   const pid_t migrate = RoamInBackground(0, "migrate " + id + " --to n3", "migrate");
   std::this_thread::sleep_for(std::chrono::milliseconds(150));
-  kill(daemons_[2], SIGKILL);
-  waitpid(daemons_[2], nullptr, 0);
-  daemons_[2] = -1;
+  KillDaemon(2);
   EXPECT_NE(Wait(migrate), 0) << ReadFile(dir_.path() / "migrate.out");
   EXPECT_NE(ReadFile(dir_.path() / "migrate.err").find("stays on n2"), std::string::npos)
       << ReadFile(dir_.path() / "migrate.err");
