@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <string>
+#include <string_view>
 
 #include "launch/daemon/event_loop.h"
 #include "launch/pool/envelope.h"
@@ -25,6 +26,10 @@ Bytes ToBytes(const std::string& s) {
   return {p, p + s.size()};
 }
 
+// The pool's key (32 bytes).
+constexpr std::string_view kKey = "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk";
+static_assert(kKey.size() == 32);
+
 class PoolPeersTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -34,7 +39,7 @@ class PoolPeersTest : public ::testing::Test {
     options.name = "intruder";
     intruder_ = network_.AddNode(options).value();
     loop_ = EventLoop::Create().value();
-    auto key = pool::PoolKey::FromBytes(std::string(32, 'k'));
+    auto key = pool::PoolKey::FromBytes(kKey);
     ASSERT_TRUE(key);
     PoolOptions pool;
     pool.name = "n1";
@@ -93,7 +98,7 @@ class PoolPeersTest : public ::testing::Test {
 };
 
 TEST_F(PoolPeersTest, AnswersSealedMessagesAndDropsTheRest) {
-  const auto key = pool::PoolKey::FromBytes(std::string(32, 'k')).value();
+  const auto key = pool::PoolKey::FromBytes(kKey).value();
   const auto wrong = pool::PoolKey::FromBytes(std::string(32, 'w')).value();
 
   // Sealed with the pool key: handled, and the reply is sealed too.

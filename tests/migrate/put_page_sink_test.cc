@@ -135,6 +135,14 @@ class PutPageSinkTest : public ::testing::Test {
         PutPageSink::Options{.sent = sent, .timeout = 10s, .expected_bytes = 0, .progress = {}});
   }
 
+  // Ends the sink and the peer: the staging as the target would read it.
+  Result<std::unique_ptr<StagedRuns>> Land(std::unique_ptr<PutPageSink> sink) {
+    const auto runs = sink->runs();
+    sink.reset();
+    peer_->Stop();
+    return StagedRuns::Create(peer_->staging(), runs);
+  }
+
   // What the restore would read at `vaddr` (empty: no page there).
   static std::vector<std::byte> Read(StagedRuns& pages, std::uint64_t vaddr) {
     std::vector<std::byte> out(kPage);
@@ -174,11 +182,7 @@ TEST_F(PutPageSinkTest, SmallRingCarriesEveryPageToWhereTheRunTableSays) {
   EXPECT_EQ(sink->bytes_sent(), (1000 + 40 * 6) * kPage);
   EXPECT_GT(sink->most_in_flight(), 0u);
   EXPECT_LE(sink->most_in_flight(), kRingBytes) << "puts held more than the ring";
-  const auto runs = sink->runs();
-  sink.reset();
-  peer_->Stop();
-
-  auto pages = StagedRuns::Create(peer_->staging(), runs);
+  auto pages = Land(std::move(sink));
   ASSERT_TRUE(pages.has_value()) << pages.error().ToString();
   std::vector<std::byte> expected(kPage);
   for (std::uint64_t i : {0, 1, 511, 999, 2000, 2002, 2005, 2007, 2319}) {
@@ -222,11 +226,7 @@ TEST_F(PutPageSinkTest, PreCopyPassesPutOnlyChangedPages) {
   ASSERT_TRUE(sink->Add(kBase, std::span(memory).subspan(0, 7 * kPage)).has_value());
   ASSERT_TRUE(sink->Finish().has_value());
   EXPECT_EQ(sink->bytes_sent(), 11 * kPage) << "only page 5 travels frozen";
-  const auto runs = sink->runs();
-  sink.reset();
-  peer_->Stop();
-
-  auto pages = StagedRuns::Create(peer_->staging(), runs);
+  auto pages = Land(std::move(sink));
   ASSERT_TRUE(pages.has_value()) << pages.error().ToString();
   for (std::uint64_t i = 0; i < 7; ++i) {
     SCOPED_TRACE(i);
