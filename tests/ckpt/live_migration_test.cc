@@ -6,7 +6,6 @@
 // - post-copy from the frozen process: nothing is written anywhere, the
 //   restored process runs at once and its pages come from the original;
 // - stop-copy through staging memory faulted in ahead (no image file).
-#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
@@ -33,18 +32,7 @@ extern char** environ;
 namespace roam::ckpt {
 namespace {
 
-// A pipe whose ends close with it.
-struct Pipe {
-  Pipe() { EXPECT_EQ(pipe2(fd, O_CLOEXEC), 0); }
-  ~Pipe() {
-    for (int f : fd) {
-      if (f >= 0) close(f);
-    }
-  }
-  void CloseRead() { close(std::exchange(fd[0], -1)); }
-  void CloseWrite() { close(std::exchange(fd[1], -1)); }
-  int fd[2] = {-1, -1};
-};
+using testing::Pipe;
 
 // The CPUs this test process may use, before roam touched anything: roam
 // pins tracer and tracee to one CPU while it works, and must undo it.

@@ -5,7 +5,6 @@
 // migration thread would). Real workloads from tests/ckpt move and check
 // themselves at the target; every failure before the target is ready leaves
 // the process running at the source exactly as it was.
-#include <fcntl.h>
 #include <poll.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -38,18 +37,7 @@ namespace roam::migrate {
 namespace {
 
 using namespace std::chrono_literals;
-
-struct Pipe {
-  Pipe() { EXPECT_EQ(pipe2(fd.data(), O_CLOEXEC), 0); }
-  ~Pipe() {
-    for (int f : fd) {
-      if (f >= 0) close(f);
-    }
-  }
-  void CloseRead() { close(std::exchange(fd[0], -1)); }
-  void CloseWrite() { close(std::exchange(fd[1], -1)); }
-  std::array<int, 2> fd = {-1, -1};
-};
+using testing::Pipe;
 
 // One line without its newline; "<timeout>" or "<eof>" instead of hanging.
 std::string ReadLine(int fd, std::chrono::milliseconds timeout = 20s) {

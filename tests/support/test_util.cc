@@ -10,6 +10,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -41,6 +42,17 @@ TempDir::~TempDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
 }
+
+Pipe::Pipe() { EXPECT_EQ(pipe2(fd.data(), O_CLOEXEC), 0); }
+
+Pipe::~Pipe() {
+  for (int f : fd) {
+    if (f >= 0) close(f);
+  }
+}
+
+void Pipe::CloseRead() { close(std::exchange(fd[0], -1)); }
+void Pipe::CloseWrite() { close(std::exchange(fd[1], -1)); }
 
 bool IsRoot() { return geteuid() == 0; }
 

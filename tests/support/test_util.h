@@ -6,6 +6,7 @@
 // one test.
 #pragma once
 
+#include <array>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -32,6 +33,17 @@ class TempDir final {
 
  private:
   std::filesystem::path path_;
+};
+
+// A pipe (O_CLOEXEC) whose ends close with it: fd[0] reads, fd[1] writes.
+struct Pipe {
+  Pipe();
+  ~Pipe();
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+  void CloseRead();
+  void CloseWrite();
+  std::array<int, 2> fd = {-1, -1};
 };
 
 bool IsRoot();
