@@ -588,11 +588,12 @@ Status LocalNodes::Leave() const {
 }
 
 Result<pid_t> LocalNodes::Spawn(int node, const std::vector<std::string>& argv,
-                                const Environment& env) {
+                                const Environment& env, int output_fd) {
   ROAM_TRY(CheckNode(node));
   ExecArgs exec;
   ROAM_TRY(exec.Prepare(argv, env));
-  Result<pid_t> started = StartChild(node_fds_[node], Stdio{}, exec);
+  Result<pid_t> started =
+      StartChild(node_fds_[node], Stdio{.out = output_fd, .err = output_fd}, exec);
   if (!started.has_value()) return started.error().WithContext(fmt::format("node {}", node));
   const pid_t pid = *started;
   // Kept so that the destructor can kill it: unlike the pid, a pidfd never

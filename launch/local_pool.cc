@@ -287,20 +287,9 @@ Result<pid_t> Keeper::SpawnRoamd(int i) {
       "--cpus",
       fmt::format("{:g}", args_.options.cpus_per_node),
   };
-  // Spawn hands the child our stdout and stderr: point them at the node's
-  // log for the spawn, then back at keeper.log. The keeper has one thread,
-  // so nothing else writes in between.
   const UniqueFd log(open(NodeLog(i).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
   if (!log.valid()) return ErrnoError(errno, "create {}", NodeLog(i).string());
-  const UniqueFd keeper_log(fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3));
-  if (!keeper_log.valid()) return ErrnoError(errno, "dup keeper.log");
-  if (dup2(log.get(), STDOUT_FILENO) < 0 || dup2(log.get(), STDERR_FILENO) < 0) {
-    return ErrnoError(errno, "dup2 {} onto stdout", NodeLog(i).string());
-  }
-  Result<pid_t> pid = nodes_->Spawn(i, argv, {{"UCX_TLS", "tcp"}, {"UCX_NET_DEVICES", "eth0"}});
-  dup2(keeper_log.get(), STDOUT_FILENO);
-  dup2(keeper_log.get(), STDERR_FILENO);
-  return pid;
+  return nodes_->Spawn(i, argv, {{"UCX_TLS", "tcp"}, {"UCX_NET_DEVICES", "eth0"}}, log.get());
 }
 
 bool Keeper::TakeStopSignal() const {

@@ -134,10 +134,12 @@ class LocalNodes final {
   // Starts argv (argv[0] is looked up in PATH unless it holds a '/') in the
   // node's network namespace, with this process's environment changed by
   // `env`, its stdin, stdout and stderr, no other descriptor, default signal
-  // dispositions and an empty signal mask. Returns the child's pid; the
-  // caller reaps it. The child gets SIGKILL when the calling thread exits or
-  // this LocalNodes is destroyed, whichever comes first.
-  Result<pid_t> Spawn(int node, const std::vector<std::string>& argv, const Environment& env = {});
+  // dispositions and an empty signal mask. `output_fd` >= 0 replaces its
+  // stdout and stderr. Returns the child's pid; the caller reaps it. The
+  // child gets SIGKILL when the calling thread exits or this LocalNodes is
+  // destroyed, whichever comes first.
+  Result<pid_t> Spawn(int node, const std::vector<std::string>& argv, const Environment& env = {},
+                      int output_fd = -1);
 
   // Runs argv like Spawn, with stdin from /dev/null, and waits for it,
   // capturing stdout and stderr. A command still running after `timeout`
