@@ -34,6 +34,7 @@
 #include "launch/node_cgroup.h"
 #include "launch/pool/pool_key.h"
 #include "roam/base/deadline.h"
+#include "roam/base/file.h"
 #include "roam/base/unique_fd.h"
 #include "roam/launch/local_nodes.h"
 
@@ -61,24 +62,10 @@ Result<fs::path> PoolCgroup(std::string_view name) {
   return mount / fmt::format("roam.{}", name);
 }
 
-Result<std::string> ReadText(const fs::path& path) {
-  const UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return ErrnoError(errno, "open {}", path.string());
-  std::string text;
-  std::array<char, 16384> chunk;
-  for (;;) {
-    const ssize_t n = read(fd.get(), chunk.data(), chunk.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return ErrnoError(errno, "read {}", path.string());
-    if (n == 0) return text;
-    text.append(chunk.data(), static_cast<std::size_t>(n));
-  }
-}
-
 // The last non-empty line of a log, for an error message that must outlive
 // the log (the state directory goes when a start fails).
 std::string LastLine(const fs::path& path) {
-  const Result<std::string> text = ReadText(path);
+  const Result<std::string> text = ReadFile(path);
   if (!text.has_value()) return "";
   std::string_view rest = *text;
   while (!rest.empty() && (rest.back() == '\n' || rest.back() == ' ')) rest.remove_suffix(1);
@@ -195,20 +182,6 @@ Result<LocalPool> FromJson(const nlohmann::json& j, const fs::path& path) {
     pool.nodes.push_back(std::move(node));
   }
   return pool;
-}
-
-Status WriteFileAtomically(const fs::path& path, std::string_view text) {
-  const fs::path temp = path.string() + ".tmp";
-  {
-    UniqueFd fd(open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (!fd.valid()) return ErrnoError(errno, "create {}", temp.string());
-    ROAM_TRY(WriteAll(fd.get(), std::as_bytes(std::span(text.data(), text.size())), temp));
-    ROAM_TRY(fd.Close(temp));
-  }
-  if (rename(temp.c_str(), path.c_str()) != 0) {
-    return ErrnoError(errno, "rename {} to {}", temp.string(), path.string());
-  }
-  return Ok();
 }
 
 // ---- the keeper ---------------------------------------------------------------
@@ -406,7 +379,8 @@ Result<LocalPool> Keeper::Start() {
                                        .pid = roamds_[i],
                                        .log = NodeLog(i).string()});
   }
-  ROAM_TRY(WriteFileAtomically(args_.dir / "pool.json", ToJson(pool).dump(2) + "\n"));
+  ROAM_TRY(WriteFileAtomically(args_.dir / "pool.json.tmp", args_.dir / "pool.json",
+                               ToJson(pool).dump(2) + "\n"));
   return pool;
 }
 
@@ -665,7 +639,7 @@ Status StopLocalPool(std::string_view name) {
 Result<LocalPool> ReadLocalPool(std::string_view name) {
   ROAM_TRY(CheckLocalPoolName(name));
   const fs::path path = LocalPoolDir(name) / "pool.json";
-  const Result<std::string> text = ReadText(path);
+  const Result<std::string> text = ReadFile(path);
   if (!text.has_value()) {
     if (text.error().code() == Errc::kNotFound) {
       return MakeError(Errc::kNotFound, "no local pool '{}' is up", name);

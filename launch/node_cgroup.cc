@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 
 #include "roam/base/deadline.h"
+#include "roam/base/file.h"
 #include "roam/base/unique_fd.h"
 
 namespace roam::launch {
@@ -28,20 +29,6 @@ namespace fs = std::filesystem;
 
 // The kernel refuses a cfs quota below 1 ms (EINVAL).
 constexpr std::int64_t kMinQuotaUs = 1000;
-
-Result<std::string> ReadSmallFile(const fs::path& path) {
-  const UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return ErrnoError(errno, "open {}", path.string());
-  std::string text;
-  std::array<char, 4096> chunk;
-  for (;;) {
-    const ssize_t n = read(fd.get(), chunk.data(), chunk.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return ErrnoError(errno, "read {}", path.string());
-    if (n == 0) return text;
-    text.append(chunk.data(), static_cast<std::size_t>(n));
-  }
-}
 
 // cgroup control files take one value per write(2); the kernel's answer to
 // that write is the error (EINVAL for a bad quota, ESRCH for a gone pid).
@@ -84,7 +71,7 @@ Result<std::vector<fs::path>> Subtree(const fs::path& dir) {
 }  // namespace
 
 Result<fs::path> CpuCgroupMount() {
-  ROAM_ASSIGN_OR_RETURN(const std::string mounts, ReadSmallFile("/proc/self/mounts"));
+  ROAM_ASSIGN_OR_RETURN(const std::string mounts, ReadFile("/proc/self/mounts"));
   std::istringstream lines(mounts);
   std::string line;
   while (std::getline(lines, line)) {
@@ -113,7 +100,7 @@ Status CreateNodeCgroup(const fs::path& dir, double cpus) {
   ROAM_TRY(MakeDir(dir));
   const fs::path guests = dir / "guests";
   ROAM_TRY(MakeDir(guests));
-  ROAM_ASSIGN_OR_RETURN(const std::string period_text, ReadSmallFile(guests / "cpu.cfs_period_us"));
+  ROAM_ASSIGN_OR_RETURN(const std::string period_text, ReadFile(guests / "cpu.cfs_period_us"));
   const std::int64_t period = std::strtoll(period_text.c_str(), nullptr, 10);
   if (period <= 0) {
     return MakeError(Errc::kIo, "{} holds '{}', not a period",
@@ -132,7 +119,7 @@ Result<std::vector<pid_t>> CgroupProcesses(const fs::path& dir) {
   ROAM_ASSIGN_OR_RETURN(const std::vector<fs::path> dirs, Subtree(dir));
   std::vector<pid_t> pids;
   for (const fs::path& cgroup : dirs) {
-    const Result<std::string> procs = ReadSmallFile(cgroup / "cgroup.procs");
+    const Result<std::string> procs = ReadFile(cgroup / "cgroup.procs");
     if (!procs.has_value()) {
       if (procs.error().code() == Errc::kNotFound) continue;  // removed meanwhile
       return procs.error();

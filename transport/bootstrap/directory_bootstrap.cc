@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "roam/base/deadline.h"
+#include "roam/base/file.h"
 #include "roam/base/unique_fd.h"
 #include "roam/transport/bootstrap.h"
 #include "transport/bootstrap/bootstrap.pb.h"
@@ -84,39 +85,6 @@ Result<std::vector<std::string>> ListDirectory(const fs::path& dir) {
   }
   if (errno != 0) return ErrnoError(errno, "read directory {}", dir.string());
   return names;
-}
-
-// Writes `bytes` to `temp`, then renames it to `path`. No fsync: the files
-// matter only while the job runs, and close() is where an NFS client flushes
-// its writes and reports their errors.
-Status WriteFileAtomically(const fs::path& temp, const fs::path& path, std::string_view bytes) {
-  UniqueFd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (!fd.valid()) return ErrnoError(errno, "create {}", temp.string());
-  Status written = WriteAll(fd.get(), std::as_bytes(std::span(bytes)), temp);
-  if (Status closed = fd.Close(temp); !closed && written) written = closed;
-  if (written && ::rename(temp.c_str(), path.c_str()) != 0) {
-    written = ErrnoError(errno, "rename {} to {}", temp.string(), path.string());
-  }
-  if (!written) ::unlink(temp.c_str());
-  return written;
-}
-
-Result<std::string> ReadWholeFile(const fs::path& path) {
-  const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return ErrnoError(errno, "open {}", path.string());
-  std::string out;
-  constexpr std::size_t kChunk = std::size_t{64} * 1024;
-  for (;;) {
-    if (out.size() > kMaxFileBytes) {
-      return MakeError(Errc::kCorrupt, "{} exceeds {} bytes", path.string(), kMaxFileBytes);
-    }
-    const std::size_t old = out.size();
-    out.resize(old + kChunk);
-    const ssize_t n = ::read(fd.get(), out.data() + old, kChunk);
-    out.resize(old + static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
-    if (n == 0) return out;
-    if (n < 0 && errno != EINTR) return ErrnoError(errno, "read {}", path.string());
-  }
 }
 
 class DirectoryBootstrap final : public Bootstrap {
@@ -229,7 +197,7 @@ class DirectoryBootstrap final : public Bootstrap {
 
   Result<EntryMap> Load(int rank, std::uint64_t round) const {
     const fs::path path = dir_ / RankFileName(round, rank);
-    ROAM_ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(path));
+    ROAM_ASSIGN_OR_RETURN(const std::string bytes, ReadFile(path, kMaxFileBytes));
     bootstrap::RankFile file;
     if (!file.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
       return MakeError(Errc::kCorrupt, "{}: not a bootstrap rank file ({} bytes)", path.string(),
