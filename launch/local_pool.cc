@@ -34,6 +34,7 @@
 #include "launch/node_cgroup.h"
 #include "launch/pool/pool_key.h"
 #include "roam/base/deadline.h"
+#include "roam/base/error_wire.h"
 #include "roam/base/file.h"
 #include "roam/base/unique_fd.h"
 #include "roam/launch/local_nodes.h"
@@ -435,9 +436,15 @@ void CloseAllBut(std::vector<int> keep) {
   close_range(first, ~0U, 0);
 }
 
+// The keeper tells the parent "ready\n" or an encoded error (error_wire.h),
+// then closes the pipe.
+constexpr std::string_view kReady = "ready\n";
+
 void Report(int fd, std::string_view message) {
   (void)WriteAll(fd, std::as_bytes(std::span(message.data(), message.size())), "the start pipe");
 }
+
+void ReportError(int fd, const Error& error) { Report(fd, EncodeError(error)); }
 
 // The keeper process, from after the double fork to its exit.
 [[noreturn]] void RunKeeper(KeeperArgs args, int report_fd, int lock_fd) {
@@ -447,8 +454,8 @@ void Report(int fd, std::string_view message) {
   const int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (log < 0 || null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(log, STDOUT_FILENO) < 0 ||
       dup2(log, STDERR_FILENO) < 0) {
-    Report(report_fd, fmt::format("error {} keeper: set up {}: {}\n", static_cast<int>(Errc::kIo),
-                                  log_path.string(), std::strerror(errno)));
+    ReportError(report_fd, MakeError(Errc::kIo, "keeper: set up {}: {}", log_path.string(),
+                                     std::strerror(errno)));
     _exit(1);
   }
   // Whatever the parent had open (a harness's pipes, a terminal) must not
@@ -469,8 +476,7 @@ void Report(int fd, std::string_view message) {
   sigprocmask(SIG_BLOCK, &signals, nullptr);
   const int signal_fd = signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC);
   if (signal_fd < 0) {
-    Report(report_fd, fmt::format("error {} keeper: signalfd: {}\n", static_cast<int>(Errc::kIo),
-                                  std::strerror(errno)));
+    ReportError(report_fd, MakeError(Errc::kIo, "keeper: signalfd: {}", std::strerror(errno)));
     _exit(1);
   }
   Log("pool '{}': {} nodes, {:g} CPUs each, roamd {}", args.options.name, args.options.nodes,
@@ -480,7 +486,7 @@ void Report(int fd, std::string_view message) {
   Keeper keeper(std::move(args), signal_fd);
   const Result<LocalPool> started = keeper.Start();
   if (started.has_value()) {
-    Report(report_fd, "ready\n");
+    Report(report_fd, kReady);
     close(report_fd);
     report_fd = -1;
     Log("ready");
@@ -493,8 +499,7 @@ void Report(int fd, std::string_view message) {
   fs::remove_all(dir, ec);
   if (report_fd >= 0) {
     // Told last, so that a failed `pool up` returns with nothing left behind.
-    Report(report_fd, fmt::format("error {} {}\n", static_cast<int>(started.error().code()),
-                                  started.error().message()));
+    ReportError(report_fd, started.error());
   }
   _exit(started.has_value() ? 0 : 1);
 }
@@ -585,13 +590,12 @@ Result<LocalPool> StartLocalPool(const LocalPoolOptions& options) {
       if (n <= 0) break;
       message.append(chunk.data(), static_cast<std::size_t>(n));
     }
-    if (message == "ready\n") return ReadLocalPool(options.name);
-    int code = 0;
-    int consumed = 0;
-    if (std::sscanf(message.c_str(), "error %d %n", &code, &consumed) == 1 && consumed > 0) {
-      while (!message.empty() && message.back() == '\n') message.pop_back();
-      return Error(ErrcFromValue(static_cast<std::uint32_t>(code)).value_or(Errc::kInternal),
-                   fmt::format("start pool '{}': {}", options.name, message.substr(consumed)));
+    if (message == kReady) return ReadLocalPool(options.name);
+    // Empty: the keeper died before it said anything (an empty message would
+    // decode as an error of code 0).
+    if (const Result<Error> error = DecodeError(message); !message.empty() && error.has_value()) {
+      return Error(error->code(),
+                   fmt::format("start pool '{}': {}", options.name, error->message()));
     }
     return MakeError(Errc::kInternal, "the keeper of pool '{}' died while starting ({})",
                      options.name, LastLine(args.dir / "keeper.log"));
