@@ -55,8 +55,22 @@ constexpr milliseconds kRoamdGrace{5'000};
 constexpr milliseconds kKeeperGrace{15'000};
 constexpr milliseconds kKillTimeout{5'000};
 constexpr milliseconds kPollInterval{20};
+// How long the keeper waits for every roamd's socket to accept.
+constexpr std::chrono::seconds kReadyTimeout{30};
 
 std::string NodeName(int index) { return fmt::format("n{}", index + 1); }
+
+// kInvalidArgument unless `name` is 1 to 16 characters of [A-Za-z0-9_-].
+Status CheckLocalPoolName(std::string_view name) {
+  const bool ok =
+      !name.empty() && name.size() <= kMaxName && std::all_of(name.begin(), name.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               c == '_' || c == '-';
+      });
+  if (ok) return Ok();
+  return MakeError(Errc::kInvalidArgument,
+                   "pool name '{}' is not 1 to {} characters of [A-Za-z0-9_-]", name, kMaxName);
+}
 
 Result<fs::path> PoolCgroup(std::string_view name) {
   ROAM_ASSIGN_OR_RETURN(const fs::path mount, CpuCgroupMount());
@@ -86,16 +100,29 @@ std::optional<pid_t> LiveKeeper(const fs::path& dir) {
   return n > 0 ? static_cast<pid_t>(std::atoi(buffer.data())) : 0;
 }
 
+// Kills the processes in the pool's cgroups, then removes the cgroups.
+Status RemovePoolCgroup(const fs::path& cgroup) {
+  ROAM_TRY(KillCgroupTree(cgroup, kKillTimeout));
+  return RemoveCgroupTree(cgroup);
+}
+
+// True once no live keeper holds `dir`'s lock, false if one still does after
+// `timeout`.
+bool KeeperGoneWithin(const fs::path& dir, milliseconds timeout) {
+  const auto deadline = DeadlineAfter(timeout);
+  while (LiveKeeper(dir).has_value()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(kPollInterval);
+  }
+  return true;
+}
+
 // Removes what a pool leaves when its keeper could not: the processes in
 // its cgroups, the cgroups and the state directory.
 Status RemoveLeftovers(std::string_view name) {
   Status result = Ok();
   if (const Result<fs::path> cgroup = PoolCgroup(name); cgroup.has_value()) {
-    if (Status killed = KillCgroupTree(*cgroup, kKillTimeout); !killed.has_value()) {
-      result = killed;
-    } else if (Status removed = RemoveCgroupTree(*cgroup); !removed.has_value()) {
-      result = removed;
-    }
+    result = RemovePoolCgroup(*cgroup);
   }
   std::error_code ec;
   fs::remove_all(LocalPoolDir(name), ec);
@@ -230,7 +257,7 @@ class Keeper final {
   Result<pid_t> SpawnRoamd(int i);
   Status WaitReady();
   // Reaps the roamds that have exited, logging each; true if any is left.
-  bool ReapRoamds(bool log);
+  bool ReapRoamds();
   // True if SIGTERM or SIGINT is pending; consumes what signalfd holds.
   bool TakeStopSignal() const;
 
@@ -278,17 +305,15 @@ bool Keeper::TakeStopSignal() const {
   return stop;
 }
 
-bool Keeper::ReapRoamds(bool log) {
+bool Keeper::ReapRoamds() {
   bool left = false;
   for (std::size_t i = 0; i < roamds_.size(); ++i) {
     if (roamds_[i] <= 0) continue;
     int status = 0;
     const pid_t done = waitpid(roamds_[i], &status, WNOHANG);
     if (done == roamds_[i] || (done < 0 && errno == ECHILD)) {
-      if (log) {
-        Log("roamd of {} (pid {}) exited: {}", NodeName(static_cast<int>(i)), roamds_[i],
-            DescribeExit(status));
-      }
+      Log("roamd of {} (pid {}) exited: {}", NodeName(static_cast<int>(i)), roamds_[i],
+          DescribeExit(status));
       roamds_[i] = 0;
     } else {
       left = true;
@@ -300,7 +325,7 @@ bool Keeper::ReapRoamds(bool log) {
 Status Keeper::WaitReady() {
   const int n = args_.options.nodes;
   std::vector<bool> ready(static_cast<std::size_t>(n), false);
-  const auto deadline = DeadlineAfter(kLocalPoolReadyTimeout);
+  const auto deadline = DeadlineAfter(kReadyTimeout);
   for (;;) {
     int waiting = 0;
     for (int i = 0; i < n; ++i) {
@@ -336,7 +361,7 @@ Status Keeper::WaitReady() {
       return MakeError(Errc::kTimeout,
                        "roamd of {} did not accept on its socket within {} s (its last words: "
                        "'{}')",
-                       late, kLocalPoolReadyTimeout.count(),
+                       late, kReadyTimeout.count(),
                        LastLine(NodeLog(static_cast<int>(
                            std::find(ready.begin(), ready.end(), false) - ready.begin()))));
     }
@@ -393,7 +418,7 @@ void Keeper::Serve() {
       return;
     }
     const bool stop = TakeStopSignal();
-    ReapRoamds(/*log=*/true);
+    ReapRoamds();
     if (stop) return;
   }
 }
@@ -403,7 +428,7 @@ void Keeper::Stop() {
     if (pid > 0) kill(pid, SIGTERM);
   }
   const auto deadline = DeadlineAfter(kRoamdGrace);
-  while (ReapRoamds(/*log=*/true) && std::chrono::steady_clock::now() < deadline) {
+  while (ReapRoamds() && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(kPollInterval);
   }
   for (pid_t& pid : roamds_) {
@@ -415,10 +440,7 @@ void Keeper::Stop() {
     }
     pid = 0;
   }
-  if (Status killed = KillCgroupTree(args_.cgroup, kKillTimeout); !killed.has_value()) {
-    Log("{}", killed.error().ToString());
-  }
-  if (Status removed = RemoveCgroupTree(args_.cgroup); !removed.has_value()) {
+  if (Status removed = RemovePoolCgroup(args_.cgroup); !removed.has_value()) {
     Log("{}", removed.error().ToString());
   }
   nodes_.reset();
@@ -505,17 +527,6 @@ void ReportError(int fd, const Error& error) { Report(fd, EncodeError(error)); }
 }
 
 }  // namespace
-
-Status CheckLocalPoolName(std::string_view name) {
-  const bool ok =
-      !name.empty() && name.size() <= kMaxName && std::all_of(name.begin(), name.end(), [](char c) {
-        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-               c == '_' || c == '-';
-      });
-  if (ok) return Ok();
-  return MakeError(Errc::kInvalidArgument,
-                   "pool name '{}' is not 1 to {} characters of [A-Za-z0-9_-]", name, kMaxName);
-}
 
 fs::path LocalPoolDir(std::string_view name) { return fs::path(kRunRoot) / name; }
 
@@ -624,17 +635,12 @@ Status StopLocalPool(std::string_view name) {
   // wrote is signalled.
   if (keeper.has_value() && *keeper > 1) {
     kill(*keeper, SIGTERM);
-    for (const int sig : {SIGKILL, 0}) {
-      const auto deadline = DeadlineAfter(sig == SIGKILL ? kKeeperGrace : kKillTimeout);
-      while (LiveKeeper(dir).has_value() && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(kPollInterval);
+    if (!KeeperGoneWithin(dir, kKeeperGrace)) {
+      kill(*keeper, SIGKILL);
+      if (!KeeperGoneWithin(dir, kKillTimeout)) {
+        return MakeError(Errc::kTimeout, "the keeper of pool '{}' (pid {}) survived SIGKILL", name,
+                         *keeper);
       }
-      if (!LiveKeeper(dir).has_value() || sig == 0) break;
-      kill(*keeper, sig);
-    }
-    if (LiveKeeper(dir).has_value()) {
-      return MakeError(Errc::kTimeout, "the keeper of pool '{}' (pid {}) survived SIGKILL", name,
-                       *keeper);
     }
   }
   return RemoveLeftovers(name);

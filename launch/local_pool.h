@@ -34,7 +34,6 @@
 
 #include <sys/types.h>
 
-#include <chrono>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -71,17 +70,12 @@ struct LocalPool {
   std::vector<LocalPoolNode> nodes;
 };
 
-// How long the keeper waits for every roamd's socket to accept.
-inline constexpr std::chrono::seconds kLocalPoolReadyTimeout{30};
-
-// kInvalidArgument unless `name` is 1 to 16 characters of [A-Za-z0-9_-].
-Status CheckLocalPoolName(std::string_view name);
-
 // /run/roam/local/<name>.
 std::filesystem::path LocalPoolDir(std::string_view name);
 
 // Starts the keeper and returns once every roamd accepts on its socket (or
-// kLocalPoolReadyTimeout has passed: kTimeout, with nothing left behind).
+// 30 s have passed: kTimeout, with nothing left behind). kInvalidArgument
+// unless the name is 1 to 16 characters of [A-Za-z0-9_-].
 // kAlreadyExists when a live keeper holds the pool; a stale directory of a
 // dead keeper is cleaned up and replaced.
 Result<LocalPool> StartLocalPool(const LocalPoolOptions& options);

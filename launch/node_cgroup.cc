@@ -68,6 +68,23 @@ Result<std::vector<fs::path>> Subtree(const fs::path& dir) {
   return dirs;
 }
 
+// Every pid in `dir` and the cgroups below it (cgroup.procs, recursively).
+// An absent `dir` holds none.
+Result<std::vector<pid_t>> CgroupProcesses(const fs::path& dir) {
+  ROAM_ASSIGN_OR_RETURN(const std::vector<fs::path> dirs, Subtree(dir));
+  std::vector<pid_t> pids;
+  for (const fs::path& cgroup : dirs) {
+    const Result<std::string> procs = ReadFile(cgroup / "cgroup.procs");
+    if (!procs.has_value()) {
+      if (procs.error().code() == Errc::kNotFound) continue;  // removed meanwhile
+      return procs.error();
+    }
+    std::istringstream in(*procs);
+    for (pid_t pid = 0; in >> pid;) pids.push_back(pid);
+  }
+  return pids;
+}
+
 }  // namespace
 
 Result<fs::path> CpuCgroupMount() {
@@ -113,21 +130,6 @@ Status CreateNodeCgroup(const fs::path& dir, double cpus) {
 
 Status MoveIntoCgroup(const fs::path& dir, pid_t pid) {
   return WriteControl(dir / "cgroup.procs", std::to_string(pid));
-}
-
-Result<std::vector<pid_t>> CgroupProcesses(const fs::path& dir) {
-  ROAM_ASSIGN_OR_RETURN(const std::vector<fs::path> dirs, Subtree(dir));
-  std::vector<pid_t> pids;
-  for (const fs::path& cgroup : dirs) {
-    const Result<std::string> procs = ReadFile(cgroup / "cgroup.procs");
-    if (!procs.has_value()) {
-      if (procs.error().code() == Errc::kNotFound) continue;  // removed meanwhile
-      return procs.error();
-    }
-    std::istringstream in(*procs);
-    for (pid_t pid = 0; in >> pid;) pids.push_back(pid);
-  }
-  return pids;
 }
 
 Status KillCgroupTree(const fs::path& dir, std::chrono::milliseconds timeout) {

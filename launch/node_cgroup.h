@@ -24,7 +24,6 @@
 #include <chrono>
 #include <filesystem>
 #include <string_view>
-#include <vector>
 
 #include "roam/base/error.h"
 
@@ -42,10 +41,6 @@ Status CreateNodeCgroup(const std::filesystem::path& dir, double cpus);
 
 // Moves process `pid` (all its threads) into the cgroup `dir`.
 Status MoveIntoCgroup(const std::filesystem::path& dir, pid_t pid);
-
-// Every pid in `dir` and the cgroups below it (cgroup.procs, recursively).
-// An absent `dir` holds none.
-Result<std::vector<pid_t>> CgroupProcesses(const std::filesystem::path& dir);
 
 // SIGKILLs every process in `dir` and below until none is left, or fails
 // with kTimeout after `timeout` naming the survivors. A process forked while
