@@ -4,15 +4,12 @@
 #include <string>
 
 #include "launch/local_pool.h"
+#include "roam/launch/local_nodes.h"
 
 namespace roam::launch {
 namespace {
 
-struct PoolArgs {
-  int local_nodes = 0;
-  double cpus_per_node = 1.0;
-  std::string name = "local";
-} g_pool;
+LocalPoolOptions g_pool;
 
 int Fail(const char* what, const Error& error) {
   std::fprintf(stderr, "roam: pool %s: %s\n", what, error.message().c_str());
@@ -20,11 +17,7 @@ int Fail(const char* what, const Error& error) {
 }
 
 int RunUp() {
-  LocalPoolOptions options;
-  options.name = g_pool.name;
-  options.nodes = g_pool.local_nodes;
-  options.cpus_per_node = g_pool.cpus_per_node;
-  const Result<LocalPool> pool = StartLocalPool(options);
+  const Result<LocalPool> pool = StartLocalPool(g_pool);
   if (!pool.has_value()) return Fail("up", pool.error());
   std::printf("local pool '%s' is up: %zu nodes on %s, keeper pid %d\n", pool->name.c_str(),
               pool->nodes.size(), pool->subnet.c_str(), pool->keeper);
@@ -50,10 +43,10 @@ void AddPoolCommands(CLI::App& app) {
   pool->require_subcommand(1);
   CLI::App* up = pool->add_subcommand(
       "up", "Start a pool; --local N: N simulated nodes on this machine (needs root)");
-  up->add_option("--local", g_pool.local_nodes,
+  up->add_option("--local", g_pool.nodes,
                  "How many nodes: network namespaces, each with its own roamd")
       ->required()
-      ->check(CLI::Range(1, 64));
+      ->check(CLI::Range(1, LocalNodes::kMaxNodes));
   up->add_option("--cpus-per-node", g_pool.cpus_per_node,
                  "CPUs each node offers its guests (a CFS quota; fractions allowed)")
       ->check(CLI::PositiveNumber);
