@@ -45,14 +45,17 @@ void Complain(const char* command, const std::string& message) {
   std::fprintf(stderr, "roam: %s: %s\n", command, message.c_str());
 }
 
-Result<UniqueFd> Connect() {
-  ROAM_ASSIGN_OR_RETURN(const auto path, daemon::ControlSocketPath());
-  return daemon::ConnectControlSocket(path);
-}
-
 Status SendRequest(int fd, control::Request request) {
   request.set_version(daemon::kControlVersion);
   return daemon::SendDatagram(fd, request.SerializeAsString());
+}
+
+// A connection to roamd with `request` sent on it.
+Result<UniqueFd> Open(control::Request request) {
+  ROAM_ASSIGN_OR_RETURN(const auto path, daemon::ControlSocketPath());
+  ROAM_ASSIGN_OR_RETURN(UniqueFd fd, daemon::ConnectControlSocket(path));
+  ROAM_TRY(SendRequest(fd.get(), std::move(request)));
+  return fd;
 }
 
 // The next reply; kUnavailable when roamd closed the connection.
@@ -67,8 +70,7 @@ Result<control::Reply> ReceiveReply(int fd) {
 
 // One request, one reply.
 Result<control::Reply> Call(control::Request request) {
-  ROAM_ASSIGN_OR_RETURN(UniqueFd fd, Connect());
-  ROAM_TRY(SendRequest(fd.get(), std::move(request)));
+  ROAM_ASSIGN_OR_RETURN(const UniqueFd fd, Open(std::move(request)));
   return ReceiveReply(fd.get());
 }
 
@@ -127,15 +129,11 @@ int RunRun() {
   UniqueFd sigfd(signalfd(-1, &forwarded, SFD_CLOEXEC | SFD_NONBLOCK));
   signal(SIGPIPE, SIG_IGN);
 
-  auto fd = Connect();
-  if (!fd) {
-    Complain("run", fd.error().message());
-    return 1;
-  }
   control::Request request;
   *request.mutable_run() = BuildRun();
-  if (const Status sent = SendRequest(fd->get(), request); !sent) {
-    Complain("run", sent.error().message());
+  auto fd = Open(std::move(request));
+  if (!fd) {
+    Complain("run", fd.error().message());
     return 1;
   }
   bool started = false;
@@ -324,13 +322,9 @@ int RunMigrate() {
   request.mutable_migrate()->set_id(g_flags.id);
   request.mutable_migrate()->set_to(g_flags.to);
   request.mutable_migrate()->set_mode(g_flags.mode);
-  auto fd = Connect();
+  auto fd = Open(std::move(request));
   if (!fd) {
     Complain("migrate", fd.error().message());
-    return 1;
-  }
-  if (const Status sent = SendRequest(fd->get(), request); !sent) {
-    Complain("migrate", sent.error().message());
     return 1;
   }
   // A long move reports progress first; on a terminal it is shown on one
