@@ -231,16 +231,6 @@ class GuestGuard final {
   UniqueFd pidfd_;
 };
 
-Status JoinCgroup(const std::string& procs, pid_t pid) {
-  UniqueFd fd(open(procs.c_str(), O_WRONLY | O_CLOEXEC));
-  if (!fd.valid()) return ErrnoError(errno, "join cgroup: open {}", procs);
-  const std::string text = std::to_string(pid) + "\n";
-  if (write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
-    return ErrnoError(errno, "join cgroup: write pid {} to {}", pid, procs);
-  }
-  return Ok();
-}
-
 Status Validate(const GuestSpec& spec) {
   if (spec.argv.empty() || spec.argv[0].empty()) {
     return MakeError(Errc::kInvalidArgument, "no program to run (empty argv)");
@@ -263,6 +253,20 @@ Status Validate(const GuestSpec& spec) {
 }
 
 }  // namespace
+
+Status JoinCgroup(const std::string& cgroup_procs, pid_t pid) {
+  UniqueFd fd(open(cgroup_procs.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoError(errno, "join cgroup: open {}", cgroup_procs);
+  const std::string text = std::to_string(pid) + "\n";
+  ssize_t n = 0;
+  do {
+    n = write(fd.get(), text.data(), text.size());
+  } while (n < 0 && errno == EINTR);
+  if (n != static_cast<ssize_t>(text.size())) {
+    return ErrnoError(errno, "join cgroup: write pid {} to {}", pid, cgroup_procs);
+  }
+  return Ok();
+}
 
 Result<SpawnedGuest> SpawnGuest(const GuestSpec& spec) {
   ROAM_TRY(Validate(spec));

@@ -10,10 +10,11 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <utility>
 
 #include <fmt/format.h>
+
+#include "roam/proc/guest_spawn.h"
 
 namespace roam::daemon {
 namespace {
@@ -25,14 +26,6 @@ void Wake(int fd) {
 void Drain(int fd) {
   std::uint64_t n = 0;
   (void)!read(fd, &n, sizeof(n));
-}
-
-Status JoinCgroup(const std::string& dir, pid_t pid) {
-  const std::string path = dir + "/cgroup.procs";
-  std::ofstream out(path);
-  out << pid << std::flush;
-  if (!out) return MakeError(Errc::kIo, "cannot move pid {} into {}", pid, path);
-  return Ok();
 }
 
 }  // namespace
@@ -84,7 +77,8 @@ Result<std::unique_ptr<Migrator>> Migrator::Start(
     // downtime. Until then it runs in the node's cgroup, outside the
     // guests' CPU share.
     if (!self->guest_cgroup_.empty()) {
-      if (auto joined = JoinCgroup(self->guest_cgroup_, running.pid); !joined) {
+      if (auto joined = proc::JoinCgroup(self->guest_cgroup_ + "/cgroup.procs", running.pid);
+          !joined) {
         std::fprintf(stderr, "roamd %s: pid %d runs outside the guests' cgroup: %s\n",
                      self->fabric_->name().c_str(), running.pid, joined.error().ToString().c_str());
       }

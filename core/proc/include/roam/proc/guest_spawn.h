@@ -99,4 +99,10 @@ struct SpawnedGuest {
 // (Error::ToString adds ": No such file or directory (ENOENT)").
 Result<SpawnedGuest> SpawnGuest(const GuestSpec& spec);
 
+// Moves process `pid` (in the caller's pid namespace: cgroupfs reads a
+// written pid in the writer's) into the cgroup whose cgroup.procs file is
+// `cgroup_procs`. The kernel's answer to the write is the error (ESRCH for a
+// gone pid), with the errno kept.
+Status JoinCgroup(const std::string& cgroup_procs, pid_t pid);
+
 }  // namespace roam::proc
