@@ -21,6 +21,7 @@
 
 #include <fmt/format.h>
 
+#include "core/ckpt/procfs/procfs.h"
 #include "roam/proc/guest_spawn.h"
 
 namespace roam::daemon {
@@ -40,33 +41,16 @@ constexpr std::chrono::milliseconds kExitRetry{500};
 // The CPU time of a process in seconds (utime + stime of /proc/PID/stat, its
 // threads included), or -1 when it cannot be read.
 double CpuSeconds(pid_t pid) {
-  std::ifstream in(fmt::format("/proc/{}/stat", pid));
-  std::string line;
-  if (!std::getline(in, line)) return -1;
-  // The command name may hold spaces and parentheses: fields start after
-  // the last ')'.
-  const auto close = line.rfind(')');
-  if (close == std::string::npos) return -1;
-  std::istringstream fields(line.substr(close + 2));
-  std::string skip;
-  // state is field 3; utime and stime are fields 14 and 15.
-  for (int i = 3; i < 14; ++i) fields >> skip;
-  unsigned long long utime = 0, stime = 0;  // NOLINT(google-runtime-int)
-  if (!(fields >> utime >> stime)) return -1;
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+  const Result<ckpt::procfs::Stat> stat = ckpt::procfs::ReadStat(pid);
+  if (!stat) return -1;
+  return static_cast<double>(stat->utime + stat->stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 // The pid of a process inside its own pid namespace (last NSpid field), or
 // -1.
 pid_t NsPid(pid_t pid) {
-  std::ifstream in(fmt::format("/proc/{}/status", pid));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("NSpid:", 0) != 0) continue;
-    const auto last = line.find_last_of(" \t");
-    return static_cast<pid_t>(std::stol(line.substr(last + 1)));
-  }
-  return -1;
+  const Result<ckpt::procfs::Status> status = ckpt::procfs::ReadStatus(pid);
+  return status && !status->ns_pid.empty() ? status->ns_pid.back() : -1;
 }
 
 // The hard resource limits of a process, by RLIMIT_* number, from
@@ -123,25 +107,19 @@ Result<peer::MovingGuest> OpenMovingGuest(const pool::PoolKey& key, const std::s
 // A rebuilt process must carry the credentials its record names, and no
 // others: the image comes over an unauthenticated protocol.
 Status CheckCredentials(pid_t pid, uid_t uid, gid_t gid) {
-  std::ifstream in(fmt::format("/proc/{}/status", pid));
-  std::string line;
-  int checked = 0;
-  while (std::getline(in, line)) {
-    const bool is_uid = line.rfind("Uid:", 0) == 0;
-    if (!is_uid && line.rfind("Gid:", 0) != 0) continue;
-    std::istringstream fields(line.substr(4));
+  const Result<ckpt::procfs::Status> status = ckpt::procfs::ReadStatus(pid);
+  if (!status) return MakeError(Errc::kIo, "cannot read the credentials of pid {}", pid);
+  for (const bool is_uid : {true, false}) {
     const unsigned want = is_uid ? uid : gid;
-    unsigned id = 0;
-    for (int i = 0; i < 4 && (fields >> id); ++i) {
+    // real, effective, saved, filesystem
+    for (const std::uint32_t id : is_uid ? status->uid : status->gid) {
       if (id != want) {
         return MakeError(Errc::kPermissionDenied,
                          "the rebuilt process has {} {} where its record says {}",
                          is_uid ? "uid" : "gid", id, want);
       }
     }
-    ++checked;
   }
-  if (checked != 2) return MakeError(Errc::kIo, "cannot read the credentials of pid {}", pid);
   return Ok();
 }
 

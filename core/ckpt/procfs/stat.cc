@@ -20,7 +20,9 @@ struct NumberField {
 
 constexpr std::array<NumberField<int>, 4> kIntFields = {
     {{4, &Stat::ppid}, {5, &Stat::pgrp}, {6, &Stat::session}, {7, &Stat::tty_nr}}};
-constexpr std::array<NumberField<uint64_t>, 11> kU64Fields = {{{22, &Stat::starttime},
+constexpr std::array<NumberField<uint64_t>, 13> kU64Fields = {{{14, &Stat::utime},
+                                                               {15, &Stat::stime},
+                                                               {22, &Stat::starttime},
                                                                {26, &Stat::start_code},
                                                                {27, &Stat::end_code},
                                                                {28, &Stat::start_stack},

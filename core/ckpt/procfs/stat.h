@@ -1,4 +1,4 @@
-// Scheduling and memory-layout numbers of a task from /proc/PID/stat. The mm
+// Scheduling, CPU-time and memory-layout numbers of a task from /proc/PID/stat. The mm
 // fields (code, data, brk, stack, argv and environment bounds) are what
 // restore hands back to the kernel with PR_SET_MM_MAP; the kernel shows them
 // as 0 to a reader that may not ptrace the target.
@@ -25,6 +25,8 @@ struct Stat {
   pid_t pgrp = 0;            // 5
   pid_t session = 0;         // 6
   int tty_nr = 0;            // 7
+  uint64_t utime = 0;        // 14, clock ticks in user mode, its threads included
+  uint64_t stime = 0;        // 15, clock ticks in the kernel, its threads included
   int64_t num_threads = 0;   // 20
   uint64_t starttime = 0;    // 22, clock ticks after boot
   uint64_t start_code = 0;   // 26
