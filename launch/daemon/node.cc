@@ -85,13 +85,6 @@ bool ReadsStdin(pid_t pid) {
   return stat(fmt::format("/proc/{}/fd/0", pid).c_str(), &st) == 0 && S_ISFIFO(st.st_mode);
 }
 
-std::string StateOf(const peer::Reply& reply, const std::string& id) {
-  for (const auto& p : reply.guest_query().processes()) {
-    if (p.id() == id) return p.state();
-  }
-  return "";
-}
-
 // The envelope kind of a sealed MovingGuest (outside peer::Message's cases).
 constexpr std::uint32_t kMovingGuestKind = 1000;
 
@@ -206,7 +199,6 @@ struct Node::Guest {
   bool exit_reported = false;
   int exit_code = 0;
   int signal = 0;
-  double cpu_seconds = 0;
   double cpu_at_last_sample = 0;
   double cpu_before = 0;     // used on the nodes it ran on before this one
   bool migrating = false;    // a move is under way: an exit waits for its outcome
@@ -741,9 +733,11 @@ void Node::Heartbeat() {
         Deputy* d = FindDeputy(id);
         if (d == nullptr || d->node != node) continue;
         bool known = false;
+        std::string state;  // as its node reports it
         if (r) {
           for (const auto& p : r->guest_query().processes()) {
             if (p.id() != id) continue;
+            if (!known) state = p.state();
             known = true;
             d->cpu_seconds = p.cpu_seconds();
             d->pid = p.pid();
@@ -754,8 +748,7 @@ void Node::Heartbeat() {
         if (d->state == "migrating") {
           // The move decides; only a move that is not under way at all (the
           // old node runs it and is not moving it) is given up here.
-          d->stalled_checks =
-              known && r && StateOf(*r, id) == "running" ? d->stalled_checks + 1 : 0;
+          d->stalled_checks = state == "running" ? d->stalled_checks + 1 : 0;
           if (d->stalled_checks >= options_.lost_after) {
             peer::MigrationDone failed;
             failed.set_id(id);
@@ -827,8 +820,6 @@ Result<pid_t> Node::StartGuest(const std::string& home, const peer::StartGuest& 
         {l.resource(), static_cast<rlim_t>(l.cur()), static_cast<rlim_t>(l.max())});
   }
   spec.stdio = {theirs[0].get(), theirs[1].get(), theirs[2].get()};
-  UniqueFd stdin_reader(fcntl(theirs[0].get(), F_DUPFD_CLOEXEC, 3));
-  if (!stdin_reader.valid()) return ErrnoError(errno, "dup stdin pipe");
   if (!options_.guest_cgroup.empty()) {
     spec.cgroup_procs.push_back(options_.guest_cgroup + "/cgroup.procs");
   }
@@ -846,13 +837,14 @@ Result<pid_t> Node::StartGuest(const std::string& home, const peer::StartGuest& 
   guest->pidfd = std::move(spawned.pidfd);
   inits_.push_back(spawned.init_pid);
   guest->stdin_fd = std::move(ours[0]);
-  guest->stdin_reader = std::move(stdin_reader);
+  // The guest's own stdin read end is kept (the guest has its copy).
+  guest->stdin_reader = std::move(theirs[0]);
   guest->out[0].fd = std::move(ours[1]);
   guest->out[1].fd = std::move(ours[2]);
   Guest& g = *guest;
   guests_.emplace(g.id, std::move(guest));
   WatchGuest(g);
-  return spawned.pid;
+  return spawned.ns_pid;
 }
 
 void Node::WatchGuest(Guest& g) {
@@ -987,7 +979,6 @@ void Node::OnGuestExit(const std::string& id) {
     return;
   }
   guest->exited = true;
-  guest->cpu_seconds = guest->cpu_before + std::max(0.0, guest->cpu_at_last_sample);
   (void)loop_.Unwatch(guest->pidfd_watch);
   if (info.si_code == CLD_EXITED) {
     guest->exit_code = info.si_status;
@@ -1065,7 +1056,6 @@ void Node::SampleLoad() {
     if (cpu < 0) continue;
     used += std::max(0.0, cpu - g->cpu_at_last_sample);
     g->cpu_at_last_sample = cpu;
-    g->cpu_seconds = g->cpu_before + cpu;
   }
   load_ = elapsed > 0 ? used / elapsed : 0;
 }
@@ -1344,9 +1334,8 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
         return MakeError(Errc::kPermissionDenied, "node {} may not start process {}", sender,
                          message.start_guest().id());
       }
-      ROAM_ASSIGN_OR_RETURN(const pid_t pid, StartGuest(sender, message.start_guest()));
-      reply.mutable_start_guest()->set_pid(FindGuest(message.start_guest().id())->ns_pid);
-      (void)pid;
+      ROAM_ASSIGN_OR_RETURN(const pid_t ns_pid, StartGuest(sender, message.start_guest()));
+      reply.mutable_start_guest()->set_pid(ns_pid);
       return reply;
     }
     case peer::Message::kGuestOutput: {
@@ -1442,7 +1431,8 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
         p->set_id(id);
         p->set_node(peers_.self());
         p->set_pid(g->ns_pid);
-        p->set_cpu_seconds(g->exited ? g->cpu_seconds
+        // An exited process's CPU time is its last sample's.
+        p->set_cpu_seconds(g->exited ? g->cpu_before + g->cpu_at_last_sample
                                      : g->cpu_before + std::max(0.0, CpuSeconds(g->pid)));
         p->set_state(g->moved       ? "moved"
                      : g->migrating ? "migrating"

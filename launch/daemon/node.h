@@ -118,7 +118,8 @@ class Node final {
   void Heartbeat();
   void ProcessInfoOf(const Deputy& deputy, control::ProcessInfo* out) const;
 
-  // Guests (processes running here).
+  // Guests (processes running here). StartGuest: the guest's pid in its
+  // own pid namespace.
   Result<pid_t> StartGuest(const std::string& home, const peer::StartGuest& start);
   Guest* FindGuest(const std::string& id);
   void PumpOutput(Guest& guest, int index);
