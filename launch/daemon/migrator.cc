@@ -30,6 +30,23 @@ void Drain(int fd) {
 
 }  // namespace
 
+Result<GuestPipes> MakeGuestPipes() {
+  GuestPipes pipes;
+  for (std::size_t i = 0; i < 3; ++i) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) return ErrnoError(errno, "pipe2");
+    // stdin: the process reads p[0]; stdout, stderr: it writes p[1].
+    const bool reader = i == 0;
+    pipes.theirs[i] = UniqueFd(reader ? p[0] : p[1]);
+    pipes.ours[i] = UniqueFd(reader ? p[1] : p[0]);
+    const int flags = fcntl(pipes.ours[i].get(), F_GETFL);
+    if (flags < 0 || fcntl(pipes.ours[i].get(), F_SETFL, flags | O_NONBLOCK) != 0) {
+      return ErrnoError(errno, "fcntl O_NONBLOCK");
+    }
+  }
+  return pipes;
+}
+
 Migrator::Migrator(EventLoop& loop, std::unique_ptr<transport::Fabric> fabric,
                    std::string guest_cgroup, Callbacks callbacks, UniqueFd wake_thread,
                    UniqueFd wake_loop)
@@ -151,17 +168,10 @@ Result<migrate::RestoreSetup> Migrator::Setup(const migrate::Arrival& arrival) {
   migrate::RestoreSetup setup;
   // Guests die with this daemon, never left running orphaned.
   setup.init_ends_with_restorer = true;
-  for (int i = 0; i < 3; ++i) {
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) != 0) return ErrnoError(errno, "pipe2");
-    // stdin: the process reads p[0]; stdout, stderr: it writes p[1].
-    const bool reader = i == 0;
-    pending_theirs_[i] = UniqueFd(reader ? p[0] : p[1]);
-    pending_ours_[i] = UniqueFd(reader ? p[1] : p[0]);
-    const int flags = fcntl(pending_ours_[i].get(), F_GETFL);
-    (void)fcntl(pending_ours_[i].get(), F_SETFL, flags | O_NONBLOCK);
-    setup.stdio[i] = pending_theirs_[i].get();
-  }
+  ROAM_ASSIGN_OR_RETURN(GuestPipes pipes, MakeGuestPipes());
+  pending_theirs_ = std::move(pipes.theirs);
+  pending_ours_ = std::move(pipes.ours);
+  for (std::size_t i = 0; i < 3; ++i) setup.stdio[i] = pending_theirs_[i].get();
   if (callbacks_.verify) {
     setup.before_resume = [this, guest = arrival.guest](pid_t pid) {
       return callbacks_.verify(guest, pid);

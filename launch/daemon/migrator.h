@@ -62,6 +62,15 @@ struct Arrival {
   UniqueFd stdin_reader;          // another read end of its stdin (see node.cc HandOver)
 };
 
+// A guest's stdio pipes, all close-on-exec: `theirs` are the guest's ends
+// (stdin's reader, stdout's and stderr's writers), `ours` the daemon's,
+// non-blocking.
+struct GuestPipes {
+  std::array<UniqueFd, 3> theirs;
+  std::array<UniqueFd, 3> ours;
+};
+Result<GuestPipes> MakeGuestPipes();
+
 class Migrator final {
  public:
   struct Callbacks {

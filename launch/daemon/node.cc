@@ -116,12 +116,33 @@ Status CheckCredentials(pid_t pid, uid_t uid, gid_t gid) {
   return Ok();
 }
 
-Status SetNonBlocking(int fd) {
-  const int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
-    return ErrnoError(errno, "fcntl O_NONBLOCK");
-  }
-  return Ok();
+control::Reply ErrorReply(const Error& error) {
+  control::Reply reply;
+  ToWire(error, reply.mutable_error());
+  return reply;
+}
+
+// What ends the session of a process lost with its node, or with its home.
+control::Reply LostReply(std::string message) {
+  control::Reply reply;
+  reply.mutable_exited()->set_exit_code(kLostExitCode);
+  reply.mutable_exited()->set_lost(true);
+  reply.mutable_exited()->set_message(std::move(message));
+  return reply;
+}
+
+// The stdin chunk in flight is in the process's pipe (or went along with it).
+control::Reply StdinAck() {
+  control::Reply reply;
+  reply.mutable_stdin_ack();
+  return reply;
+}
+
+peer::MigrationDone FailedMove(const std::string& id, const Error& error) {
+  peer::MigrationDone failed;
+  failed.set_id(id);
+  ToWire(error, failed.mutable_error());
+  return failed;
 }
 
 // Splits "n1:3" into home and id; "3" means a process whose home is `self`.
@@ -215,13 +236,7 @@ Node::Node(EventLoop& loop, PoolPeers& peers, NodeOptions options, UniqueFd list
 
 Node::~Node() {
   for (auto& [sid, session] : sessions_) (void)loop_.Unwatch(session->watch);
-  for (auto& [id, guest] : guests_) {
-    (void)loop_.Unwatch(guest->pidfd_watch);
-    for (auto& s : guest->out) {
-      if (s.watching) (void)loop_.Unwatch(s.watch);
-    }
-    if (guest->stdin_watching) (void)loop_.Unwatch(guest->stdin_watch);
-  }
+  for (auto& [id, guest] : guests_) UnwatchGuest(*guest);
   (void)loop_.Unwatch(listen_watch_);
   (void)loop_.CancelTimer(heartbeat_timer_);
   (void)loop_.CancelTimer(load_timer_);
@@ -359,11 +374,7 @@ void Node::Send(std::uint64_t sid, control::Reply reply) {
   FlushSession(session);
 }
 
-void Node::SendError(std::uint64_t sid, const Error& error) {
-  control::Reply reply;
-  ToWire(error, reply.mutable_error());
-  Send(sid, std::move(reply));
-}
+void Node::SendError(std::uint64_t sid, const Error& error) { Send(sid, ErrorReply(error)); }
 
 void Node::FlushSession(Session& session) {
   while (!session.outbox.empty()) {
@@ -511,9 +522,7 @@ void Node::HandleRun(std::uint64_t sid, const control::Run& run) {
   // privilege, which the daemon has and the caller may not).
   auto real = CallerLimits(session.who.pid);
   if (!real) {
-    deputies_.erase(id);
-    session.run_id.clear();
-    SendError(sid, real.error());
+    EndDeputy(id, ErrorReply(real.error()));
     return;
   }
   for (auto& l : *start->mutable_run()->mutable_limits()) {
@@ -528,14 +537,9 @@ void Node::HandleRun(std::uint64_t sid, const control::Run& run) {
       // Unanswered is not refused: it may run there; it must not without
       // its home.
       if (reply.error().code() == Errc::kTimeout || reply.error().code() == Errc::kUnavailable) {
-        KillAt(node, id);
+        SendSignal(node, id, SIGKILL);
       }
-      const std::uint64_t s = d->sid;
-      deputies_.erase(id);
-      if (s != 0) {
-        SendError(s, reply.error());
-        if (auto it = sessions_.find(s); it != sessions_.end()) it->second->run_id.clear();
-      }
+      EndDeputy(id, ErrorReply(reply.error()));
       return;
     }
     if (d->state == "starting") d->state = "running";
@@ -584,10 +588,10 @@ void Node::HandleSessionSignal(std::uint64_t sid, int signo) {
   if (Deputy* deputy = FindDeputy(session.run_id); deputy != nullptr) SignalDeputy(*deputy, signo);
 }
 
-void Node::KillAt(const std::string& node, const std::string& id) {
+void Node::SendSignal(const std::string& node, const std::string& id, int signo) {
   peer::Message m;
   m.mutable_guest_signal()->set_id(id);
-  m.mutable_guest_signal()->set_signo(SIGKILL);
+  m.mutable_guest_signal()->set_signo(signo);
   peers_.Send(node, m, [](Result<peer::Reply>) {});
 }
 
@@ -596,10 +600,7 @@ void Node::SignalDeputy(Deputy& deputy, int signo) {
     deputy.held_signals.push_back(signo);
     return;
   }
-  peer::Message m;
-  m.mutable_guest_signal()->set_id(deputy.id);
-  m.mutable_guest_signal()->set_signo(signo);
-  peers_.Send(deputy.node, m, [](Result<peer::Reply>) {});
+  SendSignal(deputy.node, deputy.id, signo);
 }
 
 // ---- ps, nodes, kill ------------------------------------------------------
@@ -707,15 +708,13 @@ Node::Deputy* Node::FindDeputy(const std::string& id) {
   return it == deputies_.end() ? nullptr : it->second.get();
 }
 
-void Node::EndDeputy(const std::string& id, const control::Exited& exited) {
+void Node::EndDeputy(const std::string& id, control::Reply last) {
   auto it = deputies_.find(id);
   if (it == deputies_.end()) return;
   const std::uint64_t sid = it->second->sid;
   deputies_.erase(it);
   if (sid == 0) return;
-  control::Reply reply;
-  *reply.mutable_exited() = exited;
-  Send(sid, std::move(reply));
+  Send(sid, std::move(last));
   if (auto s = sessions_.find(sid); s != sessions_.end()) s->second->run_id.clear();
 }
 
@@ -750,10 +749,8 @@ void Node::Heartbeat() {
           // old node runs it and is not moving it) is given up here.
           d->stalled_checks = state == "running" ? d->stalled_checks + 1 : 0;
           if (d->stalled_checks >= options_.lost_after) {
-            peer::MigrationDone failed;
-            failed.set_id(id);
-            ToWire(MakeError(Errc::kUnavailable, "the move did not start"), failed.mutable_error());
-            FinishMigration(d->node, failed);
+            FinishMigration(
+                d->node, FailedMove(id, MakeError(Errc::kUnavailable, "the move did not start")));
           }
           continue;
         }
@@ -767,14 +764,11 @@ void Node::Heartbeat() {
         }
         // Should it still run there (a node that answers again), it must not
         // go on without its home.
-        KillAt(node, id);
-        control::Exited lost;
-        lost.set_exit_code(kLostExitCode);
-        lost.set_lost(true);
-        lost.set_message(
-            r ? fmt::format("process {} is lost: node {} no longer knows it", id, node)
-              : fmt::format("process {} is lost with node {}: {}", id, node, r.error().ToString()));
-        EndDeputy(id, lost);
+        SendSignal(node, id, SIGKILL);
+        EndDeputy(id, LostReply(r ? fmt::format("process {} is lost: node {} no longer knows it",
+                                                id, node)
+                                  : fmt::format("process {} is lost with node {}: {}", id, node,
+                                                r.error().ToString())));
       }
     });
   }
@@ -793,20 +787,9 @@ Result<pid_t> Node::StartGuest(const std::string& home, const peer::StartGuest& 
   }
   const control::Run& run = start.run();
   // stdio pipes: the guest gets one end of each, this daemon keeps the other.
-  std::array<UniqueFd, 3> theirs;
-  std::array<UniqueFd, 3> ours;
-  for (int i = 0; i < 3; ++i) {
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) != 0) return ErrnoError(errno, "pipe2");
-    if (i == 0) {
-      theirs[i] = UniqueFd(p[0]);
-      ours[i] = UniqueFd(p[1]);
-    } else {
-      theirs[i] = UniqueFd(p[1]);
-      ours[i] = UniqueFd(p[0]);
-    }
-    ROAM_TRY(SetNonBlocking(ours[i].get()));
-  }
+  ROAM_ASSIGN_OR_RETURN(GuestPipes pipes, MakeGuestPipes());
+  std::array<UniqueFd, 3>& theirs = pipes.theirs;
+  std::array<UniqueFd, 3>& ours = pipes.ours;
   proc::GuestSpec spec;
   spec.argv.assign(run.argv().begin(), run.argv().end());
   spec.env.assign(run.env().begin(), run.env().end());
@@ -1029,13 +1012,16 @@ void Node::ReportExit(const std::string& id, peer::Message message, int tries) {
 void Node::DropGuest(const std::string& id) {
   auto it = guests_.find(id);
   if (it == guests_.end()) return;
-  Guest& g = *it->second;
-  for (auto& s : g.out) {
+  UnwatchGuest(*it->second);
+  guests_.erase(it);
+}
+
+void Node::UnwatchGuest(Guest& guest) {
+  if (!guest.exited) (void)loop_.Unwatch(guest.pidfd_watch);  // an exit unwatched it
+  for (auto& s : guest.out) {
     if (s.watching) (void)loop_.Unwatch(s.watch);
   }
-  if (g.stdin_watching) (void)loop_.Unwatch(g.stdin_watch);
-  if (!g.exited) (void)loop_.Unwatch(g.pidfd_watch);
-  guests_.erase(it);
+  if (guest.stdin_watching) (void)loop_.Unwatch(guest.stdin_watch);
 }
 
 void Node::ReapInits() {
@@ -1065,14 +1051,10 @@ void Node::Shutdown() {
     if (!g->exited && g->init_pid > 0) kill(g->init_pid, SIGKILL);
   }
   for (auto& [id, d] : deputies_) {
-    if (d->node != peers_.self()) KillAt(d->node, id);
+    if (d->node != peers_.self()) SendSignal(d->node, id, SIGKILL);
     if (d->sid == 0) continue;
-    control::Reply reply;
-    reply.mutable_exited()->set_exit_code(kLostExitCode);
-    reply.mutable_exited()->set_lost(true);
-    reply.mutable_exited()->set_message(
-        fmt::format("process {} is lost: its home node {} is shutting down", id, peers_.self()));
-    Send(d->sid, std::move(reply));
+    Send(d->sid, LostReply(fmt::format("process {} is lost: its home node {} is shutting down", id,
+                                       peers_.self())));
   }
 }
 
@@ -1123,10 +1105,7 @@ Result<std::optional<control::Reply>> Node::StartMigration(Deputy& deputy,
     if (r.error().code() == Errc::kTimeout || r.error().code() == Errc::kUnavailable) return;
     Deputy* d = FindDeputy(id);
     if (d == nullptr || d->state != "migrating") return;
-    peer::MigrationDone failed;
-    failed.set_id(id);
-    ToWire(r.error(), failed.mutable_error());
-    FinishMigration(d->node, failed);
+    FinishMigration(d->node, FailedMove(id, r.error()));
   });
   return std::optional<control::Reply>();
 }
@@ -1147,9 +1126,7 @@ void Node::FinishMigration(const std::string& sender, const peer::MigrationDone&
     // A stdin chunk sent to the old node went along with the process.
     if (d->stdin_in_flight && !d->held_stdin && d->sid != 0) {
       d->stdin_in_flight = false;
-      control::Reply ack;
-      ack.mutable_stdin_ack();
-      Send(d->sid, std::move(ack));
+      Send(d->sid, StdinAck());
     }
     reply.mutable_done()->set_message(fmt::format(
         "moved {} from {} to {}: {:.1f} ms in all, frozen {:.1f} ms, {:.1f} MiB of pages", d->id,
@@ -1378,11 +1355,7 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
       Deputy* d = FindDeputy(message.guest_input_ack().id());
       if (d == nullptr || d->node != sender) return reply;
       d->stdin_in_flight = false;
-      if (d->sid != 0) {
-        control::Reply r;
-        r.mutable_stdin_ack();
-        Send(d->sid, std::move(r));
-      }
+      if (d->sid != 0) Send(d->sid, StdinAck());
       return reply;
     }
     case peer::Message::kGuestSignal: {
@@ -1406,10 +1379,10 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
       if (d == nullptr || d->node != sender) {
         return MakeError(Errc::kNotFound, "no deputy for {} on {}", ex.id(), peers_.self());
       }
-      control::Exited exited;
-      exited.set_exit_code(ex.exit_code());
-      exited.set_signal(ex.signal());
-      EndDeputy(ex.id(), exited);
+      control::Reply exited;
+      exited.mutable_exited()->set_exit_code(ex.exit_code());
+      exited.mutable_exited()->set_signal(ex.signal());
+      EndDeputy(ex.id(), std::move(exited));
       return reply;
     }
     case peer::Message::kNodeStatus: {

@@ -99,9 +99,9 @@ class Node final {
   void HandleSessionSignal(std::uint64_t sid, int signo);
   // To wherever the process runs; held while it moves.
   void SignalDeputy(Deputy& deputy, int signo);
-  // Best effort: SIGKILL to process `id` at `node` (one that must not run on
-  // without its home).
-  void KillAt(const std::string& node, const std::string& id);
+  // Best effort: `signo` to process `id` at `node` (SIGKILL: one that must
+  // not run on without its home).
+  void SendSignal(const std::string& node, const std::string& id, int signo);
   // kill and migrate: decided at the process's home, for a caller `uid`.
   // nullopt: the answer goes to session `sid` later (a migration; 0: none).
   Result<std::optional<control::Reply>> HandleAtHome(uid_t uid, const control::Request& request,
@@ -114,7 +114,8 @@ class Node final {
 
   // Deputies (processes whose home is here).
   Deputy* FindDeputy(const std::string& id);
-  void EndDeputy(const std::string& id, const control::Exited& exited);
+  // Forgets the deputy; `last` ends its session, if one still waits.
+  void EndDeputy(const std::string& id, control::Reply last);
   void Heartbeat();
   void ProcessInfoOf(const Deputy& deputy, control::ProcessInfo* out) const;
 
@@ -130,6 +131,7 @@ class Node final {
   void OnGuestExit(const std::string& id);
   void MaybeReportExit(Guest& guest);
   void DropGuest(const std::string& id);
+  void UnwatchGuest(Guest& guest);
   void ReapInits();
   void SampleLoad();
   // Migration, at the process's current node and at its new one.
