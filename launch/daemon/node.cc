@@ -30,6 +30,7 @@ namespace {
 // Output of one process queued for its session beyond which the process's
 // node is told to wait (back-pressure from a slow terminal or pipe).
 constexpr std::size_t kSessionBacklog = std::size_t{1} << 20;
+// The most output one read takes, and the largest stdin chunk.
 constexpr std::size_t kChunk = 64 * 1024;
 constexpr std::chrono::milliseconds kBusyRetry{20};
 // The new node adopts a moved process moments after its restore: stdin
@@ -232,7 +233,8 @@ Node::Node(EventLoop& loop, PoolPeers& peers, NodeOptions options, UniqueFd list
       peers_(peers),
       options_(std::move(options)),
       listen_fd_(std::move(listen_fd)),
-      last_sample_(std::chrono::steady_clock::now()) {}
+      last_sample_(std::chrono::steady_clock::now()),
+      read_buffer_(kChunk) {}
 
 Node::~Node() {
   for (auto& [sid, session] : sessions_) (void)loop_.Unwatch(session->watch);
@@ -847,8 +849,7 @@ void Node::PumpOutput(Guest& guest, int index) {
     }
     return;
   }
-  std::string chunk(kChunk, '\0');
-  const ssize_t n = read(s.fd.get(), chunk.data(), chunk.size());
+  const ssize_t n = read(s.fd.get(), read_buffer_.data(), read_buffer_.size());
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
     if (!s.watching) {
       const std::string id = guest.id;
@@ -871,7 +872,6 @@ void Node::PumpOutput(Guest& guest, int index) {
     MaybeReportExit(guest);
     return;
   }
-  chunk.resize(static_cast<std::size_t>(n));
   s.in_flight = true;
   if (s.watching) {
     (void)loop_.Unwatch(s.watch);
@@ -881,7 +881,7 @@ void Node::PumpOutput(Guest& guest, int index) {
   auto* out = m.mutable_guest_output();
   out->set_id(guest.id);
   out->set_fd(index + 1);
-  out->set_data(std::move(chunk));
+  out->set_data(read_buffer_.data(), static_cast<std::size_t>(n));
   SendOutput(guest.id, index, std::move(m));
 }
 

@@ -159,6 +159,7 @@ class Node final {
   std::vector<pid_t> inits_;  // released namespace inits to reap
   double load_ = 0;           // CPUs used by guests over the last sample
   std::chrono::steady_clock::time_point last_sample_;
+  std::vector<char> read_buffer_;  // PumpOutput's, not a fresh one per read attempt
 };
 
 }  // namespace roam::daemon
