@@ -514,7 +514,6 @@ void Node::HandleRun(std::uint64_t sid, const control::Run& run) {
   peer::Message m;
   auto* start = m.mutable_start_guest();
   start->set_id(id);
-  start->set_home(peers_.self());
   start->set_uid(session.who.uid);
   start->set_gid(session.who.gid);
   for (gid_t g : session.who.groups) start->add_groups(g);

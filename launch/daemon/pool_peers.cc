@@ -155,22 +155,19 @@ Result<transport::Bytes> PoolPeers::Serve(const transport::Message& request) {
   return Seal(opened.header.sender, peer::Message::kReply, reply.SerializeAsString());
 }
 
-Result<transport::Endpoint*> PoolPeers::EndpointTo(Member& member) {
+Result<transport::Endpoint*> PoolPeers::EndpointTo(const Member& member) {
   auto& ep = endpoints_[static_cast<std::size_t>(member.rank)];
   if (ep && !ep->status()) ep.reset();  // broken: try a new connection
   if (!ep) {
     auto fresh = control_.Connect(member.control);
-    if (!fresh) {
-      member.reachable = false;
-      return fresh.error();
-    }
+    if (!fresh) return fresh.error();
     ep = std::move(*fresh);
   }
   return ep.get();
 }
 
 void PoolPeers::Send(const std::string& to, const peer::Message& message, ReplyCallback done) {
-  auto* member = const_cast<Member*>(Find(to));
+  const Member* member = Find(to);
   if (member == nullptr) {
     loop_.Defer([to, done] { done(MakeError(Errc::kNotFound, "no node '{}' in this pool", to)); });
     return;
@@ -200,15 +197,11 @@ void PoolPeers::Send(const std::string& to, const peer::Message& message, ReplyC
   const int rank = member->rank;
   const Status sent =
       (*ep)->Request(kTag, *sealed, timeout_, [this, rank, done](Result<transport::Bytes> raw) {
-        Member& m = members_[static_cast<std::size_t>(rank)];
+        const Member& m = members_[static_cast<std::size_t>(rank)];
         if (!raw) {
-          if (raw.error().code() == Errc::kUnavailable || raw.error().code() == Errc::kTimeout) {
-            m.reachable = false;
-          }
           done(raw.error().WithContext(fmt::format("node {}", m.name)));
           return;
         }
-        m.reachable = true;
         auto opened = receiver_.Accept(View(*raw));
         if (!opened) {
           done(opened.error().WithContext(fmt::format("reply from node {}", m.name)));
@@ -226,7 +219,6 @@ void PoolPeers::Send(const std::string& to, const peer::Message& message, ReplyC
         done(std::move(reply));
       });
   if (!sent) {
-    if (sent.error().code() == Errc::kUnavailable) member->reachable = false;
     loop_.Defer([err = sent.error().WithContext(fmt::format("node {}", to)), done] { done(err); });
   }
 }

@@ -7,7 +7,7 @@
 // the version check or parsing is dropped and counted (counters()).
 //
 // Membership is fixed for the life of the pool: a member that stops
-// answering is marked unreachable, not removed.
+// answering stays a member (requests to it fail), never removed.
 //
 // Thread-safety: one thread (the daemon's event loop, which progresses the
 // control fabric). Lifetime: the fabric must outlive this object; replies
@@ -38,7 +38,6 @@ struct Member {
   std::string host;          // an address for people (roam nodes)
   transport::Bytes control;  // control fabric address
   transport::Bytes data;     // migration fabric address
-  bool reachable = true;     // false after a request failed with kUnavailable
 };
 
 struct PoolOptions {
@@ -93,7 +92,7 @@ class PoolPeers final {
             std::chrono::milliseconds timeout);
   Result<transport::Bytes> Seal(const std::string& to, std::uint32_t kind, const std::string& body);
   Result<transport::Bytes> Serve(const transport::Message& request);
-  Result<transport::Endpoint*> EndpointTo(Member& member);
+  Result<transport::Endpoint*> EndpointTo(const Member& member);
 
   EventLoop& loop_;
   transport::Fabric& control_;
