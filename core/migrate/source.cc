@@ -10,12 +10,9 @@
 
 #include <array>
 #include <chrono>
-#include <cinttypes>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <string>
@@ -26,6 +23,7 @@
 #include "core/ckpt/image/image.pb.h"
 #include "core/ckpt/image/image_dir.h"
 #include "core/ckpt/image/page_store.h"
+#include "core/ckpt/procfs/procfs.h"
 #include "core/migrate/put_page_sink.h"
 #include "core/migrate/sent_pages.h"
 #include "core/migrate/wire.h"
@@ -53,21 +51,13 @@ ByteView View(const std::string& s) {
 // (heap, stacks, anonymous mmaps): what its anonymous memory may grow to
 // without mapping more. 0 if the maps cannot be read.
 std::uint64_t AnonymousMapped(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/maps");
+  auto maps = ckpt::procfs::ReadMaps(pid);
+  if (!maps) return 0;
   std::uint64_t total = 0;
-  for (std::string line; std::getline(in, line);) {
-    std::uint64_t start = 0;
-    std::uint64_t end = 0;
-    char perms[5] = {};
-    std::uint64_t inode = 0;
-    int path_at = 0;
-    if (std::sscanf(line.c_str(), "%" SCNx64 "-%" SCNx64 " %4s %*s %*s %" SCNu64 " %n", &start,
-                    &end, perms, &inode, &path_at) < 4) {
-      continue;
-    }
-    const std::string path = path_at > 0 ? line.substr(static_cast<std::size_t>(path_at)) : "";
-    const bool anonymous = inode == 0 && (path.empty() || path == "[heap]" || path == "[stack]");
-    if (anonymous && perms[1] == 'w' && perms[3] == 'p') total += end - start;
+  for (const ckpt::procfs::Vma& vma : *maps) {
+    const bool anonymous =
+        vma.inode == 0 && (vma.path.empty() || vma.path == "[heap]" || vma.path == "[stack]");
+    if (anonymous && vma.write && !vma.shared) total += vma.size();
   }
   return total;
 }
@@ -75,14 +65,14 @@ std::uint64_t AnonymousMapped(pid_t pid) {
 // The process's anonymous resident memory (RssAnon), what a capture puts at
 // most, zero pages apart (copied-on-write file pages count as anonymous).
 Result<std::uint64_t> AnonymousBytes(pid_t pid) {
-  const std::string path = "/proc/" + std::to_string(pid) + "/status";
-  std::ifstream in(path);
-  if (!in) return MakeError(Errc::kNotFound, "no process {} ({} unreadable)", pid, path);
-  for (std::string line; std::getline(in, line);) {
-    std::uint64_t kib = 0;
-    if (std::sscanf(line.c_str(), "RssAnon: %" SCNu64 " kB", &kib) == 1) return kib * 1024;
+  ROAM_ASSIGN_OR_RETURN(const ckpt::procfs::Status status, ckpt::procfs::ReadStatus(pid));
+  // A zombie or a kernel thread has no memory, so no RssAnon line (read as
+  // 0); a live process always holds some (its stack at least).
+  if (status.rss_anon_kb == 0) {
+    return MakeError(Errc::kNotFound, "process {} has no RssAnon (a zombie or kernel thread?)",
+                     pid);
   }
-  return MakeError(Errc::kNotFound, "process {} has no RssAnon (a zombie or kernel thread?)", pid);
+  return status.rss_anon_kb * 1024;
 }
 
 // A named fault-injection point: true when $ROAM_FAULT names it (criu's
