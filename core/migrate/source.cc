@@ -279,6 +279,12 @@ class SourceImpl final : public MigrationSource {
                               const MigrateOptions& options);
   Result<MigrationReport> RunPostCopy(transport::Endpoint& target, pid_t pid,
                                       const MigrateOptions& options);
+  // Sends `c`, then waits for READY (the target's pid into `report`).
+  Status CommitAndWaitReady(transport::Endpoint& target, const MigrateOptions& options,
+                            const wire::Commit& c, MigrationReport& report);
+  // The source's copy is gone (or never resumes): records MOVED and tells
+  // the target to go.
+  void Go(transport::Endpoint& target, const MigrateOptions& options, MigrationReport& report);
   // Commit sent: asks Status until READY (the target's pid into `report`).
   Status WaitReady(transport::Endpoint& target, const MigrateOptions& options,
                    MigrationReport& report, Clock::time_point commit_sent);
@@ -342,6 +348,38 @@ Status SourceImpl::WaitReady(transport::Endpoint& target, const MigrateOptions& 
   }
 }
 
+Status SourceImpl::CommitAndWaitReady(transport::Endpoint& target, const MigrateOptions& options,
+                                      const wire::Commit& c, MigrationReport& report) {
+  const Bytes message = wire::Encode(c);
+  if (message.size() > transport::kMaxMessageBytes) {
+    // A post-copy commit carries no run table.
+    if (c.post_copy) {
+      return MakeError(Errc::kResourceExhausted, "metadata of {} bytes exceeds a message",
+                       message.size());
+    }
+    return MakeError(Errc::kResourceExhausted,
+                     "metadata and run table of {} bytes exceed a message ({} runs)",
+                     message.size(), c.runs.size());
+  }
+  const Clock::time_point commit_sent = Clock::now();
+  ROAM_ASSIGN_OR_RETURN(const wire::PhaseReply committed,
+                        Ask(fabric_, target, kTagCommit, message, options.io_timeout));
+  if (committed.phase != wire::Phase::kCommitted) {
+    return MakeError(Errc::kProtocol, "target answered commit with {}",
+                     wire::PhaseName(committed.phase));
+  }
+  return WaitReady(target, options, report, commit_sent);
+}
+
+void SourceImpl::Go(transport::Endpoint& target, const MigrateOptions& options,
+                    MigrationReport& report) {
+  const std::uint64_t id = options.migration_id;
+  ledger_->Set(id, wire::Phase::kMoved);
+  if (FaultInjected("migrate-source-no-go")) return;
+  auto go = Ask(fabric_, target, kTagGo, wire::Encode(wire::Query{id}), options.io_timeout);
+  report.go_acknowledged = go.has_value() && go->phase == wire::Phase::kRunning;
+}
+
 Result<MigrationReport> SourceImpl::RunPostCopy(transport::Endpoint& target, pid_t pid,
                                                 const MigrateOptions& options) {
   const Clock::time_point started = Clock::now();
@@ -386,26 +424,10 @@ Result<MigrationReport> SourceImpl::RunPostCopy(transport::Endpoint& target, pid
   c.image = ckpt::EncodeImageMeta(meta);
   c.post_copy = true;
   c.extent = extent;
-  const Bytes message = wire::Encode(c);
-  if (message.size() > transport::kMaxMessageBytes) {
-    return MakeError(Errc::kResourceExhausted, "metadata of {} bytes exceeds a message",
-                     message.size());
-  }
-  const Clock::time_point commit_sent = Clock::now();
-  ROAM_ASSIGN_OR_RETURN(const wire::PhaseReply committed,
-                        Ask(fabric_, target, kTagCommit, message, options.io_timeout));
-  if (committed.phase != wire::Phase::kCommitted) {
-    return MakeError(Errc::kProtocol, "target answered commit with {}",
-                     wire::PhaseName(committed.phase));
-  }
-  ROAM_TRY(WaitReady(target, options, report, commit_sent));
+  ROAM_TRY(CommitAndWaitReady(target, options, c, report));
 
   // 4. From here the source's copy is never resumed: the target's may run.
-  ledger_->Set(id, wire::Phase::kMoved);
-  if (!FaultInjected("migrate-source-no-go")) {
-    auto go = Ask(fabric_, target, kTagGo, wire::Encode(wire::Query{id}), options.io_timeout);
-    report.go_acknowledged = go.has_value() && go->phase == wire::Phase::kRunning;
-  }
+  Go(target, options, report);
   const Clock::time_point go_at = Clock::now();
   report.frozen_ns = captured.frozen_ns;
   report.downtime_ns = captured.frozen_ns + NsSince(captured_at);
@@ -511,20 +533,7 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
     c.migration_id = id;
     c.image = ckpt::EncodeImageMeta(meta);
     c.runs = sink.runs();
-    const Bytes message = wire::Encode(c);
-    if (message.size() > transport::kMaxMessageBytes) {
-      return MakeError(Errc::kResourceExhausted,
-                       "metadata and run table of {} bytes exceed a message ({} runs)",
-                       message.size(), c.runs.size());
-    }
-    const Clock::time_point commit_sent = Clock::now();
-    ROAM_ASSIGN_OR_RETURN(const wire::PhaseReply committed,
-                          Ask(fabric_, target, kTagCommit, message, options.io_timeout));
-    if (committed.phase != wire::Phase::kCommitted) {
-      return MakeError(Errc::kProtocol, "target answered commit with {}",
-                       wire::PhaseName(committed.phase));
-    }
-    return WaitReady(target, options, report, commit_sent);
+    return CommitAndWaitReady(target, options, c, report);
   };
   image::Image meta;
   ckpt::CaptureOptions capture_options;
@@ -562,11 +571,7 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
   const Clock::time_point killed = Clock::now();
 
   // 4. The original is gone: the target's copy may run.
-  ledger_->Set(id, wire::Phase::kMoved);
-  if (!FaultInjected("migrate-source-no-go")) {
-    auto go = Ask(fabric_, target, kTagGo, wire::Encode(wire::Query{id}), options.io_timeout);
-    report.go_acknowledged = go.has_value() && go->phase == wire::Phase::kRunning;
-  }
+  Go(target, options, report);
   report.frozen_ns = captured.frozen_ns;
   report.downtime_ns = captured.frozen_ns + NsSince(killed);
   report.total_ns = NsSince(started);
