@@ -28,6 +28,7 @@
 
 #include "roam/base/check.h"
 #include "roam/base/deadline.h"
+#include "roam/base/fault_injection.h"
 #include "roam/base/unique_fd.h"
 
 namespace roam::launch {
@@ -419,13 +420,6 @@ Status RunIpBatch(const std::string& ip, int netns_fd, std::string_view where,
                      OneLine(done.err));
   }
   return Ok();
-}
-
-// A named fault-injection point: true when $ROAM_FAULT names it, so that a
-// test can make a setup fail halfway (criu's CRIU_FAULT).
-bool FaultInjected(std::string_view point) {
-  const char* fault = std::getenv("ROAM_FAULT");
-  return fault != nullptr && point == fault;
 }
 
 // `count` new network namespaces, held by descriptors only. unshare() moves

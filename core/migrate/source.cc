@@ -10,13 +10,12 @@
 
 #include <array>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
-#include <string_view>
 #include <thread>
 #include <utility>
 
@@ -28,6 +27,7 @@
 #include "core/migrate/sent_pages.h"
 #include "core/migrate/wire.h"
 #include "roam/base/deadline.h"
+#include "roam/base/fault_injection.h"
 #include "roam/ckpt/capture.h"
 #include "roam/migrate/migration.h"
 
@@ -41,10 +41,6 @@ using transport::ByteView;
 std::uint64_t NsSince(Clock::time_point t) {
   return static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t).count());
-}
-
-ByteView View(const std::string& s) {
-  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
 
 // The size of the process's private writable mappings that no file backs
@@ -73,14 +69,6 @@ Result<std::uint64_t> AnonymousBytes(pid_t pid) {
                      pid);
   }
   return status.rss_anon_kb * 1024;
-}
-
-// A named fault-injection point: true when $ROAM_FAULT names it (criu's
-// CRIU_FAULT). "migrate-source-no-go": the Go after a kill is lost, as in a
-// partition right after READY.
-bool FaultInjected(std::string_view point) {
-  const char* fault = std::getenv("ROAM_FAULT");
-  return fault != nullptr && point == fault;
 }
 
 // Outcomes the target may ask about, oldest dropped first.
@@ -375,6 +363,8 @@ void SourceImpl::Go(transport::Endpoint& target, const MigrateOptions& options,
                     MigrationReport& report) {
   const std::uint64_t id = options.migration_id;
   ledger_->Set(id, wire::Phase::kMoved);
+  // The named fault: the Go after a kill is lost, as in a partition right
+  // after READY.
   if (FaultInjected("migrate-source-no-go")) return;
   auto go = Ask(fabric_, target, kTagGo, wire::Encode(wire::Query{id}), options.io_timeout);
   report.go_acknowledged = go.has_value() && go->phase == wire::Phase::kRunning;
@@ -514,7 +504,8 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
                         transport::RequestBlocking(fabric_, target, kTagPrepare,
                                                    wire::Encode(prepare), options.prepare_timeout));
   ROAM_ASSIGN_OR_RETURN(const wire::Prepared prepared, wire::DecodePrepared(prepared_bytes));
-  ROAM_ASSIGN_OR_RETURN(auto staging, target.UnpackKey(View(prepared.staging_key)));
+  ROAM_ASSIGN_OR_RETURN(auto staging,
+                        target.UnpackKey(std::as_bytes(std::span(prepared.staging_key))));
   if (prepared.capacity > staging->length()) {
     return MakeError(Errc::kProtocol, "target offered {} bytes of staging in a region of {}",
                      prepared.capacity, staging->length());

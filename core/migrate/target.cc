@@ -14,9 +14,8 @@
 
 #include <atomic>
 #include <csignal>
-#include <cstdlib>
 #include <optional>
-#include <string_view>
+#include <span>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -28,6 +27,7 @@
 #include "core/migrate/staged_runs.h"
 #include "core/migrate/wire.h"
 #include "roam/base/deadline.h"
+#include "roam/base/fault_injection.h"
 #include "roam/ckpt/restore.h"
 #include "roam/migrate/migration.h"
 
@@ -36,20 +36,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using transport::Bytes;
-using transport::ByteView;
-
-ByteView View(const std::string& s) {
-  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
-}
-
-// A named fault-injection point (source.cc has the same): true when
-// $ROAM_FAULT names it. "migrate-target-no-done": the PagesDone of a
-// post-copy is never sent, as when this node dies with the process.
-bool FaultInjected(std::string_view point) {
-  const char* fault = std::getenv("ROAM_FAULT");
-  return fault != nullptr && point == fault;
-}
-
 enum class State { kPrepared, kCommitted, kRestoring, kReady, kGo, kAborted };
 struct Migration {
   Arrival arrival;
@@ -224,7 +210,7 @@ Result<Bytes> TargetImpl::OnCommit(const transport::Message& m) {
                      c.migration_id, c.staging_end, staging_->size());
   }
   // Refused here, before anything is restored: the source resumes.
-  auto meta = ckpt::DecodeImageMeta(View(c.image));
+  auto meta = ckpt::DecodeImageMeta(std::as_bytes(std::span(c.image)));
   if (!meta) {
     Error e = meta.error().WithContext(fmt::format("migration {}", c.migration_id));
     End(e, -1);
@@ -353,7 +339,9 @@ void TargetImpl::StartPostCopy(const Running& running, std::shared_ptr<ckpt::Laz
       raw->result = stats.error().WithContext("post-copy: the process was killed here");
     }
     // Best effort: a source that cannot be told drops its copy when its
-    // post_copy_timeout ends, or when it notices this node is gone.
+    // post_copy_timeout ends, or when it notices this node is gone. The
+    // named fault: PagesDone is never sent, as when this node dies with
+    // the process.
     if (!FaultInjected("migrate-target-no-done")) (void)raw->remote->SendDone(done);
     raw->remote.reset();  // the page fabric, on the thread that used it last
     raw->ended.store(true, std::memory_order_release);
@@ -375,9 +363,7 @@ bool TargetImpl::RunPending() {
 
 Result<wire::Phase> TargetImpl::AskOutcome() {
   const std::string& address = current_->source_address;
-  ROAM_ASSIGN_OR_RETURN(
-      auto source,
-      fabric_.Connect({reinterpret_cast<const std::byte*>(address.data()), address.size()}));
+  ROAM_ASSIGN_OR_RETURN(auto source, fabric_.Connect(std::as_bytes(std::span(address))));
   ROAM_ASSIGN_OR_RETURN(
       const Bytes reply,
       transport::RequestBlocking(fabric_, *source, kTagOutcome,
@@ -443,7 +429,7 @@ void TargetImpl::Restore() {
     remote_options.in_flight = options_.stream_requests_in_flight;
     remote_options.timeout = options_.page_timeout;
     auto created =
-        RemotePageSource::Create(std::move(fabric), View(mig.source_address),
+        RemotePageSource::Create(std::move(fabric), std::as_bytes(std::span(mig.source_address)),
                                  mig.arrival.migration_id, mig.commit.extent, remote_options);
     if (!created) return End(created.error().WithContext("post-copy"), -1);
     remote = created->get();
