@@ -46,14 +46,6 @@ std::int64_t NowNs(clockid_t clock) {
   return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
-bool IsZeroPage(const std::byte* page) {
-  const auto* words = reinterpret_cast<const std::uint64_t*>(page);
-  for (std::size_t i = 0; i < kPageSize / sizeof(std::uint64_t); ++i) {
-    if (words[i] != 0) return false;
-  }
-  return true;
-}
-
 // Splits `pages` (whole pages read from `address`) into runs of all-zero
 // and of other pages, in order: `zero(vaddr, npages)` for the former,
 // `data(vaddr, run)` for the latter; stops at the first error of `data`.

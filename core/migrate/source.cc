@@ -8,9 +8,7 @@
 #include <sys/mman.h>
 #include <sys/uio.h>
 
-#include <array>
 #include <chrono>
-#include <cstring>
 #include <deque>
 #include <map>
 #include <optional>
@@ -97,11 +95,6 @@ class OutcomeLedger final {
   std::deque<std::uint64_t> order_;
 };
 
-bool IsZero(const std::byte* page) {
-  static const std::array<std::byte, ckpt::kPageSize> kZero{};
-  return std::memcmp(page, kZero.data(), ckpt::kPageSize) == 0;
-}
-
 using Ranges = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
 
 // The frozen source's extent as a Commit carries it: merged, and coarsened
@@ -185,7 +178,7 @@ struct PostCopyServing {
     reply.present.assign((request.pages + 7) / 8, '\0');
     for (std::uint32_t i = 0; i < request.pages; ++i) {
       const std::byte* page = buffer.data() + std::size_t{i} * kPage;
-      if (read[i] == 0 || IsZero(page)) continue;
+      if (read[i] == 0 || ckpt::IsZeroPage(page)) continue;
       reply.present[i / 8] = static_cast<char>(reply.present[i / 8] | (1 << (i % 8)));
       reply.data.append(reinterpret_cast<const char*>(page), kPage);
     }

@@ -63,6 +63,16 @@ namespace roam::ckpt {
 
 inline constexpr std::size_t kPageSize = 4096;
 inline constexpr std::uint32_t kPageFormatVersion = 2;
+// Whether the kPageSize bytes at `page` are all zero (a capture leaves such
+// pages out: an untouched anonymous page reads as zeros anyway).
+inline bool IsZeroPage(const std::byte* page) {
+  const auto* words = reinterpret_cast<const std::uint64_t*>(page);
+  for (std::size_t i = 0; i < kPageSize / sizeof(std::uint64_t); ++i) {
+    if (words[i] != 0) return false;
+  }
+  return true;
+}
+
 // The largest record: what a fault may have to verify before its page is
 // served (XXH3 of 256 KiB, ~25-50 us here).
 inline constexpr std::uint32_t kMaxRecordPages = 64;
