@@ -340,11 +340,7 @@ class PageCapturer {
 
   Status CaptureRun(std::uint64_t address, std::uint64_t npages, bool readable) {
     if (locate_ != nullptr) {
-      if (!locate_->empty() && locate_->back().second == address) {
-        locate_->back().second += npages * kPageSize;
-      } else {
-        locate_->emplace_back(address, address + npages * kPageSize);
-      }
+      AppendRange(*locate_, address, address + npages * kPageSize);
       stats_.pages_written += npages;
       return Ok();
     }

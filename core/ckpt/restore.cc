@@ -227,13 +227,7 @@ class Rebuilder {
     // Touching ranges (a staging's runs split where the bytes lie apart)
     // go in one call: each call is an injected syscall.
     std::vector<std::pair<std::uint64_t, std::uint64_t>> merged;
-    for (const auto& [lo, hi] : *extent) {
-      if (!merged.empty() && merged.back().second == lo) {
-        merged.back().second = hi;
-      } else {
-        merged.emplace_back(lo, hi);
-      }
-    }
+    for (const auto& [lo, hi] : *extent) AppendRange(merged, lo, hi);
     constexpr std::uint64_t kMinRun = 64 * kPageSize;
     for (const auto& v : meta_.vmas()) {
       if (v.kind() != image::Vma::ANONYMOUS || (v.prot() & PROT_WRITE) == 0) continue;
@@ -354,13 +348,7 @@ class Rebuilder {
     std::sort(must.begin(), must.end());
     must.erase(std::unique(must.begin(), must.end()), must.end());
     std::vector<std::pair<std::uint64_t, std::uint64_t>> wanted;
-    for (const std::uint64_t a : must) {
-      if (!wanted.empty() && wanted.back().second == a) {
-        wanted.back().second += kPageSize;
-      } else {
-        wanted.emplace_back(a, a + kPageSize);
-      }
-    }
+    for (const std::uint64_t a : must) AppendRange(wanted, a, a + kPageSize);
     ROAM_TRY(pages.Prefetch(wanted));
     // Adjacent pages go in one write (of at most 4 MiB).
     constexpr std::size_t kEagerWriteMax = 4 << 20;

@@ -98,12 +98,7 @@ class PageStreamReader final : public PageSource {
   std::optional<std::vector<std::pair<std::uint64_t, std::uint64_t>>> Extent() const override {
     std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
     for (const auto& r : records_) {
-      const std::uint64_t end = r.vaddr + std::uint64_t{r.npages} * kPageSize;
-      if (!runs.empty() && runs.back().second == r.vaddr) {
-        runs.back().second = end;
-      } else {
-        runs.emplace_back(r.vaddr, end);
-      }
+      AppendRange(runs, r.vaddr, r.vaddr + std::uint64_t{r.npages} * kPageSize);
     }
     return runs;
   }

@@ -55,6 +55,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "roam/base/error.h"
@@ -71,6 +72,17 @@ inline bool IsZeroPage(const std::byte* page) {
     if (words[i] != 0) return false;
   }
   return true;
+}
+
+// Appends [lo, hi) to `ranges` (sorted, disjoint, the last ending at or
+// before `lo`), extending the last range instead when it ends at `lo`.
+inline void AppendRange(std::vector<std::pair<std::uint64_t, std::uint64_t>>& ranges,
+                        std::uint64_t lo, std::uint64_t hi) {
+  if (!ranges.empty() && ranges.back().second == lo) {
+    ranges.back().second = hi;
+  } else {
+    ranges.emplace_back(lo, hi);
+  }
 }
 
 // The largest record: what a fault may have to verify before its page is
