@@ -9,8 +9,9 @@
 namespace roam::migrate {
 namespace {
 
+using ckpt::kPageSize;
+
 constexpr std::uint32_t kAbsent = std::numeric_limits<std::uint32_t>::max();
-constexpr std::uint64_t kPage = ckpt::kPageSize;
 
 }  // namespace
 
@@ -57,16 +58,17 @@ std::size_t RemotePageSource::RangeOf(std::uint64_t vaddr) const {
   return vaddr < it->second ? static_cast<std::size_t>(it - extent_.begin()) : extent_.size();
 }
 
-RemotePageSource::Chunk* RemotePageSource::Find(std::uint64_t vaddr) {
+std::shared_ptr<RemotePageSource::Chunk> RemotePageSource::Find(std::uint64_t vaddr) const {
   auto it = chunks_.upper_bound(vaddr);
   if (it == chunks_.begin()) return nullptr;
   --it;
-  Chunk& c = *it->second;
-  return vaddr < c.start + std::uint64_t{c.pages} * kPage ? &c : nullptr;
+  return vaddr < it->second->end() ? it->second : nullptr;
 }
 
-Result<RemotePageSource::Chunk*> RemotePageSource::Ask(std::uint64_t start, std::uint32_t pages,
-                                                       bool stream, bool prefetched) {
+Result<std::shared_ptr<RemotePageSource::Chunk>> RemotePageSource::Ask(std::uint64_t start,
+                                                                       std::uint32_t pages,
+                                                                       bool stream,
+                                                                       bool prefetched) {
   auto chunk = std::make_shared<Chunk>();
   chunk->start = start;
   chunk->pages = pages;
@@ -107,9 +109,18 @@ Result<RemotePageSource::Chunk*> RemotePageSource::Ask(std::uint64_t start, std:
     ++counters_.stream_requests;
     ++stream_outstanding_;
   }
-  Chunk* raw = chunk.get();
-  chunks_[start] = std::move(chunk);
-  return raw;
+  chunks_[start] = chunk;
+  return chunk;
+}
+
+Result<std::shared_ptr<RemotePageSource::Chunk>> RemotePageSource::AskUntilNext(std::uint64_t start,
+                                                                                std::uint64_t end,
+                                                                                bool stream,
+                                                                                bool prefetched) {
+  if (auto next = chunks_.upper_bound(start); next != chunks_.end()) {
+    end = std::min(end, next->first);
+  }
+  return Ask(start, static_cast<std::uint32_t>((end - start) / kPageSize), stream, prefetched);
 }
 
 Status RemotePageSource::ReadAhead() {
@@ -118,23 +129,21 @@ Status RemotePageSource::ReadAhead() {
   // that arrive faster than the server places them would be evicted
   // unread and asked for again (a 256 MiB process served 400 MiB so).
   const std::uint64_t horizon =
-      last_read_ + std::uint64_t{options_.cached / 2} * options_.stream_pages * kPage;
+      last_read_ + std::uint64_t{options_.cached / 2} * options_.stream_pages * kPageSize;
   while (stream_outstanding_ < options_.in_flight && cursor < horizon) {
     // The extent range at or after the cursor.
     auto it = std::upper_bound(extent_.begin(), extent_.end(), cursor,
                                [](std::uint64_t a, const auto& r) { return a < r.second; });
     if (it == extent_.end()) break;
     const std::uint64_t start = std::max(cursor, it->first);
-    if (Chunk* c = Find(start)) {
-      cursor = c->start + std::uint64_t{c->pages} * kPage;
+    if (const auto c = Find(start)) {
+      cursor = c->end();
       continue;
     }
-    std::uint64_t end = std::min(start + std::uint64_t{options_.stream_pages} * kPage, it->second);
-    if (auto next = chunks_.upper_bound(start); next != chunks_.end()) {
-      end = std::min(end, next->first);
-    }
-    ROAM_TRY(Ask(start, static_cast<std::uint32_t>((end - start) / kPage), true));
-    cursor = end;
+    const std::uint64_t end =
+        std::min(start + std::uint64_t{options_.stream_pages} * kPageSize, it->second);
+    ROAM_ASSIGN_OR_RETURN(const auto asked, AskUntilNext(start, end, true));
+    cursor = asked->end();
   }
   read_ahead_ = cursor;
   return Ok();
@@ -167,7 +176,7 @@ void RemotePageSource::Evict() {
 }
 
 Result<bool> RemotePageSource::ReadPage(std::uint64_t vaddr, std::span<std::byte> out4k) {
-  if (out4k.size() != kPage || vaddr % kPage != 0) {
+  if (out4k.size() != kPageSize || vaddr % kPageSize != 0) {
     return MakeError(Errc::kInvalidArgument, "ReadPage needs an aligned page and a page buffer");
   }
   const std::size_t range = RangeOf(vaddr);
@@ -177,14 +186,15 @@ Result<bool> RemotePageSource::ReadPage(std::uint64_t vaddr, std::span<std::byte
   // pages in, not only when a read misses.
   if (stream_outstanding_ > 0) (void)fabric_->Progress();
   Evict();
-  Chunk* chunk = Find(vaddr);
+  std::shared_ptr<Chunk> chunk = Find(vaddr);
   // In sequence: the server's stream (it skips pages a fault placed, hence
   // the window), or a page of a chunk the stream asked for; never a page
   // the restore said it would read (Prefetch).
   const bool sequential =
       (chunk == nullptr || !chunk->prefetched) &&
       ((chunk != nullptr && chunk->stream) ||
-       (vaddr > last_read_ && vaddr - last_read_ <= std::uint64_t{options_.stream_pages} * kPage));
+       (vaddr > last_read_ &&
+        vaddr - last_read_ <= std::uint64_t{options_.stream_pages} * kPageSize));
   last_read_ = vaddr;
   if (chunk == nullptr) {
     const auto [lo, hi] = extent_[range];
@@ -192,39 +202,33 @@ Result<bool> RemotePageSource::ReadPage(std::uint64_t vaddr, std::span<std::byte
     std::uint64_t end;
     if (sequential) {
       start = vaddr;
-      end = vaddr + std::uint64_t{options_.stream_pages} * kPage;
+      end = vaddr + std::uint64_t{options_.stream_pages} * kPageSize;
     } else {
-      const std::uint64_t span = std::uint64_t{options_.fault_pages} * kPage;
+      const std::uint64_t span = std::uint64_t{options_.fault_pages} * kPageSize;
       start = vaddr / span * span;
       end = start + span;
     }
     start = std::max(start, lo);
     end = std::min(end, hi);
-    if (auto next = chunks_.upper_bound(vaddr); next != chunks_.end()) {
-      end = std::min(end, next->first);
-    }
     if (auto prev = chunks_.upper_bound(vaddr); prev != chunks_.begin()) {
-      --prev;
-      start = std::max(start, prev->second->start + std::uint64_t{prev->second->pages} * kPage);
+      start = std::max(start, std::prev(prev)->second->end());
     }
-    ROAM_ASSIGN_OR_RETURN(
-        chunk, Ask(start, static_cast<std::uint32_t>((end - start) / kPage), sequential));
-    if (sequential) read_ahead_ = std::max(read_ahead_, end);
+    ROAM_ASSIGN_OR_RETURN(chunk, AskUntilNext(start, end, sequential));
+    if (sequential) read_ahead_ = std::max(read_ahead_, chunk->end());
   }
   if (sequential) {
     read_ahead_ = std::max(read_ahead_, vaddr);
     ROAM_TRY(ReadAhead());
   }
-  // Keeps the chunk alive whatever eviction does meanwhile.
-  const std::shared_ptr<Chunk> held = chunks_[chunk->start];
-  ROAM_TRY(AwaitChunk(*held));
-  if (!held->read) {
-    held->read = true;
-    order_.push_back(held->start);
+  // `chunk` keeps it alive whatever eviction does meanwhile.
+  ROAM_TRY(AwaitChunk(*chunk));
+  if (!chunk->read) {
+    chunk->read = true;
+    order_.push_back(chunk->start);
   }
-  const std::uint32_t at = held->offset[(vaddr - held->start) / kPage];
+  const std::uint32_t at = chunk->offset[(vaddr - chunk->start) / kPageSize];
   if (at == kAbsent) return false;
-  std::memcpy(out4k.data(), held->data.data() + std::size_t{at} * kPage, kPage);
+  std::memcpy(out4k.data(), chunk->data.data() + std::size_t{at} * kPageSize, kPageSize);
   return true;
 }
 
@@ -236,17 +240,14 @@ Status RemotePageSource::Prefetch(std::span<const std::pair<std::uint64_t, std::
       std::uint64_t cursor = std::max(want_lo, it->first);
       const std::uint64_t end = std::min(want_hi, it->second);
       while (cursor < end) {
-        if (Chunk* c = Find(cursor)) {
-          cursor = c->start + std::uint64_t{c->pages} * kPage;
+        if (const auto c = Find(cursor)) {
+          cursor = c->end();
           continue;
         }
-        std::uint64_t stop =
-            std::min(end, cursor + std::uint64_t{wire::kMaxPagesPerRequest} * kPage);
-        if (auto next = chunks_.upper_bound(cursor); next != chunks_.end()) {
-          stop = std::min(stop, next->first);
-        }
-        ROAM_TRY(Ask(cursor, static_cast<std::uint32_t>((stop - cursor) / kPage), false, true));
-        cursor = stop;
+        const std::uint64_t stop =
+            std::min(end, cursor + std::uint64_t{wire::kMaxPagesPerRequest} * kPageSize);
+        ROAM_ASSIGN_OR_RETURN(const auto asked, AskUntilNext(cursor, stop, false, true));
+        cursor = asked->end();
       }
     }
   }
@@ -262,13 +263,13 @@ Status RemotePageSource::ForEach(const RunFn& fn) {
       const auto [lo, hi] = extent_[range];
       cursor = std::max(cursor, lo);
       const std::uint64_t end =
-          std::min(cursor + std::uint64_t{wire::kMaxPagesPerRequest} * kPage, hi);
+          std::min(cursor + std::uint64_t{wire::kMaxPagesPerRequest} * kPageSize, hi);
       auto it = chunks_.find(cursor);
       if (it != chunks_.end()) chunks_.erase(it);  // a stale chunk of ReadPage's
-      ROAM_ASSIGN_OR_RETURN(Chunk * c,
-                            Ask(cursor, static_cast<std::uint32_t>((end - cursor) / kPage), false));
-      pending.push_back(chunks_[c->start]);
+      ROAM_ASSIGN_OR_RETURN(
+          auto c, Ask(cursor, static_cast<std::uint32_t>((end - cursor) / kPageSize), false));
       chunks_.erase(c->start);  // not cached: read once, in order
+      pending.push_back(std::move(c));
       cursor = end;
       if (cursor == hi) ++range;
     }
@@ -288,10 +289,10 @@ Status RemotePageSource::ForEach(const RunFn& fn) {
       std::uint32_t j = i;
       while (j < c->pages && c->offset[j] != kAbsent) ++j;
       // Present pages are consecutive in `data`.
-      ROAM_TRY(fn(c->start + std::uint64_t{i} * kPage,
+      ROAM_TRY(fn(c->start + std::uint64_t{i} * kPageSize,
                   std::span(reinterpret_cast<const std::byte*>(c->data.data()) +
-                                std::size_t{c->offset[i]} * kPage,
-                            std::size_t{j - i} * kPage)));
+                                std::size_t{c->offset[i]} * kPageSize,
+                            std::size_t{j - i} * kPageSize)));
       i = j;
     }
   }

@@ -91,9 +91,10 @@ class RemotePageSource final : public ckpt::PageSource {
     bool read = false;        // counted for eviction (prefetched chunks: once read)
     bool arrived = false;
     Status failed;
-    std::string present;
     std::vector<std::uint32_t> offset;  // per page: index into data, or ~0u if absent
     std::string data;
+
+    std::uint64_t end() const { return start + std::uint64_t{pages} * ckpt::kPageSize; }
   };
   RemotePageSource(std::unique_ptr<transport::Fabric> fabric,
                    std::unique_ptr<transport::Endpoint> source, std::uint64_t migration_id,
@@ -103,9 +104,12 @@ class RemotePageSource final : public ckpt::PageSource {
   // The extent range holding `vaddr`, or extent_.size().
   std::size_t RangeOf(std::uint64_t vaddr) const;
   // The chunk (arrived or not) covering `vaddr`, or nullptr.
-  Chunk* Find(std::uint64_t vaddr);
-  Result<Chunk*> Ask(std::uint64_t start, std::uint32_t pages, bool stream,
-                     bool prefetched = false);
+  std::shared_ptr<Chunk> Find(std::uint64_t vaddr) const;
+  Result<std::shared_ptr<Chunk>> Ask(std::uint64_t start, std::uint32_t pages, bool stream,
+                                     bool prefetched = false);
+  // Asks for [start, end), cut short where the next chunk asked for begins.
+  Result<std::shared_ptr<Chunk>> AskUntilNext(std::uint64_t start, std::uint64_t end, bool stream,
+                                              bool prefetched = false);
   // Keeps `in_flight` stream chunks outstanding from read_ahead_ on.
   Status ReadAhead();
   Status AwaitChunk(Chunk& chunk);

@@ -98,7 +98,7 @@ class TargetImpl final : public MigrationTarget {
 
   Status EnsureStaging(std::uint64_t bytes) {
     if (staging_ && staging_->size() >= bytes) return Ok();
-    const std::size_t granule = std::max<std::size_t>(options_.staging_granule, 4096);
+    const std::size_t granule = std::max(options_.staging_granule, ckpt::kPageSize);
     const std::uint64_t want =
         (std::max<std::uint64_t>(bytes, 1) + granule - 1) / granule * granule;
     // The old region goes first: two at once could be more than the node has.
