@@ -36,6 +36,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using transport::Bytes;
+
 enum class State { kPrepared, kCommitted, kRestoring, kReady, kGo, kAborted };
 struct Migration {
   Arrival arrival;
@@ -413,8 +414,10 @@ void TargetImpl::Restore() {
     setup = std::move(*got);
   }
   ckpt::RestoreOptions restore;
-  std::unique_ptr<ckpt::PageSource> pages;
-  RemotePageSource* remote = nullptr;
+  // One of the two is set: the pages come from the source (post-copy) or
+  // lie in the staging.
+  std::unique_ptr<RemotePageSource> remote;
+  std::unique_ptr<StagedRuns> staged;
   if (mig.arrival.mode == MigrationMode::kPostCopy) {
     // The pages are still in the frozen source; most are asked for after
     // the process resumed.
@@ -432,15 +435,15 @@ void TargetImpl::Restore() {
         RemotePageSource::Create(std::move(fabric), std::as_bytes(std::span(mig.source_address)),
                                  mig.arrival.migration_id, mig.commit.extent, remote_options);
     if (!created) return End(created.error().WithContext("post-copy"), -1);
-    remote = created->get();
-    pages = std::move(*created);
+    remote = std::move(*created);
     restore.lazy = true;
   } else {
     // The pages lie where the source put them; the run table says where.
-    auto staged = StagedRuns::Create(staging_->bytes(), mig.commit.runs);
-    if (!staged) return End(staged.error(), -1);
-    pages = std::move(*staged);
+    auto created = StagedRuns::Create(staging_->bytes(), mig.commit.runs);
+    if (!created) return End(created.error(), -1);
+    staged = std::move(*created);
   }
+  ckpt::PageSource& pages = remote ? static_cast<ckpt::PageSource&>(*remote) : *staged;
 
   restore.pid_namespace = true;
   restore.init_ends_with_restorer = setup.init_ends_with_restorer;
@@ -451,7 +454,7 @@ void TargetImpl::Restore() {
     if (setup.before_resume) ROAM_TRY(setup.before_resume(pid));
     return WaitForGo(pid);
   };
-  auto restored = ckpt::Restore(mig.meta, *pages, restore, hooks);
+  auto restored = ckpt::Restore(mig.meta, pages, restore, hooks);
   if (!restored) {
     return End(restored.error().WithContext(
                    fmt::format("migration {}: restore", mig.arrival.migration_id)),
@@ -460,16 +463,14 @@ void TargetImpl::Restore() {
   Running running{mig.arrival.migration_id, restored->pid, restored->init_pid, mig.arrival.guest};
   End(Ok(), restored->pid);
   if (callbacks_.on_running) callbacks_.on_running(running);
-  if (remote != nullptr) {
+  if (remote) {
     OpenSparePageFabric();
-    // `pages` is the RemotePageSource.
-    std::unique_ptr<RemotePageSource> owned(static_cast<RemotePageSource*>(pages.release()));
     if (restored->post_copy) {
-      StartPostCopy(running, std::move(restored->post_copy), std::move(owned));
+      StartPostCopy(running, std::move(restored->post_copy), std::move(remote));
     } else {
       // No userfaultfd here: the restore read every page before the
       // process ran (see RestoreOptions::lazy); the source may drop it.
-      (void)owned->SendDone(wire::PagesDone{running.migration_id, true, {}, 0, 0, 0, 0});
+      (void)remote->SendDone(wire::PagesDone{running.migration_id, true, {}, 0, 0, 0, 0});
       if (callbacks_.on_post_copy_end) callbacks_.on_post_copy_end(running, Ok());
     }
   }
