@@ -33,9 +33,18 @@
 #include "core/ckpt/inject/colocation.h"
 #include "core/ckpt/inject/syscall_injector.h"
 #include "core/ckpt/procfs/procfs.h"
+#include "roam/base/range_map.h"
 #include "roam/ckpt/refusal.h"
 
 namespace roam::ckpt {
+
+// What sink rounds leave: pages the sink holds as they were read (not
+// written since), and pages found all zero.
+struct PreCopy::Kept {
+  enum class Page : std::uint8_t { kInSink, kZero };
+  RangeMap<Page> pages;
+};
+
 namespace {
 
 constexpr std::size_t kReadChunk = 4 << 20;  // process_vm_readv granule
@@ -271,9 +280,13 @@ class PageCapturer {
   PageCapturer(pid_t pid, const RemoteMemory& memory, PageSink& sink, CaptureStats& stats)
       : pid_(pid), memory_(memory), sink_(sink), stats_(stats), buffer_(kReadChunk) {}
 
-  // Takes the pages a pre-copy holds instead of reading them again (the
-  // store no longer has any page written since its last round).
-  void UsePreCopied(const PageStore* store) { known_ = store; }
+  // Takes the pages a pre-copy holds instead of reading them again (they
+  // were not written since its last round): copied from its store, or
+  // referred to where its rounds put them in the sink.
+  void UsePreCopied(const PageStore* store, const PreCopy::Kept* kept) {
+    known_ = store;
+    kept_ = kept;
+  }
   // The process runs: a range that cannot be read (unmapped meanwhile) is
   // skipped instead of failing; the final capture reads what is missing.
   void SetBestEffort() { best_effort_ = true; }
@@ -344,37 +357,60 @@ class PageCapturer {
       stats_.pages_written += npages;
       return Ok();
     }
-    // Straight into the sink where it offers a place (staging memory): one
-    // copy fewer than through buffer_.
-    std::span<std::byte> into = buffer_;
-    if (known_ == nullptr) {
-      const std::span<std::byte> tail = sink_.WritableTail(npages * kPageSize);
-      if (!tail.empty()) into = tail;
-      ROAM_ASSIGN_OR_RETURN(const bool read, Read(address, npages, readable, into.data()));
-      if (!read) return Ok();
-    } else {
-      // Pre-copied pages from the store, the rest read in runs.
-      std::uint64_t i = 0;
-      while (i < npages) {
-        const std::uint64_t page = address + i * kPageSize;
-        const std::byte* copy = known_->Find(page);
-        if (copy != nullptr) {
-          std::memcpy(buffer_.data() + i * kPageSize, copy, kPageSize);
-          ++stats_.pre_copied_pages;
-          ++i;
-          continue;
-        }
-        std::uint64_t j = i;
-        while (j < npages && known_->Find(address + j * kPageSize) == nullptr) {
-          ++j;
-        }
-        ROAM_TRY(Read(page, j - i, readable, buffer_.data() + i * kPageSize));
-        i = j;
-      }
+    if (kept_ != nullptr) {
+      return kept_->pages.Visit(
+          address, address + npages * kPageSize,
+          [&](std::uint64_t lo, std::uint64_t hi, const PreCopy::Kept::Page* page) -> Status {
+            const std::uint64_t n = (hi - lo) / kPageSize;
+            if (page == nullptr) return ReadRun(lo, n, readable);
+            if (*page == PreCopy::Kept::Page::kZero) {
+              stats_.zero_pages_skipped += n;
+              return Ok();
+            }
+            ROAM_TRY(sink_.AddKept(lo, hi - lo));
+            stats_.pre_copied_pages += n;
+            stats_.pages_written += n;
+            return Ok();
+          });
     }
-    // Skip all-zero pages: restore maps fresh anonymous memory, which is zero.
+    if (known_ == nullptr) return ReadRun(address, npages, readable);
+    // Pre-copied pages from the store, the rest read in runs.
+    std::uint64_t i = 0;
+    while (i < npages) {
+      const std::uint64_t page = address + i * kPageSize;
+      const std::byte* copy = known_->Find(page);
+      if (copy != nullptr) {
+        std::memcpy(buffer_.data() + i * kPageSize, copy, kPageSize);
+        ++stats_.pre_copied_pages;
+        ++i;
+        continue;
+      }
+      std::uint64_t j = i;
+      while (j < npages && known_->Find(address + j * kPageSize) == nullptr) {
+        ++j;
+      }
+      ROAM_TRY(Read(page, j - i, readable, buffer_.data() + i * kPageSize));
+      i = j;
+    }
+    return AddNonZero(address, std::span<const std::byte>(buffer_.data(), npages * kPageSize));
+  }
+
+  // Reads [address, +npages) and adds its non-zero pages: straight into the
+  // sink where it offers a place (staging memory), one copy fewer than
+  // through buffer_.
+  Status ReadRun(std::uint64_t address, std::uint64_t npages, bool readable) {
+    std::span<std::byte> into = buffer_;
+    const std::span<std::byte> tail = sink_.WritableTail(npages * kPageSize);
+    if (!tail.empty()) into = tail;
+    ROAM_ASSIGN_OR_RETURN(const bool read, Read(address, npages, readable, into.data()));
+    if (!read) return Ok();
+    return AddNonZero(address, std::span<const std::byte>(into.data(), npages * kPageSize));
+  }
+
+  // Skips all-zero pages: restore maps fresh anonymous memory, which is zero.
+  Status AddNonZero(std::uint64_t address, std::span<const std::byte> pages) {
     return SplitZeroRuns(
-        address, std::span<const std::byte>(into.data(), npages * kPageSize),
+        address, pages,
         [this](std::uint64_t vaddr, std::uint64_t n) {
           stats_.zero_pages_skipped += n;
           if (on_zero_) on_zero_(vaddr, n);
@@ -392,6 +428,7 @@ class PageCapturer {
   CaptureStats& stats_;
   std::vector<std::byte> buffer_;
   const PageStore* known_ = nullptr;
+  const PreCopy::Kept* kept_ = nullptr;
   PageRuns* locate_ = nullptr;
   bool best_effort_ = false;
   std::function<void(std::uint64_t, std::uint64_t)> on_zero_;
@@ -586,12 +623,39 @@ Result<PreCopy> PreCopy::Start(pid_t pid) {
 }
 
 PreCopy::PreCopy(pid_t pid, std::unique_ptr<DirtyTracker> tracker)
-    : pid_(pid), tracker_(std::move(tracker)), store_(std::make_unique<PageStore>()) {}
+    : pid_(pid), tracker_(std::move(tracker)) {}
 PreCopy::PreCopy(PreCopy&&) noexcept = default;
 PreCopy& PreCopy::operator=(PreCopy&&) noexcept = default;
 PreCopy::~PreCopy() = default;
 
-Result<PreCopy::Round> PreCopy::CopyRound() {
+namespace {
+
+// A round's pages on their way to the final capture's sink: what the sink
+// took is recorded as kept.
+class KeepingSink final : public PageSink {
+ public:
+  KeepingSink(PageSink& sink, PreCopy::Kept& kept) : sink_(sink), kept_(kept) {}
+  Status Add(std::uint64_t vaddr, std::span<const std::byte> pages) override {
+    ROAM_TRY(sink_.Add(vaddr, pages));
+    kept_.pages.Assign(vaddr, vaddr + pages.size(), PreCopy::Kept::Page::kInSink);
+    return Ok();
+  }
+  std::span<std::byte> WritableTail(std::size_t bytes) override {
+    return sink_.WritableTail(bytes);
+  }
+  // The final capture finishes the sink.
+  Status Finish() override { return Ok(); }
+
+ private:
+  PageSink& sink_;
+  PreCopy::Kept& kept_;
+};
+
+}  // namespace
+
+Result<PreCopy::Round> PreCopy::ReadRound(
+    PageSink& sink, const std::function<void(std::uint64_t, std::uint64_t)>& on_zero,
+    const std::function<bool(std::uint64_t bytes)>& admit) {
   const std::int64_t started = NowNs(CLOCK_MONOTONIC);
   // Collect first, read after: a write racing with the read is reported by
   // the next round. The first round takes every VMA whole (Start protected
@@ -600,19 +664,23 @@ Result<PreCopy::Round> PreCopy::CopyRound() {
   if (!first_round_) {
     ROAM_ASSIGN_OR_RETURN(written, tracker_->Collect());
   }
+  // What was written is stale in what the rounds hold, all of it before
+  // anything is read: a round that fails halfway (or is declined) must not
+  // leave old copies that the next Collect no longer names (the final
+  // capture reads what is missing).
+  Forget(written);
+  if (!first_round_ && admit) {
+    std::uint64_t bytes = 0;
+    for (const auto& [lo, hi] : written) bytes += hi - lo;
+    if (!admit(bytes)) return Round{.declined = true};
+  }
   ROAM_ASSIGN_OR_RETURN(const auto vmas, procfs::ReadMaps(pid_));
   ROAM_ASSIGN_OR_RETURN(RemoteMemory memory, RemoteMemory::Open(pid_));
   ROAM_ASSIGN_OR_RETURN(procfs::PagemapReader pagemap, procfs::PagemapReader::Open(pid_));
   CaptureStats stats;
-  StoreSink sink(*store_);
   PageCapturer capturer(pid_, memory, sink, stats);
   capturer.SetBestEffort();
-  capturer.OnZeroPages(
-      [this](std::uint64_t vaddr, std::uint64_t npages) { store_->PutZero(vaddr, npages); });
-  // What was written is stale in the store, all of it before anything is
-  // read: a round that fails halfway must not leave old copies that the
-  // next Collect no longer names (the final capture reads what is missing).
-  Forget(written);
+  capturer.OnZeroPages(on_zero);
   auto run = written.begin();
   for (const auto& v : vmas) {
     const auto kind = KindOf(v);
@@ -631,8 +699,36 @@ Result<PreCopy::Round> PreCopy::CopyRound() {
   return Round{stats.pages_read, static_cast<std::uint64_t>(NowNs(CLOCK_MONOTONIC) - started)};
 }
 
+Result<PreCopy::Round> PreCopy::CopyRound() {
+  if (kept_) {
+    return MakeError(Errc::kInvalidArgument, "pre-copy of pid {}: rounds went to a sink", pid_);
+  }
+  if (!store_) store_ = std::make_unique<PageStore>();
+  StoreSink sink(*store_);
+  return ReadRound(
+      sink, [this](std::uint64_t vaddr, std::uint64_t npages) { store_->PutZero(vaddr, npages); });
+}
+
+Result<PreCopy::Round> PreCopy::CopyRound(PageSink& sink,
+                                          const std::function<bool(std::uint64_t bytes)>& admit) {
+  if (store_) {
+    return MakeError(Errc::kInvalidArgument, "pre-copy of pid {}: rounds went to a store", pid_);
+  }
+  if (!kept_) kept_ = std::make_unique<Kept>();
+  KeepingSink keeping(sink, *kept_);
+  return ReadRound(
+      keeping,
+      [this](std::uint64_t vaddr, std::uint64_t npages) {
+        kept_->pages.Assign(vaddr, vaddr + npages * kPageSize, Kept::Page::kZero);
+      },
+      admit);
+}
+
 void PreCopy::Forget(const PageRuns& runs) {
-  for (const auto& [lo, hi] : runs) store_->Drop(lo, (hi - lo) / kPageSize);
+  for (const auto& [lo, hi] : runs) {
+    if (store_) store_->Drop(lo, (hi - lo) / kPageSize);
+    if (kept_) kept_->pages.Erase(lo, hi);
+  }
 }
 
 Result<std::vector<PreCopy::Round>> PreCopy::Converge(int max_rounds, std::uint64_t enough_pages) {
@@ -730,7 +826,7 @@ Status CaptureFrozen(pid_t pid, const CaptureOptions& options, FrozenProcess& fr
     // a capture that fails later and is tried again (the next Collect would
     // not name them).
     options.pre_copy->Forget(written);
-    capturer.UsePreCopied(&options.pre_copy->store());
+    capturer.UsePreCopied(options.pre_copy->store(), options.pre_copy->kept());
   }
   std::map<std::string, int> file_index;
   for (const auto& v : vmas) {

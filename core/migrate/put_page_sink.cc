@@ -1,7 +1,5 @@
 #include "core/migrate/put_page_sink.h"
 
-#include "core/migrate/sent_pages.h"
-
 #include <algorithm>
 #include <cstring>
 #include <utility>
@@ -161,53 +159,49 @@ Result<std::uint64_t> PutPageSink::Send(std::span<const std::byte> pages) {
   return offset;
 }
 
-Status PutPageSink::Add(std::uint64_t vaddr, std::span<const std::byte> pages) {
+// Runs of a pass come in address order (a PageSink's contract).
+Status PutPageSink::CheckOrder(std::uint64_t vaddr, std::uint64_t bytes) {
   ROAM_TRY(shared_->error);
   if (finished_) return MakeError(Errc::kInvalidArgument, "put sink: already finished");
-  if (vaddr % ckpt::kPageSize != 0 || pages.empty() || pages.size() % ckpt::kPageSize != 0) {
+  if (vaddr % ckpt::kPageSize != 0 || bytes == 0 || bytes % ckpt::kPageSize != 0) {
     return MakeError(Errc::kInvalidArgument,
-                     "put sink: run at {:#x} of {} bytes is not whole pages", vaddr, pages.size());
+                     "put sink: run at {:#x} of {} bytes is not whole pages", vaddr, bytes);
   }
   if (vaddr < next_vaddr_) {
     return MakeError(Errc::kInvalidArgument, "put sink: run at {:#x} is out of order", vaddr);
   }
-  next_vaddr_ = vaddr + pages.size();
-  if (pass_ == Pass::kStream) {
-    ROAM_ASSIGN_OR_RETURN(const std::uint64_t offset, Send(pages));
+  next_vaddr_ = vaddr + bytes;
+  return Ok();
+}
+
+Status PutPageSink::Add(std::uint64_t vaddr, std::span<const std::byte> pages) {
+  ROAM_TRY(CheckOrder(vaddr, pages.size()));
+  ROAM_ASSIGN_OR_RETURN(const std::uint64_t offset, Send(pages));
+  if (pass_ == Pass::kRound) {
+    put_.Assign(vaddr, vaddr + pages.size(), offset);
+  } else {
     AddRun(vaddr, offset, pages.size());
-    return Ok();
-  }
-  if (options_.sent == nullptr) {
-    return MakeError(Errc::kInternal, "put sink: a pre-copy pass without its sent pages");
-  }
-  // Page by page: unchanged ones stay where they are at the target.
-  const std::size_t n = pages.size() / ckpt::kPageSize;
-  const auto page = [&](std::size_t i) {
-    return pages.subspan(i * ckpt::kPageSize, ckpt::kPageSize);
-  };
-  std::vector<SentPages::Digest> digests(n);
-  for (std::size_t i = 0; i < n; ++i) digests[i] = SentPages::Hash(page(i));
-  std::size_t i = 0;
-  while (i < n) {
-    const std::uint64_t at = vaddr + i * ckpt::kPageSize;
-    if (auto known = options_.sent->Find(at, digests[i])) {
-      if (pass_ == Pass::kFinal) AddRun(at, *known, ckpt::kPageSize);
-      ++i;
-      continue;
-    }
-    std::size_t j = i + 1;
-    while (j < n && !options_.sent->Find(vaddr + j * ckpt::kPageSize, digests[j])) ++j;
-    const std::size_t bytes = (j - i) * ckpt::kPageSize;
-    ROAM_ASSIGN_OR_RETURN(const std::uint64_t offset,
-                          Send(pages.subspan(i * ckpt::kPageSize, bytes)));
-    for (std::size_t k = i; k < j; ++k) {
-      options_.sent->Record(vaddr + k * ckpt::kPageSize, offset + (k - i) * ckpt::kPageSize,
-                            digests[k]);
-    }
-    if (pass_ == Pass::kFinal) AddRun(at, offset, bytes);
-    i = j;
   }
   return Ok();
+}
+
+Status PutPageSink::AddKept(std::uint64_t vaddr, std::uint64_t bytes) {
+  ROAM_TRY(CheckOrder(vaddr, bytes));
+  if (pass_ != Pass::kFinal) {
+    return MakeError(Errc::kInvalidArgument, "put sink: kept pages at {:#x} outside a final pass",
+                     vaddr);
+  }
+  return put_.Visit(vaddr, vaddr + bytes,
+                    [&](std::uint64_t lo, std::uint64_t hi, const std::uint64_t* offset) -> Status {
+                      if (offset == nullptr) {
+                        return MakeError(Errc::kInternal,
+                                         "put sink: pages at {:#x} ({} bytes) said kept, but no "
+                                         "round put them",
+                                         lo, hi - lo);
+                      }
+                      AddRun(lo, *offset, hi - lo);
+                      return Ok();
+                    });
 }
 
 Status PutPageSink::Finish() {

@@ -10,11 +10,12 @@
 // every put and flushes, so the pages are visible at the target when it
 // returns.
 //
-// Pre-copy uses one sink for the whole migration, in passes: kRound passes
-// (while the process runs) put only pages whose bytes differ from what
-// SentPages says the target has, and record them there; the kFinal pass
-// (frozen) builds the run table, referring unchanged pages to where an
-// earlier round put them. kStream (stop-copy) puts every page it is given.
+// Pre-copy uses one sink for the whole migration, in passes: each kRound
+// pass (while the process runs) puts the pages it is given and remembers
+// where each page's newest copy went; the kFinal pass (frozen) builds the
+// run table from the pages it is given and the ones it is told are kept
+// (AddKept: unchanged since a round put them, found where that round put
+// them). kStream (stop-copy) puts every page it is given.
 //
 // Thread-safety: the fabric's thread. Lifetime: the fabric, endpoint, key
 // and ring outlive the sink. Destroying it waits (briefly, best effort) for
@@ -32,18 +33,15 @@
 #include "core/ckpt/image/page_stream.h"
 #include "core/migrate/wire.h"
 #include "roam/base/error.h"
+#include "roam/base/range_map.h"
 #include "roam/transport/transport.h"
 
 namespace roam::migrate {
-
-class SentPages;
 
 class PutPageSink final : public ckpt::PageSink {
  public:
   enum class Pass { kStream, kRound, kFinal };
   struct Options {
-    // Needed for kRound and kFinal.
-    SentPages* sent = nullptr;
     // Longest wait for ring space, a completion or the flush.
     std::chrono::milliseconds timeout{10000};
     std::uint64_t expected_bytes = 0;  // for `progress`
@@ -61,6 +59,8 @@ class PutPageSink final : public ckpt::PageSink {
 
   Status Add(std::uint64_t vaddr, std::span<const std::byte> pages) override;
   std::span<std::byte> WritableTail(std::size_t bytes) override;
+  // kFinal: pages a kRound pass put, unchanged since.
+  Status AddKept(std::uint64_t vaddr, std::uint64_t bytes) override;
   Status Finish() override;
 
   // Starts a pass: pages start again from the lowest address, and the run
@@ -84,6 +84,8 @@ class PutPageSink final : public ckpt::PageSink {
     Status error;  // the first put that failed
   };
 
+  // Checks a run of a pass and moves the pass past it.
+  Status CheckOrder(std::uint64_t vaddr, std::uint64_t bytes);
   // Puts `pages` to the staging at its next offset, returned.
   Result<std::uint64_t> Send(std::span<const std::byte> pages);
   void AddRun(std::uint64_t vaddr, std::uint64_t offset, std::uint64_t bytes);
@@ -111,6 +113,8 @@ class PutPageSink final : public ckpt::PageSink {
   std::uint64_t staged_ = 0;  // staging offset of the next run
   std::uint64_t most_in_flight_ = 0;
   std::vector<wire::Run> runs_;
+  // Where the rounds put each page's newest copy (staging offsets).
+  RangeMap<std::uint64_t, OffsetValue> put_;
   Pass pass_ = Pass::kStream;
   std::uint64_t next_vaddr_ = 0;  // lowest address the next run may have
   bool finished_ = false;

@@ -22,7 +22,6 @@
 #include "core/ckpt/image/page_store.h"
 #include "core/ckpt/procfs/procfs.h"
 #include "core/migrate/put_page_sink.h"
-#include "core/migrate/sent_pages.h"
 #include "core/migrate/wire.h"
 #include "roam/base/deadline.h"
 #include "roam/base/fault_injection.h"
@@ -505,10 +504,8 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
   }
 
   // 2. Capture into the target's staging; 3. commit while frozen.
-  SentPages sent;
   PutPageSink sink(fabric_, target, *staging, prepared.capacity, ring_->bytes(),
-                   PutPageSink::Options{.sent = &sent,
-                                        .timeout = options.io_timeout,
+                   PutPageSink::Options{.timeout = options.io_timeout,
                                         .expected_bytes = anonymous,
                                         .progress = options.progress});
   MigrationReport report;
@@ -523,25 +520,19 @@ Result<MigrationReport> SourceImpl::Run(transport::Endpoint& target, pid_t pid,
   ckpt::CaptureOptions capture_options;
   capture_options.leave_running = false;
   if (pre_copy) {
+    // Rounds put what changed straight from the process into the staging
+    // (sized at Prepare for twice the process). A round is read only while
+    // it and a final pass of about twice its size still fit: a process that
+    // rewrites its memory faster than it moves (xz) ends its rounds early
+    // instead of running the staging dry. A final pass that still does not
+    // fit fails the move, and the process runs on where it was.
+    const auto fits = [&](std::uint64_t round_bytes) {
+      return sink.bytes_sent() + 3 * round_bytes + options.headroom_bytes <= prepared.capacity;
+    };
     for (int round = 0; round < std::max(options.max_rounds, 1); ++round) {
-      // Rounds append what changed to the staging (sized at Prepare for
-      // twice the process). A round is sent only while it and a final pass
-      // of about twice its size still fit: a process that rewrites its
-      // memory faster than it moves (xz) ends its rounds early instead of
-      // running the staging dry. A final pass that still does not fit fails
-      // the move, and the process runs on where it was.
-      ROAM_ASSIGN_OR_RETURN(const ckpt::PreCopy::Round copied, tracking->CopyRound());
-      const std::uint64_t round_bytes = copied.pages_read * ckpt::kPageSize;
-      if (round > 0 &&
-          sink.bytes_sent() + 3 * round_bytes + options.headroom_bytes > prepared.capacity) {
-        break;
-      }
       sink.StartPass(PutPageSink::Pass::kRound);
-      // PageStore::ForEach only reads (PageSource's interface is not const).
-      auto& store = const_cast<ckpt::PageStore&>(tracking->store());
-      ROAM_TRY(store.ForEach([&](std::uint64_t vaddr, std::span<const std::byte> pages) {
-        return sink.Add(vaddr, pages);
-      }));
+      ROAM_ASSIGN_OR_RETURN(const ckpt::PreCopy::Round copied, tracking->CopyRound(sink, fits));
+      if (copied.declined) break;
       ++report.rounds;
       if (options.on_round) options.on_round(round);
       if (round > 0 && copied.pages_read < options.enough_pages) break;

@@ -2,7 +2,8 @@
 // UCX (tcp, loopback) into a region a peer thread allocated and progresses,
 // and StagedRuns reads them back there as the restore would. A send ring
 // much smaller than the pages makes flow control turn it over many times;
-// pre-copy passes put only changed pages and refer to the rest.
+// a pre-copy's final pass puts what changed and refers to the rest where
+// its rounds put it.
 #include "core/migrate/put_page_sink.h"
 
 #include <atomic>
@@ -15,7 +16,6 @@
 
 #include <gtest/gtest.h>
 
-#include "core/migrate/sent_pages.h"
 #include "core/migrate/staged_runs.h"
 #include "roam/transport/transport.h"
 
@@ -129,10 +129,10 @@ class PutPageSinkTest : public ::testing::Test {
     peer_.reset();
   }
 
-  std::unique_ptr<PutPageSink> Sink(std::uint64_t capacity, SentPages* sent = nullptr) {
+  std::unique_ptr<PutPageSink> Sink(std::uint64_t capacity) {
     return std::make_unique<PutPageSink>(
         *fabric_, *ep_, *key_, capacity, ring_->bytes(),
-        PutPageSink::Options{.sent = sent, .timeout = 10s, .expected_bytes = 0, .progress = {}});
+        PutPageSink::Options{.timeout = 10s, .expected_bytes = 0, .progress = {}});
   }
 
   // Ends the sink and the peer: the staging as the target would read it.
@@ -203,39 +203,48 @@ TEST_F(PutPageSinkTest, SmallRingCarriesEveryPageToWhereTheRunTableSays) {
   EXPECT_EQ(seen, (1000 + 40 * 6) * kPage);
 }
 
-TEST_F(PutPageSinkTest, PreCopyPassesPutOnlyChangedPages) {
+TEST_F(PutPageSinkTest, PreCopyFinalPassRefersKeptPagesToTheirNewestRound) {
   ASSERT_NO_FATAL_FAILURE(Open(std::size_t{1} << 20));
-  SentPages sent;
-  auto sink = Sink(std::size_t{1} << 20, &sent);
+  auto sink = Sink(std::size_t{1} << 20);
   constexpr std::uint64_t kBase = 0x400000;
   std::vector<std::byte> memory(8 * kPage);
   for (std::uint64_t i = 0; i < 8; ++i) Fill({memory.data() + i * kPage, kPage}, i, 1);
+  const auto pages = [&](std::uint64_t first, std::uint64_t n) {
+    return std::span<const std::byte>(memory).subspan(first * kPage, n * kPage);
+  };
 
   sink->StartPass(PutPageSink::Pass::kRound);
   ASSERT_TRUE(sink->Add(kBase, memory).has_value());
   EXPECT_EQ(sink->bytes_sent(), 8 * kPage);
-  // Pages 2 and 3 change before the next round: only they travel again.
+  const auto kept = sink->AddKept(kBase, kPage);
+  ASSERT_FALSE(kept.has_value()) << "kept pages only in a final pass";
+  EXPECT_EQ(kept.error().code(), Errc::kInvalidArgument);
+  // Pages 2 and 3 were written before the next round: only they travel again.
   Fill({memory.data() + 2 * kPage, kPage}, 2, 2);
   Fill({memory.data() + 3 * kPage, kPage}, 3, 2);
   sink->StartPass(PutPageSink::Pass::kRound);
-  ASSERT_TRUE(sink->Add(kBase, memory).has_value());
+  ASSERT_TRUE(sink->Add(kBase + 2 * kPage, pages(2, 2)).has_value());
   EXPECT_EQ(sink->bytes_sent(), 10 * kPage);
-  // Frozen: page 5 changed, page 7 was dropped (not in the capture).
+  // Frozen: page 5 written since, page 7 dropped (not in the capture), the
+  // rest kept from the round that last put it.
   Fill({memory.data() + 5 * kPage, kPage}, 5, 3);
   sink->StartPass(PutPageSink::Pass::kFinal);
-  ASSERT_TRUE(sink->Add(kBase, std::span(memory).subspan(0, 7 * kPage)).has_value());
+  ASSERT_TRUE(sink->AddKept(kBase, 5 * kPage).has_value());
+  ASSERT_TRUE(sink->Add(kBase + 5 * kPage, pages(5, 1)).has_value());
+  ASSERT_TRUE(sink->AddKept(kBase + 6 * kPage, kPage).has_value());
+  const auto unknown = sink->AddKept(kBase + 8 * kPage, kPage);
+  ASSERT_FALSE(unknown.has_value()) << "no round put page 8";
+  EXPECT_EQ(unknown.error().code(), Errc::kInternal) << unknown.error().ToString();
   ASSERT_TRUE(sink->Finish().has_value());
   EXPECT_EQ(sink->bytes_sent(), 11 * kPage) << "only page 5 travels frozen";
-  auto pages = Land(std::move(sink));
-  ASSERT_TRUE(pages.has_value()) << pages.error().ToString();
+  auto landed = Land(std::move(sink));
+  ASSERT_TRUE(landed.has_value()) << landed.error().ToString();
   for (std::uint64_t i = 0; i < 7; ++i) {
     SCOPED_TRACE(i);
-    EXPECT_EQ(
-        Read(**pages, kBase + i * kPage),
-        std::vector<std::byte>(memory.begin() + static_cast<std::ptrdiff_t>(i * kPage),
-                               memory.begin() + static_cast<std::ptrdiff_t>((i + 1) * kPage)));
+    const auto want = pages(i, 1);
+    EXPECT_EQ(Read(**landed, kBase + i * kPage), std::vector<std::byte>(want.begin(), want.end()));
   }
-  EXPECT_TRUE(Read(**pages, kBase + 7 * kPage).empty())
+  EXPECT_TRUE(Read(**landed, kBase + 7 * kPage).empty())
       << "a dropped page must not come back from an earlier round";
 }
 

@@ -100,6 +100,13 @@ class PageSink {
   // an Add of pages lying there costs no copy; empty if it has no such place
   // (the default). Valid until the next Add.
   virtual std::span<std::byte> WritableTail(std::size_t /*bytes*/) { return {}; }
+  // Pages this sink already holds as they are now, from an earlier pass of
+  // the same capture (a pre-copy round into it): referred to instead of
+  // passed again, in address order with Add's runs. kUnsupported for a sink
+  // that keeps no earlier pass (the default).
+  virtual Status AddKept(std::uint64_t vaddr, std::uint64_t /*bytes*/) {
+    return MakeError(Errc::kUnsupported, "page sink keeps no earlier pass (pages at {:#x})", vaddr);
+  }
   // Completes the stream (a file writes its trailer and is fsync'ed). A stream
   // never finished reads back as corrupt.
   virtual Status Finish() = 0;

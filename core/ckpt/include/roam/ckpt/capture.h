@@ -55,7 +55,14 @@ struct CaptureStats {
 // core/ckpt/dirty_tracker.h). A Capture given the PreCopy then reads, while
 // the process is frozen, only what was written after the last round.
 // Correctness does not depend on the rounds: the final capture walks the
-// whole layout and reads every page the store lacks or that was written.
+// whole layout and reads every page no round holds a current copy of.
+//
+// The rounds' pages go either to a store in this object (CopyRound(): a
+// checkpoint to a file, whose final capture copies them from there) or
+// straight to the final capture's own sink as they are read
+// (CopyRound(sink): a migration, which puts them to the target at once; the
+// final capture then refers the sink to them, PageSink::AddKept, and reads
+// and sends nothing for them). One PreCopy uses one of the two.
 //
 // Thread-safety: one thread; Start and the final Capture on the same one.
 class PreCopy final {
@@ -63,6 +70,7 @@ class PreCopy final {
   struct Round {
     std::uint64_t pages_read = 0;  // pages read out of the process in this round
     std::uint64_t ns = 0;          // how long it took
+    bool declined = false;         // `admit` said no: nothing was read
   };
 
   // Checks the process could be captured, stops it for a moment to start
@@ -74,24 +82,39 @@ class PreCopy final {
   PreCopy& operator=(PreCopy&&) noexcept;
   ~PreCopy();
 
-  // One round while the process runs: everything the first time, then what
-  // was written since the previous round.
+  // One round into the store while the process runs: everything the first
+  // time, then what was written since the previous round.
   Result<Round> CopyRound();
-  // Rounds until one copies fewer than `enough_pages` pages or `max_rounds`
-  // ran; returns them all.
+  // One round into `sink`, the sink the final Capture is given. After the
+  // first, `admit` (if set) is told how many bytes were written since the
+  // round before (an upper bound of what the round reads) and may decline
+  // the round: nothing is read, and the final capture reads those pages.
+  Result<Round> CopyRound(PageSink& sink,
+                          const std::function<bool(std::uint64_t bytes)>& admit = {});
+  // Store rounds until one copies fewer than `enough_pages` pages or
+  // `max_rounds` ran; returns them all.
   Result<std::vector<Round>> Converge(int max_rounds, std::uint64_t enough_pages);
 
   pid_t pid() const { return pid_; }
-  const PageStore& store() const { return *store_; }
-  // Drops these runs from the store (the final capture reads them instead).
-  void Forget(const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs);
   DirtyTracker& tracker() { return *tracker_; }
+  // For the final capture: what the rounds hold (one of the two is null).
+  struct Kept;
+  const PageStore* store() const { return store_.get(); }
+  const Kept* kept() const { return kept_.get(); }
+  // Drops these runs from what the rounds hold (written since).
+  void Forget(const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs);
 
  private:
   PreCopy(pid_t pid, std::unique_ptr<DirtyTracker> tracker);
+  // A round into `sink` (a store's or the final capture's); zero pages
+  // reported to `on_zero`.
+  Result<Round> ReadRound(PageSink& sink,
+                          const std::function<void(std::uint64_t, std::uint64_t)>& on_zero,
+                          const std::function<bool(std::uint64_t bytes)>& admit = {});
   pid_t pid_;
   std::unique_ptr<DirtyTracker> tracker_;
-  std::unique_ptr<PageStore> store_;
+  std::unique_ptr<PageStore> store_;  // store rounds
+  std::unique_ptr<Kept> kept_;        // sink rounds
   bool first_round_ = true;
 };
 

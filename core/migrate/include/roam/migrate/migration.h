@@ -114,10 +114,12 @@ enum class MigrationMode {
   // Freeze, put every page, restore: downtime grows with the memory.
   kStopCopy,
   // Rounds while the process runs (ckpt::PreCopy: dirty tracking by
-  // userfaultfd write-protect) put its pages into the target's staging;
-  // frozen, only the pages whose bytes changed since are put, the rest are
-  // restored from where a round put them. The staging asked for is twice
-  // the anonymous memory (pages rewritten between rounds are put again).
+  // userfaultfd write-protect) read its pages straight into the send ring
+  // and put them into the target's staging, the first round all of them,
+  // each later one what was written since; frozen, only the pages written
+  // since the last round are read and put, the rest are restored from where
+  // a round put them. The staging asked for is twice the anonymous memory
+  // (pages rewritten between rounds are put again).
   // kUnsupported where the kernel cannot track writes.
   kPreCopy,
   // Frozen only for the metadata: the process resumes at the target before
