@@ -181,6 +181,9 @@ struct Node::Deputy {
   bool stdin_in_flight = false;
   std::string migrate_to;         // while migrating
   std::uint64_t migrate_sid = 0;  // the session waiting for the move; 0: none
+  // A migrate forwarded from another node: that node and its session.
+  std::string migrate_asker;
+  std::uint64_t migrate_asker_sid = 0;
   // While it moves, stdin and signals wait here and go to wherever it runs
   // once the move is over (the old node may have handed it over already).
   std::optional<peer::GuestInput> held_stdin;
@@ -414,6 +417,7 @@ void Node::CloseSession(std::uint64_t sid) {
   (void)loop_.Unwatch(it->second->watch);
   const std::string run_id = it->second->run_id;
   sessions_.erase(it);
+  awaited_homes_.erase(sid);
   if (run_id.empty()) return;
   // `roam run` went away (killed, terminal closed): the process gets SIGHUP,
   // as from a terminal that hung up; its output from now on is dropped.
@@ -479,13 +483,40 @@ void Node::ForwardToHome(std::uint64_t sid, const std::string& id,
   peer::Message m;
   m.mutable_forward()->set_uid(sessions_.at(sid)->who.uid);
   *m.mutable_forward()->mutable_request() = request;
+  m.mutable_forward()->set_session(sid);
+  // Awaited from now: the answer to a migrate may overtake this reply.
+  if (request.has_migrate()) awaited_homes_[sid] = AwaitedHome{home};
   peers_.Send(home, m, [this, sid](Result<peer::Reply> reply) {
+    if (reply && reply->answer_follows()) return;
+    awaited_homes_.erase(sid);
     if (!reply) {
       SendError(sid, reply.error());
-      return;
+    } else {
+      Send(sid, reply->control());
     }
-    Send(sid, reply->control());
   });
+}
+
+void Node::CheckAwaitedHomes() {
+  for (const auto& [sid, awaited] : awaited_homes_) {
+    peer::Message m;
+    m.mutable_node_status();
+    peers_.Send(awaited.home, m, [this, sid = sid](Result<peer::Reply> r) {
+      auto it = awaited_homes_.find(sid);
+      if (it == awaited_homes_.end()) return;
+      if (r) {
+        it->second.missed = 0;
+        return;
+      }
+      if (++it->second.missed < options_.lost_after) return;
+      const std::string home = it->second.home;
+      awaited_homes_.erase(it);
+      SendError(sid, MakeError(Errc::kUnavailable,
+                               "home node {} no longer answers: the move's outcome is unknown "
+                               "(roam ps there shows where the process runs)",
+                               home));
+    });
+  }
 }
 
 // ---- run ------------------------------------------------------------------
@@ -712,6 +743,12 @@ Node::Deputy* Node::FindDeputy(const std::string& id) {
 void Node::EndDeputy(const std::string& id, control::Reply last) {
   auto it = deputies_.find(id);
   if (it == deputies_.end()) return;
+  if (it->second->state == "migrating") {
+    control::Reply ended;
+    ToWire(MakeError(Errc::kNotFound, "process {} ended during its move", id),
+           ended.mutable_error());
+    AnswerMigrate(*it->second, std::move(ended));
+  }
   const std::uint64_t sid = it->second->sid;
   deputies_.erase(it);
   if (sid == 0) return;
@@ -720,6 +757,7 @@ void Node::EndDeputy(const std::string& id, control::Reply last) {
 }
 
 void Node::Heartbeat() {
+  CheckAwaitedHomes();
   // Which nodes run processes whose home is here.
   std::map<std::string, std::vector<std::string>> by_node;
   for (const auto& [id, deputy] : deputies_) {
@@ -1115,7 +1153,6 @@ void Node::FinishMigration(const std::string& sender, const peer::MigrationDone&
   const std::string from = d->node;
   d->state = "running";
   d->migrate_to.clear();
-  const std::uint64_t sid = std::exchange(d->migrate_sid, 0);
   control::Reply reply;
   if (done.ok()) {
     d->node = done.node();
@@ -1147,7 +1184,7 @@ void Node::FinishMigration(const std::string& sender, const peer::MigrationDone&
     ToWire(FromWire(done.error()).WithContext(fmt::format("{} stays on {}", d->id, from)),
            reply.mutable_error());
   }
-  if (sid != 0) Send(sid, std::move(reply));
+  AnswerMigrate(*d, std::move(reply));
   // What waited for the move goes to wherever the process runs now.
   if (d->held_stdin) {
     peer::Message m;
@@ -1155,6 +1192,18 @@ void Node::FinishMigration(const std::string& sender, const peer::MigrationDone&
     peers_.Send(d->node, m, [](Result<peer::Reply>) {});
   }
   for (int signo : std::exchange(d->held_signals, {})) SignalDeputy(*d, signo);
+}
+
+void Node::AnswerMigrate(Deputy& deputy, control::Reply reply) {
+  if (!deputy.migrate_asker.empty()) {
+    peer::Message m;
+    m.mutable_forwarded_answer()->set_session(std::exchange(deputy.migrate_asker_sid, 0));
+    *m.mutable_forwarded_answer()->mutable_reply() = reply;
+    peers_.Send(std::exchange(deputy.migrate_asker, {}), m, [](Result<peer::Reply>) {});
+  }
+  if (const std::uint64_t sid = std::exchange(deputy.migrate_sid, 0); sid != 0) {
+    Send(sid, std::move(reply));
+  }
 }
 
 Status Node::MigrateGuestAway(const std::string& home, const peer::MigrateGuest& request) {
@@ -1428,11 +1477,14 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
       ROAM_ASSIGN_OR_RETURN(auto answer, HandleAtHome(fwd.uid(), fwd.request(), 0));
       if (answer) {
         *reply.mutable_control() = std::move(*answer);
-      } else {
-        reply.mutable_control()->mutable_done()->set_message(
-            fmt::format("moving {} to {} (roam ps on its home node shows when it is there)",
-                        fwd.request().migrate().id(), fwd.request().migrate().to()));
+        return reply;
       }
+      // A move under way: its outcome goes to the asker when it ends.
+      if (Deputy* d = FindDeputy(CanonicalId(fwd.request().migrate().id(), peers_.self()))) {
+        d->migrate_asker = sender;
+        d->migrate_asker_sid = fwd.session();
+      }
+      reply.set_answer_follows(true);
       return reply;
     }
     case peer::Message::kMigrateGuest:
@@ -1441,16 +1493,32 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
     case peer::Message::kMigrationDone:
       FinishMigration(sender, message.migration_done());
       return reply;
+    case peer::Message::kForwardedAnswer: {
+      const auto& answer = message.forwarded_answer();
+      auto it = awaited_homes_.find(answer.session());
+      if (it != awaited_homes_.end() && it->second.home == sender) {
+        // Progress while it moves; anything else ends the wait.
+        if (!answer.reply().has_progress()) awaited_homes_.erase(it);
+        Send(answer.session(), answer.reply());
+      }
+      return reply;
+    }
     case peer::Message::kMigrationProgress: {
       const auto& p = message.migration_progress();
       Deputy* d = FindDeputy(p.id());
-      if (d == nullptr || d->node != sender || d->migrate_sid == 0) return reply;
+      if (d == nullptr || d->node != sender) return reply;
       control::Reply progress;
       progress.mutable_progress()->set_done(p.done());
       progress.mutable_progress()->set_total(p.total());
       progress.mutable_progress()->set_what(
           fmt::format("moving {} from {} to {}", d->id, d->node, d->migrate_to));
-      Send(d->migrate_sid, std::move(progress));
+      if (!d->migrate_asker.empty()) {
+        peer::Message m;
+        m.mutable_forwarded_answer()->set_session(d->migrate_asker_sid);
+        *m.mutable_forwarded_answer()->mutable_reply() = progress;
+        peers_.Send(d->migrate_asker, m, [](Result<peer::Reply>) {});
+      }
+      if (d->migrate_sid != 0) Send(d->migrate_sid, std::move(progress));
       return reply;
     }
     case peer::Message::kGuestStdinCarry: {

@@ -110,7 +110,12 @@ class Node final {
                                                        const control::Migrate& migrate,
                                                        std::uint64_t sid);
   void FinishMigration(const std::string& sender, const peer::MigrationDone& done);
+  // The move's outcome to whoever waits for it (a session here, a forwarding node).
+  void AnswerMigrate(Deputy& deputy, control::Reply reply);
   void ForwardToHome(std::uint64_t sid, const std::string& id, const control::Request& request);
+  // Forwarded migrates whose answer the home sends later, and whether it
+  // still answers (a home lost meanwhile ends the wait with an error).
+  void CheckAwaitedHomes();
 
   // Deputies (processes whose home is here).
   Deputy* FindDeputy(const std::string& id);
@@ -155,6 +160,11 @@ class Node final {
   std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
   std::map<std::string, std::unique_ptr<Deputy>> deputies_;
   std::map<std::string, std::unique_ptr<Guest>> guests_;
+  struct AwaitedHome {
+    std::string home;
+    int missed = 0;  // heartbeats it did not answer
+  };
+  std::map<std::uint64_t, AwaitedHome> awaited_homes_;  // by session
   std::unique_ptr<Migrator> migrator_;
   std::vector<pid_t> inits_;  // released namespace inits to reap
   double load_ = 0;           // CPUs used by guests over the last sample

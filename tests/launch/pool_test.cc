@@ -357,6 +357,27 @@ TEST_F(PoolTest, MigratesARunningProgramInEveryModeAndItsOutputIsUnchanged) {
   }
 }
 
+// `roam migrate` on a node that is not the process's home is decided at
+// home and answered when the move ends, as at home: figures, then `roam
+// ps` shows it there.
+TEST_F(PoolTest, AMigrateAskedAwayFromHomeAnswersWhenTheMoveIsOver) {
+  const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kCounter, "counter");
+  const std::string id = WaitForProcess(0)["id"];
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto refused = Roam(2, "migrate " + id + " --to n2");
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.err.find("already runs on n2"), std::string::npos) << refused.err;
+  const auto moved = Roam(2, "migrate " + id + " --to n3 --json");
+  ASSERT_EQ(moved.exit_code, 0) << moved.err;
+  const auto figures = nlohmann::json::parse(moved.out, nullptr, false);
+  EXPECT_EQ(figures["from"], "n2") << moved.out;
+  EXPECT_EQ(figures["to"], "n3") << moved.out;
+  EXPECT_EQ(Ps(0)[0]["node"], "n3");
+  EXPECT_EQ(Ps(0)[0]["state"], "running");
+  EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "counter.err");
+  EXPECT_EQ(ReadFile(dir_.path() / "counter.out"), CounterOutput());
+}
+
 TEST_F(PoolTest, AProcessRunsInTheGuestCgroupOfWhicheverNodeItIsOn) {
   if (cgroups_.empty()) GTEST_SKIP() << "no cgroup v1 cpu controller here";
   // It prints its own cpu cgroup ten times a second for six seconds.
