@@ -22,6 +22,7 @@
 #include <fmt/format.h>
 
 #include "core/ckpt/procfs/procfs.h"
+#include "roam/base/fault_injection.h"
 #include "roam/proc/guest_spawn.h"
 
 namespace roam::daemon {
@@ -784,6 +785,13 @@ void Node::Heartbeat() {
           }
         }
         if (d->state == "migrating") {
+          // The old node lost: the process died with it, or moved just
+          // before and the news was lost with it; its new node says which.
+          if (!r) {
+            if (++d->missed_heartbeats >= options_.lost_after) SettleLostMove(id, r.error());
+            continue;
+          }
+          d->missed_heartbeats = 0;
           // The move decides; only a move that is not under way at all (the
           // old node runs it and is not moving it) is given up here.
           d->stalled_checks = state == "running" ? d->stalled_checks + 1 : 0;
@@ -1194,6 +1202,35 @@ void Node::FinishMigration(const std::string& sender, const peer::MigrationDone&
   for (int signo : std::exchange(d->held_signals, {})) SignalDeputy(*d, signo);
 }
 
+void Node::SettleLostMove(const std::string& id, const Error& why) {
+  const Deputy* moving = FindDeputy(id);
+  if (moving == nullptr) return;
+  const std::string from = moving->node;
+  const std::string to = moving->migrate_to;
+  peer::Message m;
+  m.mutable_guest_query()->add_ids(id);
+  peers_.Send(to, m, [this, id, from, to, why](Result<peer::Reply> r) {
+    Deputy* d = FindDeputy(id);
+    if (d == nullptr || d->state != "migrating" || d->node != from) return;
+    if (r && r->guest_query().processes_size() == 1 &&
+        r->guest_query().processes(0).state() == "running") {
+      // It runs there: the move was over before its old node went.
+      peer::MigrationDone done;
+      done.set_id(id);
+      done.set_ok(true);
+      done.set_node(to);
+      done.set_pid(r->guest_query().processes(0).pid());
+      FinishMigration(from, done);
+      return;
+    }
+    // Should it run there after all (a restore that finishes late), it must
+    // not go on without its home.
+    SendSignal(to, id, SIGKILL);
+    EndDeputy(id, LostReply(fmt::format("process {} is lost with node {} while moving to {}: {}",
+                                        id, from, to, why.ToString())));
+  });
+}
+
 void Node::AnswerMigrate(Deputy& deputy, control::Reply reply) {
   if (!deputy.migrate_asker.empty()) {
     peer::Message m;
@@ -1269,6 +1306,9 @@ void Node::OnMigrationOutcome(MigrationOutcome outcome) {
   g->done.set_restore_ns(report.restore_ns);
   g->done.set_bytes_frozen(report.bytes_sent_frozen);
   g->done.set_rounds(report.rounds);
+  // The named fault: this node dies the moment the move is over, before
+  // home hears of it (home must find the process at its new node).
+  if (FaultInjected("roamd-exit-after-move")) _exit(1);
   // The capture killed the copy here: its exit is near (or already seen),
   // then the output pipes drain, then HandOver.
   OnGuestExit(g->id);

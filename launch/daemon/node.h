@@ -110,6 +110,9 @@ class Node final {
                                                        const control::Migrate& migrate,
                                                        std::uint64_t sid);
   void FinishMigration(const std::string& sender, const peer::MigrationDone& done);
+  // A moving process whose old node is lost: it runs at the new node, or it
+  // is lost too.
+  void SettleLostMove(const std::string& id, const Error& why);
   // The move's outcome to whoever waits for it (a session here, a forwarding node).
   void AnswerMigrate(Deputy& deputy, control::Reply reply);
   void ForwardToHome(std::uint64_t sid, const std::string& id, const control::Request& request);

@@ -83,7 +83,9 @@ class PoolTest : public ::testing::Test {
         argv.push_back("--guest-cgroup");
         argv.push_back(GuestCgroup(i).string());
       }
-      auto pid = nodes_->Spawn(i, argv, {{"UCX_TLS", "tcp"}, {"UCX_NET_DEVICES", "eth0"}});
+      launch::LocalNodes::Environment env = {{"UCX_TLS", "tcp"}, {"UCX_NET_DEVICES", "eth0"}};
+      if (i == fault_node_) env.emplace_back("ROAM_FAULT", fault_);
+      auto pid = nodes_->Spawn(i, argv, env);
       ASSERT_TRUE(pid) << pid.error().ToString();
       daemons_.push_back(*pid);
     }
@@ -193,6 +195,10 @@ class PoolTest : public ::testing::Test {
   std::filesystem::path cgroups_;  // empty without a v1 cpu controller
   std::unique_ptr<launch::LocalNodes> nodes_;
   std::vector<pid_t> daemons_;
+  // A named fault (ROAM_FAULT) for one node's daemon, set by a fixture's
+  // constructor.
+  int fault_node_ = -1;
+  std::string fault_;
   std::vector<pid_t> background_;
 };
 
@@ -534,13 +540,13 @@ TEST_F(PoolTest, RefusedMigrationsLeaveTheProcessWhereItRuns) {
   EXPECT_EQ(ReadFile(dir_.path() / "stay.out"), CounterOutput());
 }
 
+// kCounter with 384 MiB to move: a migration of it goes on for a while.
+constexpr const char* kBigCounter =
+    "python3 -c 'import time\nb = bytearray(b\"x\") * (384 << 20)\n"
+    "for i in range(60):\n    print(i, i * i, flush=True)\n    time.sleep(0.05)'";
+
 TEST_F(PoolTest, TargetDaemonKilledDuringMigrationLeavesTheProcessAtTheSource) {
-  // 384 MiB to move keeps the migration going for a while.
-  const pid_t roam = RoamInBackground(
-      0,
-      std::string("run --node n2 -- python3 -c 'import time\nb = bytearray(b\"x\") * (384 << 20)\n"
-                  "for i in range(60):\n    print(i, i * i, flush=True)\n    time.sleep(0.05)'"),
-      "big");
+  const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kBigCounter, "big");
   const std::string id = WaitForProcess(0)["id"];
   std::this_thread::sleep_for(std::chrono::milliseconds(800));
   const pid_t migrate = RoamInBackground(0, "migrate " + id + " --to n3", "migrate");
@@ -552,6 +558,53 @@ TEST_F(PoolTest, TargetDaemonKilledDuringMigrationLeavesTheProcessAtTheSource) {
   EXPECT_EQ(Ps(0)[0]["node"], "n2");
   EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "big.err");
   EXPECT_EQ(ReadFile(dir_.path() / "big.out"), CounterOutput());
+}
+
+// The old node lost in the middle of a move: the move never finished, so
+// the process is lost with that node, and both `roam migrate` and `roam
+// run` end saying so (neither waits for ever).
+TEST_F(PoolTest, SourceDaemonKilledDuringMigrationEndsTheMoveAndTheProcessAsLost) {
+  const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kBigCounter, "big");
+  const std::string id = WaitForProcess(0)["id"];
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  const pid_t migrate = RoamInBackground(0, "migrate " + id + " --to n3", "migrate");
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  KillDaemon(1);
+  EXPECT_NE(Wait(migrate, std::chrono::seconds(20)), 0) << ReadFile(dir_.path() / "migrate.out");
+  EXPECT_NE(ReadFile(dir_.path() / "migrate.err").find("ended during its move"), std::string::npos)
+      << ReadFile(dir_.path() / "migrate.err");
+  EXPECT_EQ(Wait(roam, std::chrono::seconds(20)), 255);
+  EXPECT_NE(ReadFile(dir_.path() / "big.err").find("lost with node n2 while moving to n3"),
+            std::string::npos)
+      << ReadFile(dir_.path() / "big.err");
+  EXPECT_TRUE(Ps(0).empty());
+}
+
+// The old node dies the moment the move is over, before it told home: home
+// finds the process running at its new node and takes it from there.
+class PoolTestOldNodeDiesAfterAMove : public PoolTest {
+ protected:
+  PoolTestOldNodeDiesAfterAMove() {
+    fault_node_ = 1;
+    fault_ = "roamd-exit-after-move";
+  }
+};
+
+TEST_F(PoolTestOldNodeDiesAfterAMove, HomeFindsTheProcessAtItsNewNode) {
+  const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kCounter, "counter");
+  const std::string id = WaitForProcess(0)["id"];
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto moved = Roam(0, "migrate " + id + " --to n3 --json");
+  ASSERT_EQ(moved.exit_code, 0) << moved.err;
+  const auto figures = nlohmann::json::parse(moved.out, nullptr, false);
+  EXPECT_EQ(figures["to"], "n3") << moved.out;
+  EXPECT_EQ(Ps(0)[0]["node"], "n3");
+  EXPECT_EQ(Ps(0)[0]["state"], "running");
+  // What the old node had not sent home yet died with it; the rest comes
+  // from n3, and the process ends normally.
+  EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "counter.err");
+  EXPECT_NE(ReadFile(dir_.path() / "counter.out").find("59 3481\n"), std::string::npos)
+      << ReadFile(dir_.path() / "counter.out");
 }
 
 }  // namespace
