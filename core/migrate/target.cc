@@ -10,7 +10,6 @@
 // tells the source (PagesDone, over the page fabric) and marks the run
 // ended; RunPending reaps it. The target's thread never blocks on the
 // stream.
-#include <sys/mman.h>
 
 #include <atomic>
 #include <csignal>
@@ -105,11 +104,10 @@ class TargetImpl final : public MigrationTarget {
     // The old region goes first: two at once could be more than the node has.
     staging_.reset();
     packed_key_.clear();
+    // Faulted in by Allocate, not while a process is frozen at the source
+    // (first touch is slow on a ballooned VM).
     ROAM_ASSIGN_OR_RETURN(staging_, fabric_.Allocate(want));
     ++allocations_;
-    // Faulted in now, not while a process is frozen at the source (first
-    // touch is slow on a ballooned VM). Best effort: EINVAL before 5.14.
-    (void)::madvise(staging_->data(), staging_->size(), MADV_POPULATE_WRITE);
     ROAM_ASSIGN_OR_RETURN(const Bytes key, staging_->PackKey());
     packed_key_.assign(reinterpret_cast<const char*>(key.data()), key.size());
     return Ok();

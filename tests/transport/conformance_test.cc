@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -115,6 +117,29 @@ TEST_P(TransportConformanceTest, AllocatedMemoryIsNotInheritedByAFork) {
   int status = 0;
   ASSERT_EQ(waitpid(child, &status, 0), child);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child has the region mapped";
+}
+
+TEST_P(TransportConformanceTest, AllocatedMemoryIsZeroFilledAndFaultedIn) {
+  const auto page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  // Twice: the second allocation may get back the first's memory, which
+  // was written.
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(round);
+    auto region = h_->local().Allocate(4 * kMiB + 5);
+    ASSERT_TRUE(region.has_value()) << region.error().ToString();
+    std::byte* data = (*region)->data();
+    const std::size_t size = (*region)->size();
+    ASSERT_EQ(size, 4 * kMiB + 5);
+    ASSERT_EQ(reinterpret_cast<std::uintptr_t>(data) % page, 0u);
+    std::vector<unsigned char> resident((size + page - 1) / page);
+    ASSERT_EQ(mincore(data, size, resident.data()), 0) << std::strerror(errno);
+    EXPECT_EQ(
+        std::count_if(resident.begin(), resident.end(), [](unsigned char r) { return !(r & 1); }),
+        0)
+        << "pages not faulted in";
+    EXPECT_EQ(std::count(data, data + size, std::byte{0}), static_cast<std::ptrdiff_t>(size));
+    std::fill(data, data + size, std::byte{0x5a});
+  }
 }
 
 TEST_P(TransportConformanceTest, PutAndGetOneByteTo64MiB) {

@@ -610,6 +610,7 @@ class FakeFabric final : public Fabric {
     if (!memory) {
       return MakeError(Errc::kResourceExhausted, "cannot allocate a region of {} bytes", bytes);
     }
+    // Zero-filled and faulted in, as Fabric::Allocate promises.
     std::memset(memory.get(), 0, rounded);
     // Whole pages of our own: a fork must not inherit them (Fabric::Allocate).
     (void)madvise(memory.get(), rounded, MADV_DONTFORK);

@@ -195,8 +195,9 @@ class Fabric {
   // address of another backend or version.
   virtual Result<std::unique_ptr<Endpoint>> Connect(ByteView peer_address) = 0;
 
-  // Memory the fabric allocates and registers (zero-filled): the kind peers
-  // can write one-sidedly where the backend can. A forked child does not
+  // Memory the fabric allocates and registers, zero-filled and faulted in
+  // (its first writes do not fault): the kind peers can write one-sidedly
+  // where the backend can. A forked child does not
   // inherit it (MADV_DONTFORK): a child's copy-on-write share would make
   // every later write to it here copy the page, for as long as the child
   // lives (restore stubs and pid-namespace inits are forks).
