@@ -1,5 +1,7 @@
 #include "launch/cli.h"
 
+#include <charconv>
+#include <cstdint>
 #include <cstdio>
 #include <string_view>
 
@@ -13,6 +15,16 @@ int UsageError(const CLI::App& app, std::string_view what) {
 }
 
 }  // namespace
+
+std::string CheckMebibytes(const std::string& text) {
+  std::int64_t value = 0;
+  const char* end = text.data() + text.size();
+  const auto [stop, error] = std::from_chars(text.data(), end, value);
+  if (text.empty() || error != std::errc() || stop != end || value < 0) {
+    return "'" + text + "' is not a whole number of MiB, 0 or more";
+  }
+  return "";
+}
 
 std::optional<int> ParseCommandLine(CLI::App& app, int argc, char** argv) {
   // CLI11 reports an unknown command word only as "a subcommand is

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <optional>
+#include <string>
 
 #include <CLI/CLI.hpp>
 
@@ -16,5 +17,9 @@ inline constexpr int kUsageError = 2;
 // now (--help and --version: 0 after printing; bad input: kUsageError after
 // one line on stderr), nullopt when it should go on.
 std::optional<int> ParseCommandLine(CLI::App& app, int argc, char** argv);
+
+// For option->check(): a whole number of MiB, 0 or more ("" when it is; the
+// one-line complaint otherwise).
+std::string CheckMebibytes(const std::string& text);
 
 }  // namespace roam::launch

@@ -269,7 +269,7 @@ class Keeper final {
 
 Result<pid_t> Keeper::SpawnRoamd(int i) {
   const int n = args_.options.nodes;
-  const std::vector<std::string> argv = {
+  std::vector<std::string> argv = {
       args_.roamd,
       "--name",
       NodeName(i),
@@ -288,6 +288,9 @@ Result<pid_t> Keeper::SpawnRoamd(int i) {
       "--cpus",
       fmt::format("{:g}", args_.options.cpus_per_node),
   };
+  if (args_.options.staging_mib) {
+    argv.insert(argv.end(), {"--staging", std::to_string(*args_.options.staging_mib)});
+  }
   const UniqueFd log(open(NodeLog(i).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
   if (!log.valid()) return ErrnoError(errno, "create {}", NodeLog(i).string());
   return nodes_->Spawn(i, argv, {{"UCX_TLS", "tcp"}, {"UCX_NET_DEVICES", "eth0"}}, log.get());
@@ -539,6 +542,22 @@ Result<LocalPool> StartLocalPool(const LocalPoolOptions& options) {
   if (!(options.cpus_per_node > 0) || !std::isfinite(options.cpus_per_node)) {
     return MakeError(Errc::kInvalidArgument, "{} CPUs per node: give a number above 0",
                      options.cpus_per_node);
+  }
+  // Every node's staging stays resident on this one machine.
+  if (options.staging_mib) {
+    if (*options.staging_mib < 0) {
+      return MakeError(Errc::kInvalidArgument, "{} MiB of staging: give 0 or more",
+                       *options.staging_mib);
+    }
+    const std::int64_t memory_mib = static_cast<std::int64_t>(sysconf(_SC_PHYS_PAGES)) *
+                                        static_cast<std::int64_t>(sysconf(_SC_PAGESIZE)) >>
+                                    20;
+    if (*options.staging_mib > memory_mib / options.nodes) {
+      return MakeError(Errc::kInvalidArgument,
+                       "{} nodes with {} MiB of staging each are more than this machine's memory "
+                       "({} MiB)",
+                       options.nodes, *options.staging_mib, memory_mib);
+    }
   }
   KeeperArgs args;
   args.options = options;

@@ -34,7 +34,9 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -47,6 +49,8 @@ struct LocalPoolOptions {
   std::string name = "local";  // [A-Za-z0-9_-]{1,16}
   int nodes = 2;               // 1..LocalNodes::kMaxNodes
   double cpus_per_node = 1.0;  // the quota of each node's guests, > 0
+  // Each roamd's staging in MiB (roamd --staging); unset: roamd's default.
+  std::optional<std::int64_t> staging_mib;
   // The roamd program; empty: $ROAM_ROAMD, else roamd next to this program
   // (/proc/self/exe's directory).
   std::string roamd;

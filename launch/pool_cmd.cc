@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <string>
 
+#include "launch/cli.h"
 #include "launch/local_pool.h"
 #include "roam/launch/local_nodes.h"
 
@@ -50,6 +51,10 @@ void AddPoolCommands(CLI::App& app) {
   up->add_option("--cpus-per-node", g_pool.cpus_per_node,
                  "CPUs each node offers its guests (a CFS quota; fractions allowed)")
       ->check(CLI::PositiveNumber);
+  up->add_option("--staging", g_pool.staging_mib,
+                 "MiB of staging each node allocates at start for incoming moves (roamd "
+                 "--staging; default roamd's)")
+      ->check(CheckMebibytes);
   up->add_option("--name", g_pool.name, "The pool's name, [A-Za-z0-9_-]{1,16}")
       ->capture_default_str();
   CLI::App* down = pool->add_subcommand("down", "Stop a local pool and remove what it left");

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -32,6 +33,7 @@ struct Flags {
   std::string pool_key = "/etc/roam/pool.key";
   std::string guest_cgroup;
   double cpus = 0;
+  std::int64_t staging_mib = roam::daemon::kDefaultStagingBytes >> 20;
 };
 
 roam::Status Serve(const Flags& flags) {
@@ -77,6 +79,7 @@ roam::Status Serve(const Flags& flags) {
   node_options.guest_cgroup = flags.guest_cgroup;
   node_options.cpus =
       flags.cpus > 0 ? flags.cpus : static_cast<double>(sysconf(_SC_NPROCESSORS_ONLN));
+  node_options.staging_bytes = static_cast<std::size_t>(flags.staging_mib) << 20;
   // Each incoming post-copy fetches its pages on a fabric of its own.
   auto page_fabric = [name = flags.name]() {
     transport::FabricOptions options;
@@ -124,9 +127,24 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
   app.add_option("--guest-cgroup", flags.guest_cgroup,
                  "cgroup directory (v1 cpu) that guests run in");
   app.add_option("--cpus", flags.cpus, "The node's capacity in CPUs (default: online CPUs)");
+  app.add_option("--staging", flags.staging_mib,
+                 "MiB of staging for incoming moves, allocated at start (0: none until the "
+                 "first move); a move that needs more grows it while it runs")
+      ->capture_default_str()
+      ->check(roam::launch::CheckMebibytes);
   if (const auto exit_code = roam::launch::ParseCommandLine(app, argc, argv)) return *exit_code;
   if (flags.rank >= flags.size) {
     std::fprintf(stderr, "roamd: --rank %d is not below --size %d\n", flags.rank, flags.size);
+    return roam::launch::kUsageError;
+  }
+  // The staging stays resident for the daemon's life: more than the node's
+  // memory cannot be had (and would overflow as bytes).
+  const std::int64_t memory_mib = static_cast<std::int64_t>(sysconf(_SC_PHYS_PAGES)) *
+                                      static_cast<std::int64_t>(sysconf(_SC_PAGESIZE)) >>
+                                  20;
+  if (flags.staging_mib > memory_mib) {
+    std::fprintf(stderr, "roamd: --staging %lld MiB is more than this node's memory (%lld MiB)\n",
+                 static_cast<long long>(flags.staging_mib), static_cast<long long>(memory_mib));
     return roam::launch::kUsageError;
   }
   signal(SIGPIPE, SIG_IGN);

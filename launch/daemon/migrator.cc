@@ -60,7 +60,7 @@ Migrator::Migrator(EventLoop& loop, std::unique_ptr<transport::Fabric> fabric,
 Result<std::unique_ptr<Migrator>> Migrator::Start(
     EventLoop& loop, std::unique_ptr<transport::Fabric> fabric,
     std::function<Result<std::unique_ptr<transport::Fabric>>()> page_fabric,
-    std::string guest_cgroup, Callbacks callbacks) {
+    std::string guest_cgroup, std::size_t staging_bytes, Callbacks callbacks) {
   UniqueFd wake_thread(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   UniqueFd wake_loop(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake_thread.valid() || !wake_loop.valid()) return ErrnoError(errno, "eventfd");
@@ -70,7 +70,8 @@ Result<std::unique_ptr<Migrator>> Migrator::Start(
   Migrator* self = m.get();
   // The send ring and the staging are faulted in now, so that no move pays
   // for fresh memory (slow on a ballooned VM) at its start. 16 MiB in
-  // flight is ~10 ms of a 1.5 GB/s link; staging grows for larger guests.
+  // flight is ~10 ms of a 1.5 GB/s link; staging grows for larger guests
+  // unless roamd --staging sized it for them.
   migrate::SourceOptions source_options;
   source_options.ring_bytes = std::size_t{16} << 20;
   source_options.allocate_now = true;
@@ -117,7 +118,7 @@ Result<std::unique_ptr<Migrator>> Migrator::Start(
     }
   };
   migrate::TargetOptions target_options;
-  target_options.initial_staging_bytes = std::size_t{32} << 20;
+  target_options.initial_staging_bytes = staging_bytes;
   target_options.page_fabric = std::move(page_fabric);
   ROAM_ASSIGN_OR_RETURN(m->target_,
                         migrate::MigrationTarget::Create(*m->fabric_, target, target_options));

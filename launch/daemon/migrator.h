@@ -87,11 +87,13 @@ class Migrator final {
   };
 
   // `page_fabric` opens the fabric an incoming post-copy fetches its pages
-  // on (one per move, used by the page server's thread).
+  // on (one per move, used by the page server's thread). `staging_bytes`:
+  // the incoming moves' staging, allocated and faulted in now; a move that
+  // needs more grows it (and pays for that fresh memory during the move).
   static Result<std::unique_ptr<Migrator>> Start(
       EventLoop& loop, std::unique_ptr<transport::Fabric> fabric,
       std::function<Result<std::unique_ptr<transport::Fabric>>()> page_fabric,
-      std::string guest_cgroup, Callbacks callbacks);
+      std::string guest_cgroup, std::size_t staging_bytes, Callbacks callbacks);
   ~Migrator();
   Migrator(const Migrator&) = delete;
   Migrator& operator=(const Migrator&) = delete;

@@ -291,9 +291,10 @@ Result<std::unique_ptr<Node>> Node::Start(
     ROAM_ASSIGN_OR_RETURN(const peer::MovingGuest moving, OpenMovingGuest(peers.key(), guest));
     return CheckCredentials(pid, moving.uid(), moving.gid());
   };
-  ROAM_ASSIGN_OR_RETURN(node->migrator_,
-                        Migrator::Start(loop, std::move(data), std::move(page_fabric),
-                                        options.guest_cgroup, std::move(callbacks)));
+  ROAM_ASSIGN_OR_RETURN(
+      node->migrator_,
+      Migrator::Start(loop, std::move(data), std::move(page_fabric), options.guest_cgroup,
+                      options.staging_bytes, std::move(callbacks)));
   ROAM_ASSIGN_OR_RETURN(
       node->listen_watch_,
       loop.Watch(node->listen_fd_.get(), EPOLLIN, [self](std::uint32_t) { self->OnAccept(); }));

@@ -45,12 +45,18 @@ namespace roam::daemon {
 inline constexpr std::uint32_t kControlVersion = 1;
 // Exit status of `roam run` when its process was lost with its node.
 inline constexpr int kLostExitCode = 255;
+// The staging a node allocates at start unless told (roamd --staging).
+inline constexpr std::size_t kDefaultStagingBytes = std::size_t{32} << 20;
 
 struct NodeOptions {
   std::filesystem::path socket;
   // cgroup (v1 cpu hierarchy) directory that guests join; empty: none.
   std::string guest_cgroup;
   double cpus = 1.0;  // the node's capacity, for `roam nodes`
+  // Incoming moves' staging, allocated at start (roamd --staging). A move
+  // that needs more grows it during the move: a pre-copy asks for twice the
+  // process's memory.
+  std::size_t staging_bytes = kDefaultStagingBytes;
   std::chrono::milliseconds heartbeat{1000};
   // Consecutive failed heartbeats after which a guest's node is lost.
   int lost_after = 3;

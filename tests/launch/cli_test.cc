@@ -83,6 +83,25 @@ TEST(CliTest, RoamdRefusesBadStartsInOneLine) {
   EXPECT_NE(keyless.err.find("/nonexistent/roam-test/pool.key"), std::string::npos) << keyless.err;
 }
 
+TEST(CliTest, RoamdRefusesABadStagingSizeInOneLine) {
+  for (const char* bad : {"lots", "-5", "1.5"}) {
+    SCOPED_TRACE(bad);
+    const auto r = RunCommand({Bin("roamd"), "--name", "n1", "--staging", bad});
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_EQ(Lines(r.err), 1) << r.err;
+    EXPECT_NE(r.err.find(std::string("--staging: '") + bad + "' is not a whole number of MiB"),
+              std::string::npos)
+        << r.err;
+  }
+  // More than any node has: refused before anything starts.
+  const auto huge = RunCommand({Bin("roamd"), "--name", "n1", "--staging", "1000000000"});
+  EXPECT_EQ(huge.exit_code, 2);
+  EXPECT_EQ(Lines(huge.err), 1) << huge.err;
+  EXPECT_NE(huge.err.find("--staging 1000000000 MiB is more than this node's memory"),
+            std::string::npos)
+      << huge.err;
+}
+
 TEST(CliTest, PoolCommandsWithoutADaemonSayWhereTheyLooked) {
   TempDir dir;
   const std::string socket = (dir.path() / "none.sock").string();

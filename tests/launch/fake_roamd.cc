@@ -89,8 +89,10 @@ int main(int argc, char** argv) {
   for (int fd = 3; fd < 64; ++fd) {
     if (fcntl(fd, F_GETFD) >= 0) Die("inherited descriptor " + std::to_string(fd));
   }
-  std::printf("fake_roamd %s rank %s of %s\n", args["--name"].c_str(), args["--rank"].c_str(),
-              args["--size"].c_str());
+  // --staging is optional (the pool passes it when told).
+  const std::string staging = args.contains("--staging") ? " staging " + args["--staging"] : "";
+  std::printf("fake_roamd %s rank %s of %s%s\n", args["--name"].c_str(), args["--rank"].c_str(),
+              args["--size"].c_str(), staging.c_str());
   std::fflush(stdout);
 
   const char* mode = std::getenv("FAKE_ROAMD_MODE");

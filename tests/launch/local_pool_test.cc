@@ -120,9 +120,9 @@ class LocalPoolTest : public ::testing::Test {
   }
 
   CommandResult Up(int nodes, const std::vector<std::string>& env = {}) {
-    return Roam(
-        {"pool", "up", "--local", std::to_string(nodes), "--cpus-per-node", "0.5", "--name", name_},
-        env);
+    return Roam({"pool", "up", "--local", std::to_string(nodes), "--cpus-per-node", "0.5",
+                 "--staging", "64", "--name", name_},
+                env);
   }
 
   // `roam pool down` of this test's pool.
@@ -218,7 +218,7 @@ TEST_F(LocalPoolTest, UpStartsNodesInTheirOwnNamespacesAndCgroupsAndDownRemovesT
               std::stol(period) / 2);
     EXPECT_EQ(ReadFile(PoolCgroup() / name / "cpu.cfs_quota_us"), "-1\n") << "roamd throttled";
     EXPECT_NE(ReadFile(dir / (name + ".log"))
-                  .find("fake_roamd " + name + " rank " + std::to_string(i) + " of 3"),
+                  .find("fake_roamd " + name + " rank " + std::to_string(i) + " of 3 staging 64"),
               std::string::npos);
     reports.push_back(r);
   }
@@ -252,6 +252,16 @@ TEST_F(LocalPoolTest, BadNameIsRefused) {
   const CommandResult up = Roam({"pool", "up", "--local", "1", "--name", "no/slash"});
   EXPECT_EQ(up.exit_code, 1);
   EXPECT_NE(up.err.find("pool name 'no/slash'"), std::string::npos) << up.err;
+}
+
+TEST_F(LocalPoolTest, StagingBeyondTheMachinesMemoryIsRefused) {
+  const CommandResult up =
+      Roam({"pool", "up", "--local", "2", "--staging", "1000000000", "--name", name_});
+  EXPECT_EQ(up.exit_code, 1);
+  EXPECT_NE(up.err.find("2 nodes with 1000000000 MiB of staging each are more than"),
+            std::string::npos)
+      << up.err;
+  EXPECT_FALSE(fs::exists(Dir())) << "a refused pool left state behind";
 }
 
 TEST_F(LocalPoolTest, DownCleansUpAfterAKilledKeeper) {

@@ -122,6 +122,7 @@ class TargetNode {
       if (!fabric) return address.set_value(fabric.error());
       auto target = MigrationTarget::Create(**fabric, std::move(callbacks), options);
       if (!target) return address.set_value(target.error());
+      allocations_ = (*target)->staging_allocations();
       address.set_value((*fabric)->Address());
       (*target)->Serve([&] {
         allocations_ = (*target)->staging_allocations();
@@ -554,6 +555,37 @@ TEST_F(MigrationTest, StagingIsReusedByTheNextMigration) {
   }
   EXPECT_EQ(node.staging_allocations(), 1u) << "the second migration reallocated the staging";
   EXPECT_EQ(source_->ring_allocations(), 1u);
+}
+
+// A target whose staging was sized up front (roamd --staging) does not grow
+// it during a move that fits, even a pre-copy's, which asks for twice the
+// process's memory.
+TEST_F(MigrationTest, StagingSizedUpFrontIsNotGrownByAMoveThatFits) {
+  Workload w;
+  ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
+  Pipe in2;
+  Pipe out2;
+  TargetCallbacks callbacks;
+  callbacks.restore_setup = StdioOnto(in2, out2);
+  TargetOptions target_options;
+  target_options.initial_staging_bytes = std::size_t{256} << 20;
+  TargetNode node(std::move(callbacks), target_options);
+  EXPECT_EQ(node.staging_allocations(), 1u) << "no staging at creation";
+  auto ep = Connect(node);
+  ASSERT_TRUE(ep);
+  const std::string before = Hash(w.in.fd[1], w.out.fd[0]);
+  auto report = source_->MigrateOut(*ep, w.child.pid, Options(12, MigrationMode::kPreCopy));
+  if (!report && report.error().code() == Errc::kUnsupported) {
+    GTEST_SKIP() << "no write tracking here: " << report.error().ToString();
+  }
+  ASSERT_TRUE(report.has_value()) << report.error().ToString();
+  EXPECT_EQ(w.child.Wait(), 128 + SIGKILL);
+  auto running = node.WaitRunning(1);
+  ASSERT_TRUE(running.has_value());
+  Child init(running->init_pid);
+  Child copy(running->pid);
+  ExpectMovedIntact(in2, out2, before, copy, init);
+  EXPECT_EQ(node.staging_allocations(), 1u) << "the move grew the staging";
 }
 
 // Pre-copy: rounds put the pages while the workload keeps changing its
