@@ -5,7 +5,6 @@
 // Post-copy: Prepare, a capture of the metadata alone (the process stays
 // frozen, its pages where they are), Commit, READY, Go, then page requests
 // served from the frozen process until the target's PagesDone.
-#include <sys/mman.h>
 #include <sys/uio.h>
 
 #include <chrono>
@@ -243,10 +242,7 @@ class SourceImpl final : public MigrationSource {
   Status EnsureRing() {
     if (ring_) return Ok();
     ROAM_ASSIGN_OR_RETURN(ring_, fabric_.Allocate(options_.ring_bytes));
-    ++ring_allocations_;
-    // Faulted in now, not while a process is frozen (first touch of fresh
-    // memory is slow on a ballooned VM). Best effort: EINVAL before 5.14.
-    (void)::madvise(ring_->data(), ring_->size(), MADV_POPULATE_WRITE);
+    ++ring_allocations_;  // faulted in by Allocate, not while a process is frozen
     return Ok();
   }
   // Best effort: the target drops what it staged or restored.
