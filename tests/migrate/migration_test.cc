@@ -570,7 +570,7 @@ TEST_F(MigrationTest, StagingSizedUpFrontIsNotGrownByAMoveThatFits) {
   TargetOptions target_options;
   target_options.initial_staging_bytes = std::size_t{256} << 20;
   TargetNode node(std::move(callbacks), target_options);
-  EXPECT_EQ(node.staging_allocations(), 1u) << "no staging at creation";
+  EXPECT_EQ(node.staging_allocations(), 1u) << "the staging is allocated at creation";
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
   const std::string before = Hash(w.in.fd[1], w.out.fd[0]);
