@@ -16,6 +16,7 @@
 
 #include "roam/base/check.h"
 #include "roam/base/deadline.h"
+#include "roam/base/mapped_memory.h"
 #include "transport/requests.h"
 #include "transport/wire/wire.h"
 
@@ -420,26 +421,12 @@ Result<std::unique_ptr<MemoryRegion>> UcxFabric::Allocate(std::size_t bytes) {
   // few idle seconds took 3.4 to 4.4 s so on a 2-vCPU Firecracker VM, 0.53
   // to 0.64 s in small pages (bench/staging_alloc_bench). What page size
   // backs the region is left to the system's policy.
-  void* memory =
-      ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (memory == MAP_FAILED) return ErrnoError(errno, "map {} bytes to register", mapped);
+  // Faulted in now, each page once: before registration, which on RDMA
+  // pins the pages (and would fault them in one by one), and not while a
+  // migration waits on it. Zero-filled by the kernel, no memset.
+  ROAM_ASSIGN_OR_RETURN(void* memory, MapFaultedIn(mapped, "memory to register"));
   // Not inherited by forks (see Fabric::Allocate).
   (void)::madvise(memory, mapped, MADV_DONTFORK);
-  // Fresh anonymous memory reads as zeros (the kernel zeroes each page it
-  // faults in), so the region is zero-filled without a memset. It is
-  // faulted in now, each page once, in one call: before registration, which
-  // on RDMA pins the pages (and would fault them in one by one), and not
-  // while a migration waits on it. Kernels before 5.14 lack
-  // MADV_POPULATE_WRITE: touch every page instead.
-  if (::madvise(memory, mapped, MADV_POPULATE_WRITE) != 0) {
-    if (errno != EINVAL) {
-      const int err = errno;
-      ::munmap(memory, mapped);
-      return ErrnoError(err, "fault in {} bytes to register", mapped);
-    }
-    auto* pages = static_cast<volatile std::byte*>(memory);
-    for (std::size_t i = 0; i < mapped; i += page) pages[i] = std::byte{0};
-  }
   ucp_mem_map_params_t params{};
   params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
   params.address = memory;

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "roam/base/mapped_memory.h"
+
 namespace roam::ckpt {
 namespace {
 
@@ -17,20 +19,8 @@ constexpr std::size_t kMaxRunBytes = std::size_t{4} << 20;
 Result<std::unique_ptr<StagingPages>> StagingPages::Create(std::size_t capacity) {
   if (capacity == 0) return MakeError(Errc::kInvalidArgument, "staging of 0 bytes");
   capacity = (capacity + kPageSize - 1) / kPageSize * kPageSize;
-  void* memory =
-      ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (memory == MAP_FAILED) return ErrnoError(errno, "map {} bytes of staging", capacity);
-  // Faulted in now, in one call: that is the point of staging. Kernels
-  // before 5.14 lack MADV_POPULATE_WRITE: touch every page instead.
-  if (::madvise(memory, capacity, MADV_POPULATE_WRITE) != 0) {
-    if (errno != EINVAL) {
-      const int err = errno;
-      ::munmap(memory, capacity);
-      return ErrnoError(err, "fault in {} bytes of staging", capacity);
-    }
-    auto* bytes = static_cast<volatile std::byte*>(memory);
-    for (std::size_t i = 0; i < capacity; i += kPageSize) bytes[i] = std::byte{0};
-  }
+  // Faulted in now, in one call: that is the point of staging.
+  ROAM_ASSIGN_OR_RETURN(void* memory, MapFaultedIn(capacity, "staging"));
   return std::unique_ptr<StagingPages>(new StagingPages(static_cast<std::byte*>(memory), capacity));
 }
 
