@@ -151,6 +151,24 @@ std::vector<pid_t> ThreadsOf(pid_t pid) {
   return tids;
 }
 
+// The address ranges a process has mapped, touching mappings merged
+// (the kernel may split or merge them differently), [vsyscall] left out.
+std::vector<std::pair<std::uint64_t, std::uint64_t>> MappedRanges(pid_t pid) {
+  std::istringstream in(ProcFile(pid, "maps"));
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+  for (std::string line; std::getline(in, line);) {
+    if (line.find("[vsyscall]") != std::string::npos) continue;
+    const std::uint64_t start = std::stoull(line, nullptr, 16);
+    const std::uint64_t end = std::stoull(line.substr(line.find('-') + 1), nullptr, 16);
+    if (!ranges.empty() && ranges.back().second == start) {
+      ranges.back().second = end;
+    } else {
+      ranges.emplace_back(start, end);
+    }
+  }
+  return ranges;
+}
+
 std::string PidNamespaceOf(pid_t pid) {
   std::error_code ec;
   return fs::read_symlink("/proc/" + std::to_string(pid) + "/ns/pid", ec).string();
@@ -534,6 +552,11 @@ TEST_F(CkptTest, PidNamespaceRestoreKeepsIdsWhileTheyAreInUseHere) {
     for (const pid_t t : ThreadsOf(r->process())) inside.push_back(NsPids(t).back());
     std::sort(inside.begin(), inside.end());
     EXPECT_EQ(inside, tids);
+    // Exactly the original's memory map: nothing of the restorer (whose
+    // copy the restore began as) is left.
+    EXPECT_EQ(MappedRanges(r->process()), MappedRanges(w.pid()))
+        << ProcFile(r->process(), "maps") << "\noriginal:\n"
+        << ProcFile(w.pid(), "maps");
     // The init lives as long as the process: it must not hold the image.
     EXPECT_EQ(ProcFile(r->init(), "maps").find("pages.img"), std::string::npos)
         << ProcFile(r->init(), "maps");
