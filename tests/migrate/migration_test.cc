@@ -835,7 +835,11 @@ TEST_F(MigrationTest, PostCopyNeedsThePageFabricAtTheTarget) {
 TEST_F(MigrationTest, PostCopySourceDroppingItsCopyEarlyKillsTheTargetCopy) {
   Workload w;
   ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
-  TargetNode node(TargetCallbacks{});
+  // A stdin that stays open: the copy waits on it, never ends by itself.
+  Pipe in2, out2;
+  TargetCallbacks callbacks;
+  callbacks.restore_setup = StdioOnto(in2, out2);
+  TargetNode node(std::move(callbacks));
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
   ScopedFault fault("migrate-source-drop-before-done");
@@ -868,7 +872,12 @@ TEST_F(MigrationTest, PostCopySourceDroppingItsCopyEarlyKillsTheTargetCopy) {
 TEST_F(MigrationTest, PostCopyTargetLostAfterGoDropsTheSourceCopyToo) {
   Workload w;
   ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
-  TargetNode node(TargetCallbacks{});
+  // A stdin that stays open: the copy waits on it until its node kills it
+  // (on an ended stdin it could exit by itself first).
+  Pipe in2, out2;
+  TargetCallbacks callbacks;
+  callbacks.restore_setup = StdioOnto(in2, out2);
+  TargetNode node(std::move(callbacks));
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
   ScopedFault fault("migrate-target-no-done");
