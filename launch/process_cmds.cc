@@ -266,6 +266,7 @@ int RunPs() {
     std::printf("%-10s %-6s %-6s %-11s %7.1fs %5u  %s\n", p.id().c_str(), p.home().c_str(),
                 p.node().c_str(), p.state().c_str(), p.cpu_seconds(), p.migrations(),
                 FormatArgv(p).c_str());
+    if (!p.note().empty()) std::printf("%-10s %s\n", "", p.note().c_str());
   }
   return 0;
 }

@@ -190,6 +190,9 @@ struct Node::Deputy {
   std::optional<peer::GuestInput> held_stdin;
   std::vector<int> held_signals;
   int stalled_checks = 0;  // heartbeats that found it not moving while migrating
+  // Why it is not as expected, for ps: its last move failed, its node does
+  // not answer. Cleared when that is over.
+  std::string note;
 };
 
 struct Node::Guest {
@@ -649,6 +652,7 @@ void Node::ProcessInfoOf(const Deputy& deputy, control::ProcessInfo* out) const 
   out->set_cpu_seconds(deputy.cpu_seconds);
   out->set_migrations(deputy.migrations);
   out->set_pid(deputy.pid);
+  out->set_note(deputy.note);
 }
 
 void Node::HandlePs(std::uint64_t sid, const control::Ps& ps) {
@@ -782,7 +786,10 @@ void Node::Heartbeat() {
             d->cpu_seconds = p.cpu_seconds();
             d->pid = p.pid();
             d->missed_heartbeats = 0;
-            if (d->state == "unreachable") d->state = "running";
+            if (d->state == "unreachable") {
+              d->state = "running";
+              d->note.clear();
+            }
           }
         }
         if (d->state == "migrating") {
@@ -807,7 +814,11 @@ void Node::Heartbeat() {
         // its way, or the node restarted and lost it. Not answering: the
         // node may be gone.
         if (++d->missed_heartbeats < options_.lost_after) {
-          if (!r) d->state = "unreachable";
+          if (!r) {
+            d->state = "unreachable";
+            d->note = fmt::format("{} has not answered {} heartbeat(s): {}", node,
+                                  d->missed_heartbeats, r.error().message());
+          }
           continue;
         }
         // Should it still run there (a node that answers again), it must not
@@ -1160,10 +1171,11 @@ void Node::FinishMigration(const std::string& sender, const peer::MigrationDone&
   Deputy* d = FindDeputy(done.id());
   if (d == nullptr || d->node != sender || d->state != "migrating") return;
   const std::string from = d->node;
+  const std::string to = std::exchange(d->migrate_to, {});
   d->state = "running";
-  d->migrate_to.clear();
   control::Reply reply;
   if (done.ok()) {
+    d->note.clear();
     d->node = done.node();
     d->pid = done.pid();
     ++d->migrations;
@@ -1190,8 +1202,9 @@ void Node::FinishMigration(const std::string& sender, const peer::MigrationDone&
     moved->set_bytes_frozen(done.bytes_frozen());
     moved->set_rounds(done.rounds());
   } else {
-    ToWire(FromWire(done.error()).WithContext(fmt::format("{} stays on {}", d->id, from)),
-           reply.mutable_error());
+    const Error failed = FromWire(done.error());
+    d->note = fmt::format("its last move, to {}, failed: {}", to, failed.message());
+    ToWire(failed.WithContext(fmt::format("{} stays on {}", d->id, from)), reply.mutable_error());
   }
   AnswerMigrate(*d, std::move(reply));
   // What waited for the move goes to wherever the process runs now.

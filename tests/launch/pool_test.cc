@@ -555,7 +555,12 @@ TEST_F(PoolTest, TargetDaemonKilledDuringMigrationLeavesTheProcessAtTheSource) {
   EXPECT_NE(Wait(migrate), 0) << ReadFile(dir_.path() / "migrate.out");
   EXPECT_NE(ReadFile(dir_.path() / "migrate.err").find("stays on n2"), std::string::npos)
       << ReadFile(dir_.path() / "migrate.err");
-  EXPECT_EQ(Ps(0)[0]["node"], "n2");
+  const auto ps = Ps(0)[0];
+  EXPECT_EQ(ps["node"], "n2");
+  // ps says why it is still there.
+  EXPECT_NE(ps["note"].get<std::string>().find("its last move, to n3, failed"), std::string::npos)
+      << ps.dump();
+  EXPECT_NE(Roam(0, "ps").out.find("its last move, to n3, failed"), std::string::npos);
   EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "big.err");
   EXPECT_EQ(ReadFile(dir_.path() / "big.out"), CounterOutput());
 }
