@@ -244,6 +244,33 @@ json Bandwidth(Client& c, bool put, std::size_t size, std::uint64_t iterations) 
           {"us_per_op", seconds * 1e6 / static_cast<double>(iterations)}};
 }
 
+// 16 MiB as 4 MiB puts (a migration's put size) and a flush, in ms, each
+// after `idle` with nothing sent: how fast a move's pages go when it
+// starts on a quiet link, against the same burst back to back.
+std::vector<double> Bursts(Client& c, std::chrono::milliseconds idle, int count) {
+  constexpr std::size_t kBurst = std::size_t{16} << 20;
+  constexpr std::size_t kPut = std::size_t{4} << 20;
+  Bytes local(kPut, std::byte{0x5a});
+  std::vector<double> ms;
+  for (int r = 0; r < count; ++r) {
+    std::this_thread::sleep_for(idle);
+    std::size_t in_flight = 0;
+    const Clock::time_point start = Clock::now();
+    for (std::size_t done = 0; done < kBurst; done += kPut) {
+      ++in_flight;
+      Check(c.ep->Put(local, c.key->base(), *c.key, [&](const Status& s) {
+        Check(s);
+        --in_flight;
+      }));
+      c.fabric->Progress();
+    }
+    while (in_flight != 0) c.fabric->Progress();
+    Check(FlushBlocking(*c.fabric, *c.ep, std::chrono::seconds(60)));
+    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+  }
+  return ms;
+}
+
 // One 8-byte get at a time, in microseconds.
 json GetLatency(Client& c, std::uint64_t iterations) {
   Bytes local(8);
@@ -274,6 +301,8 @@ int RunClient(const fs::path& address_file, std::uint64_t iterations) {
   json out;
   out["put_lat_8"] = PutLatency(c, iterations);
   out["get_lat_8"] = GetLatency(c, iterations / 10);
+  out["burst_16MiB_back_to_back"] = Bursts(c, std::chrono::milliseconds(0), 5);
+  out["burst_16MiB_after_idle"] = Bursts(c, std::chrono::milliseconds(300), 5);
   out["put_bw_65536"] = Bandwidth(c, true, 65536, std::max<std::uint64_t>(iterations / 5, 100));
   out["put_bw_1048576"] = Bandwidth(c, true, 1 << 20, std::max<std::uint64_t>(iterations / 50, 50));
   out["get_bw_65536"] = Bandwidth(c, false, 65536, std::max<std::uint64_t>(iterations / 5, 100));
@@ -455,6 +484,24 @@ int Drive(const std::vector<std::string>& paths, std::uint64_t iterations, int r
       std::printf("%s\n", line.dump().c_str());
       std::fflush(stdout);
     }
+    // Every burst of every repeat: medians and ranges.
+    const auto bursts = [&our_runs](const std::string& key) {
+      std::vector<double> all;
+      for (const json& r : our_runs) {
+        for (const double ms : r.at(key)) all.push_back(ms);
+      }
+      std::sort(all.begin(), all.end());
+      return json{{"median_ms", Median(all)}, {"min_ms", all.front()}, {"max_ms", all.back()}};
+    };
+    const json line = {{"bench", "transport"},
+                       {"path", path.name},
+                       {"measurement", "put_burst_16MiB"},
+                       {"what", "16 MiB as 4 MiB puts and a flush"},
+                       {"after_idle_300ms", bursts("burst_16MiB_after_idle")},
+                       {"back_to_back", bursts("burst_16MiB_back_to_back")},
+                       {"repeats", repeat}};
+    std::printf("%s\n", line.dump().c_str());
+    std::fflush(stdout);
   }
   fs::remove_all(dir);
   return 0;
