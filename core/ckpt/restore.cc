@@ -805,9 +805,9 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
   }
 
   // 4. Empty the stub: everything of its own but the trampoline and vdso.
-  // One munmap spans every mapping up to the next thing kept (holes
-  // between mappings may be unmapped too): the stub is a copy of the
-  // restorer's ~130 mappings, one call each cost ~1.5 ms.
+  // One munmap spans every mapping up to the next thing kept (the holes
+  // between mappings go too): the stub is a copy of the restorer's ~130
+  // mappings, and a call for each cost ~1.5 ms in all.
   const std::array<std::pair<std::uint64_t, std::uint64_t>, 2> kept = {
       {{trampoline, trampoline + kTrampolineSize}, {parked, parked + block_size}}};
   std::vector<std::pair<std::uint64_t, std::uint64_t>> unmap;
