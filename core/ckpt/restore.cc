@@ -813,14 +813,13 @@ Result<RestoreStats> Restore(const image::Image& meta, PageSource& pages,
   std::vector<std::pair<std::uint64_t, std::uint64_t>> unmap;
   for (const auto& v : stub_vmas) {
     if (procfs::SpecialOf(v.path) != procfs::Special::kNone) continue;
-    const bool keeps_between =
-        !unmap.empty() && std::any_of(kept.begin(), kept.end(), [&](const auto& k) {
-          return k.first < v.start && k.second > unmap.back().second;
-        });
-    if (unmap.empty() || keeps_between) {
-      unmap.emplace_back(v.start, v.end);
-    } else {
+    const auto kept_before = [&](const auto& k) {
+      return k.first < v.start && k.second > unmap.back().second;
+    };
+    if (!unmap.empty() && std::none_of(kept.begin(), kept.end(), kept_before)) {
       unmap.back().second = v.end;
+    } else {
+      unmap.emplace_back(v.start, v.end);
     }
   }
   for (const auto& [start, end] : unmap) {

@@ -1248,13 +1248,18 @@ void Node::SettleLostMove(const std::string& id, const Error& why) {
 void Node::AnswerMigrate(Deputy& deputy, control::Reply reply) {
   if (!deputy.migrate_asker.empty()) {
     peer::Message m;
-    m.mutable_forwarded_answer()->set_session(std::exchange(deputy.migrate_asker_sid, 0));
+    m.mutable_forwarded_answer()->set_session(deputy.migrate_asker_sid);
     *m.mutable_forwarded_answer()->mutable_reply() = reply;
-    peers_.Send(std::exchange(deputy.migrate_asker, {}), m, [](Result<peer::Reply>) {});
+    peers_.Send(deputy.migrate_asker, m, [](Result<peer::Reply>) {});
   }
-  if (const std::uint64_t sid = std::exchange(deputy.migrate_sid, 0); sid != 0) {
-    Send(sid, std::move(reply));
+  const std::uint64_t sid = deputy.migrate_sid;
+  // Progress while it moves; anything else is the outcome, and ends the wait.
+  if (!reply.has_progress()) {
+    deputy.migrate_asker.clear();
+    deputy.migrate_asker_sid = 0;
+    deputy.migrate_sid = 0;
   }
+  if (sid != 0) Send(sid, std::move(reply));
 }
 
 Status Node::MigrateGuestAway(const std::string& home, const peer::MigrateGuest& request) {
@@ -1566,13 +1571,7 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
       progress.mutable_progress()->set_total(p.total());
       progress.mutable_progress()->set_what(
           fmt::format("moving {} from {} to {}", d->id, d->node, d->migrate_to));
-      if (!d->migrate_asker.empty()) {
-        peer::Message m;
-        m.mutable_forwarded_answer()->set_session(d->migrate_asker_sid);
-        *m.mutable_forwarded_answer()->mutable_reply() = progress;
-        peers_.Send(d->migrate_asker, m, [](Result<peer::Reply>) {});
-      }
-      if (d->migrate_sid != 0) Send(d->migrate_sid, std::move(progress));
+      AnswerMigrate(*d, std::move(progress));
       return reply;
     }
     case peer::Message::kGuestStdinCarry: {

@@ -119,7 +119,8 @@ class Node final {
   // A moving process whose old node is lost: it runs at the new node, or it
   // is lost too.
   void SettleLostMove(const std::string& id, const Error& why);
-  // The move's outcome to whoever waits for it (a session here, a forwarding node).
+  // The move's progress or outcome to whoever waits for it (a session here,
+  // a forwarding node); the outcome ends the wait.
   void AnswerMigrate(Deputy& deputy, control::Reply reply);
   void ForwardToHome(std::uint64_t sid, const std::string& id, const control::Request& request);
   // Forwarded migrates whose answer the home sends later, and whether it

@@ -545,13 +545,28 @@ constexpr const char* kBigCounter =
     "python3 -c 'import time\nb = bytearray(b\"x\") * (384 << 20)\n"
     "for i in range(60):\n    print(i, i * i, flush=True)\n    time.sleep(0.05)'";
 
-TEST_F(PoolTest, TargetDaemonKilledDuringMigrationLeavesTheProcessAtTheSource) {
-  const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kBigCounter, "big");
-  const std::string id = WaitForProcess(0)["id"];
-  std::this_thread::sleep_for(std::chrono::milliseconds(800));
-  const pid_t migrate = RoamInBackground(0, "migrate " + id + " --to n3", "migrate");
-  std::this_thread::sleep_for(std::chrono::milliseconds(150));
-  KillDaemon(2);
+// kBigCounter run from n1 on n2 ("big"), moved to n3 in the background
+// ("migrate"), and node `victim`'s daemon killed while it moves.
+struct BigMove {
+  pid_t roam;
+  pid_t migrate;
+};
+
+class PoolTestDaemonKilledMidMove : public PoolTest {
+ protected:
+  BigMove KillDaemonDuringABigMove(int victim) {
+    const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kBigCounter, "big");
+    const std::string id = WaitForProcess(0)["id"];
+    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    const pid_t migrate = RoamInBackground(0, "migrate " + id + " --to n3", "migrate");
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    KillDaemon(victim);
+    return {roam, migrate};
+  }
+};
+
+TEST_F(PoolTestDaemonKilledMidMove, TargetDaemonKilledDuringMigrationLeavesTheProcessAtTheSource) {
+  const auto [roam, migrate] = KillDaemonDuringABigMove(2);
   EXPECT_NE(Wait(migrate), 0) << ReadFile(dir_.path() / "migrate.out");
   EXPECT_NE(ReadFile(dir_.path() / "migrate.err").find("stays on n2"), std::string::npos)
       << ReadFile(dir_.path() / "migrate.err");
@@ -568,13 +583,9 @@ TEST_F(PoolTest, TargetDaemonKilledDuringMigrationLeavesTheProcessAtTheSource) {
 // The old node lost in the middle of a move: the move never finished, so
 // the process is lost with that node, and both `roam migrate` and `roam
 // run` end saying so (neither waits for ever).
-TEST_F(PoolTest, SourceDaemonKilledDuringMigrationEndsTheMoveAndTheProcessAsLost) {
-  const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kBigCounter, "big");
-  const std::string id = WaitForProcess(0)["id"];
-  std::this_thread::sleep_for(std::chrono::milliseconds(800));
-  const pid_t migrate = RoamInBackground(0, "migrate " + id + " --to n3", "migrate");
-  std::this_thread::sleep_for(std::chrono::milliseconds(150));
-  KillDaemon(1);
+TEST_F(PoolTestDaemonKilledMidMove,
+       SourceDaemonKilledDuringMigrationEndsTheMoveAndTheProcessAsLost) {
+  const auto [roam, migrate] = KillDaemonDuringABigMove(1);
   EXPECT_NE(Wait(migrate, std::chrono::seconds(20)), 0) << ReadFile(dir_.path() / "migrate.out");
   EXPECT_NE(ReadFile(dir_.path() / "migrate.err").find("ended during its move"), std::string::npos)
       << ReadFile(dir_.path() / "migrate.err");

@@ -299,6 +299,12 @@ class MigrationTest : public ::testing::Test {
       return setup;
     };
   }
+  // Callbacks of a target whose restores only do that.
+  static TargetCallbacks StdioCallbacks(Pipe& in, Pipe& out) {
+    TargetCallbacks callbacks;
+    callbacks.restore_setup = StdioOnto(in, out);
+    return callbacks;
+  }
 
   // A restore_setup whose every restore fails just before the process
   // resumes.
@@ -429,9 +435,7 @@ TEST_F(MigrationTest, SixtyFourMebibytesArriveIntact) {
 
   Pipe in2;
   Pipe out2;
-  TargetCallbacks callbacks;
-  callbacks.restore_setup = StdioOnto(in2, out2);
-  TargetNode node(std::move(callbacks));
+  TargetNode node(StdioCallbacks(in2, out2));
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
   auto report = source_->MigrateOut(*ep, original.pid, Options(64));
@@ -565,11 +569,9 @@ TEST_F(MigrationTest, StagingSizedUpFrontIsNotGrownByAMoveThatFits) {
   ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
   Pipe in2;
   Pipe out2;
-  TargetCallbacks callbacks;
-  callbacks.restore_setup = StdioOnto(in2, out2);
   TargetOptions target_options;
   target_options.initial_staging_bytes = std::size_t{256} << 20;
-  TargetNode node(std::move(callbacks), target_options);
+  TargetNode node(StdioCallbacks(in2, out2), target_options);
   EXPECT_EQ(node.staging_allocations(), 1u) << "the staging is allocated at creation";
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
@@ -598,9 +600,7 @@ TEST_F(MigrationTest, PreCopyPutsRoundsWhileItRunsAndOnlyChangesWhileFrozen) {
   ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
   Pipe in2;
   Pipe out2;
-  TargetCallbacks callbacks;
-  callbacks.restore_setup = StdioOnto(in2, out2);
-  TargetNode node(std::move(callbacks));
+  TargetNode node(StdioCallbacks(in2, out2));
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
   MigrateOptions options = Options(11, MigrationMode::kPreCopy);
@@ -681,9 +681,7 @@ TEST_F(MigrationTest, LostGoTargetAsksTheSourceAndRuns) {
   const std::string before = Hash(w.in.fd[1], w.out.fd[0]);
   Pipe in2;
   Pipe out2;
-  TargetCallbacks callbacks;
-  callbacks.restore_setup = StdioOnto(in2, out2);
-  TargetNode node(std::move(callbacks), TargetOptions{.go_timeout = 300ms});
+  TargetNode node(StdioCallbacks(in2, out2), TargetOptions{.go_timeout = 300ms});
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
   ScopedFault fault("migrate-source-no-go");
@@ -837,9 +835,7 @@ TEST_F(MigrationTest, PostCopySourceDroppingItsCopyEarlyKillsTheTargetCopy) {
   ASSERT_NO_FATAL_FAILURE(StartPrecopy(w));
   // A stdin that stays open: the copy waits on it, never ends by itself.
   Pipe in2, out2;
-  TargetCallbacks callbacks;
-  callbacks.restore_setup = StdioOnto(in2, out2);
-  TargetNode node(std::move(callbacks));
+  TargetNode node(StdioCallbacks(in2, out2));
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
   ScopedFault fault("migrate-source-drop-before-done");
@@ -875,9 +871,7 @@ TEST_F(MigrationTest, PostCopyTargetLostAfterGoDropsTheSourceCopyToo) {
   // A stdin that stays open: the copy waits on it until its node kills it
   // (on an ended stdin it could exit by itself first).
   Pipe in2, out2;
-  TargetCallbacks callbacks;
-  callbacks.restore_setup = StdioOnto(in2, out2);
-  TargetNode node(std::move(callbacks));
+  TargetNode node(StdioCallbacks(in2, out2));
   auto ep = Connect(node);
   ASSERT_TRUE(ep);
   ScopedFault fault("migrate-target-no-done");
