@@ -43,6 +43,15 @@ if(NOT Protobuf_FOUND OR NOT Protobuf_PROTOC_EXECUTABLE)
 endif()
 roam_report_dependency("protobuf" "${Protobuf_VERSION}")
 
+# FlatBuffers structs: fixed-size, little-endian records that peers write
+# into each other's memory and that are read in place (load vectors).
+find_package(FlatBuffers CONFIG QUIET)
+find_program(ROAM_FLATC flatc)
+if(NOT FlatBuffers_FOUND OR NOT ROAM_FLATC)
+  roam_dependency_missing("FlatBuffers (library and flatc)" "libflatbuffers-dev flatbuffers-compiler")
+endif()
+roam_report_dependency("FlatBuffers" "${FlatBuffers_VERSION}")
+
 pkg_check_modules(XXHASH QUIET IMPORTED_TARGET libxxhash>=0.8)
 if(NOT XXHASH_FOUND)
   roam_dependency_missing("xxHash >= 0.8" "libxxhash-dev")

@@ -12,6 +12,7 @@
 #       libFuzzer target with ROAM_FUZZ=ON (clang); otherwise a replay binary
 #       that ctest runs over the seed corpus (label unit).
 #   roam_add_proto_library(NAME <n> PROTOS ...)  -> roam::<n>, generated C++
+#   roam_add_flatbuffers_library(NAME <n> SCHEMAS ...)  -> roam::<n>, headers
 
 set(ROAM_TEST_LABELS unit e2e slow)
 
@@ -119,6 +120,34 @@ function(roam_add_proto_library)
   add_library(roam::${ARG_NAME} ALIAS ${target})
   target_include_directories(${target} PUBLIC "${out}")
   target_link_libraries(${target} PUBLIC protobuf::libprotobuf)
+endfunction()
+
+function(roam_add_flatbuffers_library)
+  cmake_parse_arguments(ARG "" "NAME" "SCHEMAS" ${ARGN})
+  # As for protos: core/load/load.fbs is included as
+  # "core/load/load_generated.h".
+  set(out "${PROJECT_BINARY_DIR}/generated")
+  set(headers "")
+  foreach(schema IN LISTS ARG_SCHEMAS)
+    set(abs "${CMAKE_CURRENT_SOURCE_DIR}/${schema}")
+    file(RELATIVE_PATH rel "${PROJECT_SOURCE_DIR}" "${abs}")
+    string(REGEX REPLACE "\\.fbs$" "" stem "${rel}")
+    get_filename_component(dir "${out}/${stem}" DIRECTORY)
+    add_custom_command(
+      OUTPUT "${out}/${stem}_generated.h"
+      COMMAND ${CMAKE_COMMAND} -E make_directory "${dir}"
+      COMMAND ${ROAM_FLATC} --cpp --scoped-enums --gen-mutable -o "${dir}" "${abs}"
+      DEPENDS "${abs}"
+      COMMENT "flatc ${rel}")
+    list(APPEND headers "${out}/${stem}_generated.h")
+  endforeach()
+  set(target roam_${ARG_NAME})
+  add_custom_target(${target}_gen DEPENDS ${headers})
+  add_library(${target} INTERFACE)
+  add_library(roam::${ARG_NAME} ALIAS ${target})
+  add_dependencies(${target} ${target}_gen)
+  target_include_directories(${target} INTERFACE "${out}")
+  target_link_libraries(${target} INTERFACE flatbuffers::flatbuffers)
 endfunction()
 
 function(roam_print_summary)

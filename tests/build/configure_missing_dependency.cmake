@@ -26,6 +26,9 @@ expect_missing(hwloc "libhwloc-dev"
   ${CMAKE_COMMAND} -S ${SOURCE_DIR} -B ${SCRATCH}/hwloc)
 expect_missing(protobuf "libprotobuf-dev protobuf-compiler"
   ${CMAKE_COMMAND} -S ${SOURCE_DIR} -B ${SCRATCH}/protobuf -DCMAKE_DISABLE_FIND_PACKAGE_Protobuf=ON)
+expect_missing(flatbuffers "libflatbuffers-dev flatbuffers-compiler"
+  ${CMAKE_COMMAND} -S ${SOURCE_DIR} -B ${SCRATCH}/flatbuffers
+  -DCMAKE_DISABLE_FIND_PACKAGE_FlatBuffers=ON)
 expect_missing(openssl "libssl-dev"
   ${CMAKE_COMMAND} -S ${SOURCE_DIR} -B ${SCRATCH}/openssl -DCMAKE_DISABLE_FIND_PACKAGE_OpenSSL=ON)
 file(REMOVE_RECURSE "${SCRATCH}")
