@@ -1,0 +1,115 @@
+#include "roam/gossip/dissemination.h"
+
+#include <algorithm>
+#include <random>
+#include <vector>
+
+namespace roam::gossip {
+namespace {
+
+class DisseminatorImpl final : public Disseminator {
+ public:
+  DisseminatorImpl(std::uint32_t self, Options options,
+                   std::unique_ptr<transport::MemoryRegion> board,
+                   std::unique_ptr<transport::MemoryRegion> out)
+      : self_(self),
+        options_(options),
+        board_(std::move(board)),
+        out_(std::move(out)),
+        reader_(options.shape),
+        view_(self, options.view_capacity),
+        rng_(options.seed) {}
+
+  Result<transport::Bytes> PackBoardKey() const override { return board_->PackKey(); }
+
+  Status Tick(const load::LoadVector& own, std::span<const BoardPeer> peers) override {
+    ++counts_.ticks;
+    reader_.Scan(std::span<const std::byte>(board_->data(), options_.shape.bytes()),
+                 [this](const load::LoadVector& v) { view_.Merge(v); });
+    counts_.board = reader_.counts();
+    view_.SetOwn(own);
+    if (shared_->in_flight > 0) {
+      ++counts_.busy_ticks;
+      return Ok();
+    }
+    ChoosePeers(peers);
+    if (chosen_.empty()) return Ok();
+    const std::vector<load::LoadVector> window = view_.Window(options_.shape.window);
+    const std::span<std::byte> slot(out_->data(), options_.shape.slot_bytes());
+    ROAM_TRY(load::SealSlot(options_.shape, self_, ++sequence_, window, slot));
+    const std::uint64_t offset = load::SlotOffset(options_.shape, self_);
+    for (const BoardPeer* peer : chosen_) {
+      auto done = [shared = shared_](Status status) {
+        --shared->in_flight;
+        if (!status) ++shared->failures;
+      };
+      Status put = peer->endpoint->Put(slot, peer->board->base() + offset, *peer->board, done);
+      if (put) {
+        ++shared_->in_flight;
+        ++counts_.puts;
+      } else {
+        ++counts_.put_failures;
+      }
+    }
+    return Ok();
+  }
+
+  const load::LoadView& view() const override { return view_; }
+  DisseminationCounts counts() const override {
+    DisseminationCounts c = counts_;
+    c.put_failures += shared_->failures;
+    return c;
+  }
+
+ private:
+  // `fanout` distinct peers, uniformly (a partial Fisher-Yates shuffle of
+  // the candidates' indices).
+  void ChoosePeers(std::span<const BoardPeer> peers) {
+    chosen_.clear();
+    candidates_.clear();
+    for (const BoardPeer& p : peers) {
+      if (p.node != self_ && p.endpoint != nullptr && p.board != nullptr) candidates_.push_back(&p);
+    }
+    const std::size_t n = std::min<std::size_t>(options_.fanout, candidates_.size());
+    for (std::size_t i = 0; i < n; ++i) {
+      std::uniform_int_distribution<std::size_t> pick(i, candidates_.size() - 1);
+      std::swap(candidates_[i], candidates_[pick(rng_)]);
+      chosen_.push_back(candidates_[i]);
+    }
+  }
+
+  std::uint32_t self_;
+  Options options_;
+  std::unique_ptr<transport::MemoryRegion> board_;
+  std::unique_ptr<transport::MemoryRegion> out_;  // the sealed window puts read
+  load::BoardReader reader_;
+  load::LoadView view_;
+  std::mt19937_64 rng_;
+  std::uint64_t sequence_ = 0;
+  // Shared with completions, which may run after the disseminator is gone.
+  struct Shared {
+    std::uint64_t in_flight = 0;  // puts of the window buffer
+    std::uint64_t failures = 0;   // puts that completed with an error
+  };
+  std::shared_ptr<Shared> shared_ = std::make_shared<Shared>();
+  std::vector<const BoardPeer*> candidates_;
+  std::vector<const BoardPeer*> chosen_;
+  DisseminationCounts counts_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Disseminator>> Disseminator::Create(transport::Fabric& fabric,
+                                                           std::uint32_t self, Options options) {
+  ROAM_TRY(options.shape.Check());
+  if (options.fanout == 0) {
+    return MakeError(Errc::kInvalidArgument, "gossip: a fanout of 0 spreads nothing");
+  }
+  ROAM_ASSIGN_OR_RETURN(auto board, fabric.Allocate(options.shape.bytes()));
+  std::fill(board->data(), board->data() + board->size(), std::byte{0});
+  ROAM_ASSIGN_OR_RETURN(auto out, fabric.Allocate(options.shape.slot_bytes()));
+  return std::unique_ptr<Disseminator>(
+      std::make_unique<DisseminatorImpl>(self, options, std::move(board), std::move(out)));
+}
+
+}  // namespace roam::gossip

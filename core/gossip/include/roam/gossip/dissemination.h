@@ -1,0 +1,73 @@
+// MOSIX dissemination of load vectors: every tick a node seals its window
+// (its own vector and the freshest few it knows) and writes it with
+// one-sided puts into the load boards of `fanout` peers drawn at random,
+// then scans its own board and merges what peers wrote there into its view.
+// No broadcast and no central server: information spreads epidemically and
+// ages gracefully; a node's puts per tick are `fanout` whatever the pool's
+// size.
+//
+// The board is registered memory of this node's fabric (Fabric::Allocate),
+// so that peers' puts land without this node's CPU where the transport
+// allows; its packed key travels with the node's address at bootstrap.
+//
+// Thread-safety: one thread, the fabric's. Lifetime: the fabric outlives
+// the disseminator; the endpoints and keys of BoardPeer outlive each Tick
+// (their puts may complete later; a put that fails only counts).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "roam/base/error.h"
+#include "roam/load/load_board.h"
+#include "roam/load/load_view.h"
+#include "roam/transport/transport.h"
+
+namespace roam::gossip {
+
+// A peer this node may write to: its id, an endpoint to it, and its board's
+// key as unpacked by that endpoint.
+struct BoardPeer {
+  std::uint32_t node = 0;
+  transport::Endpoint* endpoint = nullptr;
+  const transport::RemoteKey* board = nullptr;
+};
+
+struct DisseminationCounts {
+  std::uint64_t ticks = 0;
+  std::uint64_t puts = 0;          // windows put into peers' boards
+  std::uint64_t put_failures = 0;  // refused at issue, or completed with an error
+  std::uint64_t busy_ticks = 0;    // no window written: the last ones still in flight
+  load::BoardCounts board;         // what scans of its own board found
+};
+
+class Disseminator {
+ public:
+  struct Options {
+    load::BoardShape shape;
+    std::uint32_t fanout = 2;        // peers written each tick (MOSIX's k)
+    std::size_t view_capacity = 64;  // nodes it remembers
+    std::uint64_t seed = 1;          // for the choice of peers
+  };
+
+  // Allocates the board (zeroed) and the buffers windows are put from.
+  static Result<std::unique_ptr<Disseminator>> Create(transport::Fabric& fabric, std::uint32_t self,
+                                                      Options options);
+  virtual ~Disseminator() = default;
+
+  // The board's packed key, for peers' UnpackKey.
+  virtual Result<transport::Bytes> PackBoardKey() const = 0;
+
+  // One tick: scans the board, sets `own` as this node's vector, and puts
+  // the window into `fanout` distinct peers of `peers` drawn at random
+  // (peers with this node's id are skipped). Puts complete in later
+  // Progress calls; while the window buffer is still read by the last
+  // tick's puts, this tick writes nothing (counted as busy).
+  virtual Status Tick(const load::LoadVector& own, std::span<const BoardPeer> peers) = 0;
+
+  virtual const load::LoadView& view() const = 0;
+  virtual DisseminationCounts counts() const = 0;
+};
+
+}  // namespace roam::gossip

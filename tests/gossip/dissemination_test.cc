@@ -1,0 +1,168 @@
+// MOSIX dissemination over the fake transport: a pool of nodes, each
+// writing its window into two random peers' boards every tick.
+#include "roam/gossip/dissemination.h"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <set>
+#include <vector>
+
+#include "roam/transport/fake.h"
+
+namespace roam::gossip {
+namespace {
+
+class DisseminationTest : public ::testing::Test {
+ protected:
+  void Start(std::uint32_t nodes, Disseminator::Options options) {
+    for (std::uint32_t i = 0; i < nodes; ++i) {
+      auto fabric = net_.AddNode({.name = fmt::format("n{}", i)});
+      ASSERT_TRUE(fabric.has_value()) << fabric.error().ToString();
+      options.seed = i + 1;
+      auto node = Disseminator::Create(**fabric, i, options);
+      ASSERT_TRUE(node.has_value()) << node.error().ToString();
+      fabrics_.push_back(std::move(*fabric));
+      nodes_.push_back(std::move(*node));
+      load_.push_back(500);
+    }
+    // Every node may write to every other: an endpoint and the board's key.
+    peers_.resize(nodes);
+    for (std::uint32_t i = 0; i < nodes; ++i) {
+      for (std::uint32_t j = 0; j < nodes; ++j) {
+        if (i == j) continue;
+        auto address = fabrics_[j]->Address();
+        ASSERT_TRUE(address.has_value());
+        auto ep = fabrics_[i]->Connect(*address);
+        ASSERT_TRUE(ep.has_value()) << ep.error().ToString();
+        auto packed = nodes_[j]->PackBoardKey();
+        ASSERT_TRUE(packed.has_value());
+        auto key = (*ep)->UnpackKey(*packed);
+        ASSERT_TRUE(key.has_value()) << key.error().ToString();
+        peers_[i].push_back(BoardPeer{j, ep->get(), key->get()});
+        endpoints_.push_back(std::move(*ep));
+        keys_.push_back(std::move(*key));
+      }
+    }
+  }
+
+  // Every node samples (its sequence is the tick) and writes; then the
+  // network delivers everything.
+  void Tick() {
+    ++tick_;
+    for (std::uint32_t i = 0; i < nodes_.size(); ++i) {
+      if (dead_.contains(i)) continue;
+      const load::LoadVector own(i, 1, tick_, tick_ * kTickNs, load_[i], 1000, 1024, 0, 0,
+                                 load::kAccepting);
+      ASSERT_TRUE(nodes_[i]->Tick(own, peers_[i]).has_value());
+    }
+    for (int round = 0; round < 4; ++round) {
+      for (auto& f : fabrics_) f->Progress();
+    }
+  }
+
+  // How many live nodes know `node` with a load of `load_milli`.
+  std::size_t Knowing(std::uint32_t node, std::uint32_t load_milli) const {
+    std::size_t n = 0;
+    for (std::uint32_t i = 0; i < nodes_.size(); ++i) {
+      if (i == node || dead_.contains(i)) continue;
+      auto v = nodes_[i]->view().Find(node);
+      if (v && v->load_milli() == load_milli) ++n;
+    }
+    return n;
+  }
+
+  static constexpr std::uint64_t kTickNs = 1'000'000'000;
+  transport::FakeNetwork net_;
+  std::vector<std::unique_ptr<transport::Fabric>> fabrics_;
+  std::vector<std::unique_ptr<Disseminator>> nodes_;
+  std::vector<std::unique_ptr<transport::Endpoint>> endpoints_;
+  std::vector<std::unique_ptr<transport::RemoteKey>> keys_;
+  std::vector<std::vector<BoardPeer>> peers_;
+  std::vector<std::uint32_t> load_;
+  std::set<std::uint32_t> dead_;
+  std::uint64_t tick_ = 0;
+
+  void TearDown() override {
+    keys_.clear();
+    endpoints_.clear();
+    nodes_.clear();
+    fabrics_.clear();
+  }
+};
+
+TEST_F(DisseminationTest, ALoadChangeReachesEveryNodeWithinAFewTicks) {
+  Start(40, {.shape = {.window = 8, .slots = 32}, .fanout = 2, .view_capacity = 64, .seed = 1});
+  for (int t = 0; t < 10; ++t) Tick();
+  load_[7] = 3000;
+  int ticks = 0;
+  while (Knowing(7, 3000) < 39 && ticks < 100) {
+    Tick();
+    ++ticks;
+  }
+  EXPECT_EQ(Knowing(7, 3000), 39u);
+  // log2(40) is about 5: an epidemic with two writes per tick and relays
+  // reaches everyone in a few times that.
+  EXPECT_LE(ticks, 25) << "ticks until every node knew";
+  RecordProperty("ticks_to_all", ticks);
+
+  // Each live node wrote its window to two peers every tick; nothing tore
+  // (the fake network lands a put whole) and every node heard from others.
+  for (const auto& node : nodes_) {
+    const DisseminationCounts c = node->counts();
+    EXPECT_EQ(c.ticks, tick_);
+    EXPECT_EQ(c.puts + 2 * c.busy_ticks, 2 * tick_);
+    EXPECT_EQ(c.put_failures, 0u);
+    EXPECT_EQ(c.board.torn, 0u);
+    EXPECT_GT(c.board.windows, 0u);
+    EXPECT_GE(node->view().peers().size(), 30u);
+  }
+}
+
+TEST_F(DisseminationTest, AViewSmallerThanThePoolStaysSmallAndFresh) {
+  Start(60, {.shape = {.window = 4, .slots = 8}, .fanout = 2, .view_capacity = 12, .seed = 1});
+  for (int t = 0; t < 30; ++t) Tick();
+  for (const auto& node : nodes_) {
+    const auto peers = node->view().peers();
+    EXPECT_LE(peers.size(), 12u);
+    // What it knows was sampled recently: a few ticks ago at most.
+    for (const load::LoadVector& v : peers) {
+      EXPECT_LE(tick_ - v.sequence(), 8u) << "node " << v.node();
+    }
+  }
+}
+
+TEST_F(DisseminationTest, ALostPeerCostsOnlyFailedPuts) {
+  Start(10, {.shape = {.window = 4, .slots = 8}, .fanout = 3, .view_capacity = 16, .seed = 1});
+  for (int t = 0; t < 3; ++t) Tick();
+  ASSERT_TRUE(net_.Kill("n4").has_value());
+  dead_.insert(4);
+  for (int t = 0; t < 20; ++t) Tick();
+  std::uint64_t failures = 0;
+  for (std::uint32_t i = 0; i < nodes_.size(); ++i) {
+    if (i != 4) failures += nodes_[i]->counts().put_failures;
+  }
+  EXPECT_GT(failures, 0u);
+  load_[2] = 2500;
+  for (int t = 0; t < 20; ++t) Tick();
+  EXPECT_EQ(Knowing(2, 2500), 8u);
+}
+
+TEST(DisseminationOptionsTest, AZeroFanoutOrBadShapeIsRefused) {
+  transport::FakeNetwork net;
+  auto fabric = net.AddNode({.name = "n0"});
+  ASSERT_TRUE(fabric.has_value());
+  auto none =
+      Disseminator::Create(**fabric, 0, {.shape = {}, .fanout = 0, .view_capacity = 64, .seed = 1});
+  ASSERT_FALSE(none.has_value());
+  EXPECT_EQ(none.error().code(), Errc::kInvalidArgument);
+  EXPECT_FALSE(
+      Disseminator::Create(
+          **fabric, 0,
+          {.shape = {.window = 0, .slots = 8}, .fanout = 2, .view_capacity = 64, .seed = 1})
+          .has_value());
+}
+
+}  // namespace
+}  // namespace roam::gossip
