@@ -1,11 +1,17 @@
 #include "roam/gossip/dissemination.h"
 
 #include <algorithm>
+#include <array>
 #include <random>
 #include <vector>
 
 namespace roam::gossip {
 namespace {
+
+// Window buffers: a peer that does not progress (over tcp a put completes
+// only as its target progresses) holds one until its endpoint fails, and
+// the others keep the node gossiping meanwhile.
+constexpr std::size_t kBuffers = 4;
 
 class DisseminatorImpl final : public Disseminator {
  public:
@@ -28,24 +34,27 @@ class DisseminatorImpl final : public Disseminator {
                  [this](const load::LoadVector& v) { view_.Merge(v); });
     counts_.board = reader_.counts();
     view_.SetOwn(own);
-    if (shared_->in_flight > 0) {
+    const auto free = std::find(shared_->in_flight.begin(), shared_->in_flight.end(), 0);
+    if (free == shared_->in_flight.end()) {
       ++counts_.busy_ticks;
       return Ok();
     }
+    const auto buffer = static_cast<std::size_t>(free - shared_->in_flight.begin());
     ChoosePeers(peers);
     if (chosen_.empty()) return Ok();
     const std::vector<load::LoadVector> window = view_.Window(options_.shape.window);
-    const std::span<std::byte> slot(out_->data(), options_.shape.slot_bytes());
+    const std::span<std::byte> slot(out_->data() + buffer * options_.shape.slot_bytes(),
+                                    options_.shape.slot_bytes());
     ROAM_TRY(load::SealSlot(options_.shape, self_, ++sequence_, window, slot));
     const std::uint64_t offset = load::SlotOffset(options_.shape, self_);
     for (const BoardPeer* peer : chosen_) {
-      auto done = [shared = shared_](Status status) {
-        --shared->in_flight;
+      auto done = [shared = shared_, buffer](Status status) {
+        --shared->in_flight[buffer];
         if (!status) ++shared->failures;
       };
       Status put = peer->endpoint->Put(slot, peer->board->base() + offset, *peer->board, done);
       if (put) {
-        ++shared_->in_flight;
+        ++shared_->in_flight[buffer];
         ++counts_.puts;
       } else {
         ++counts_.put_failures;
@@ -81,15 +90,15 @@ class DisseminatorImpl final : public Disseminator {
   std::uint32_t self_;
   Options options_;
   std::unique_ptr<transport::MemoryRegion> board_;
-  std::unique_ptr<transport::MemoryRegion> out_;  // the sealed window puts read
+  std::unique_ptr<transport::MemoryRegion> out_;  // kBuffers sealed windows puts read
   load::BoardReader reader_;
   load::LoadView view_;
   std::mt19937_64 rng_;
   std::uint64_t sequence_ = 0;
   // Shared with completions, which may run after the disseminator is gone.
   struct Shared {
-    std::uint64_t in_flight = 0;  // puts of the window buffer
-    std::uint64_t failures = 0;   // puts that completed with an error
+    std::array<std::uint64_t, kBuffers> in_flight{};  // puts reading each buffer
+    std::uint64_t failures = 0;                       // puts that completed with an error
   };
   std::shared_ptr<Shared> shared_ = std::make_shared<Shared>();
   std::vector<const BoardPeer*> candidates_;
@@ -107,7 +116,7 @@ Result<std::unique_ptr<Disseminator>> Disseminator::Create(transport::Fabric& fa
   }
   ROAM_ASSIGN_OR_RETURN(auto board, fabric.Allocate(options.shape.bytes()));
   std::fill(board->data(), board->data() + board->size(), std::byte{0});
-  ROAM_ASSIGN_OR_RETURN(auto out, fabric.Allocate(options.shape.slot_bytes()));
+  ROAM_ASSIGN_OR_RETURN(auto out, fabric.Allocate(kBuffers * options.shape.slot_bytes()));
   return std::unique_ptr<Disseminator>(
       std::make_unique<DisseminatorImpl>(self, options, std::move(board), std::move(out)));
 }

@@ -38,7 +38,7 @@ struct DisseminationCounts {
   std::uint64_t ticks = 0;
   std::uint64_t puts = 0;          // windows put into peers' boards
   std::uint64_t put_failures = 0;  // refused at issue, or completed with an error
-  std::uint64_t busy_ticks = 0;    // no window written: the last ones still in flight
+  std::uint64_t busy_ticks = 0;    // no window written: every buffer still in flight
   load::BoardCounts board;         // what scans of its own board found
 };
 
@@ -52,6 +52,7 @@ class Disseminator {
   };
 
   // Allocates the board (zeroed) and the buffers windows are put from.
+  // Refuses a bad shape or a fanout of 0 (kInvalidArgument).
   static Result<std::unique_ptr<Disseminator>> Create(transport::Fabric& fabric, std::uint32_t self,
                                                       Options options);
   virtual ~Disseminator() = default;
@@ -62,8 +63,9 @@ class Disseminator {
   // One tick: scans the board, sets `own` as this node's vector, and puts
   // the window into `fanout` distinct peers of `peers` drawn at random
   // (peers with this node's id are skipped). Puts complete in later
-  // Progress calls; while the window buffer is still read by the last
-  // tick's puts, this tick writes nothing (counted as busy).
+  // Progress calls; a window is sealed into a buffer no put still reads,
+  // and while every buffer is read (peers that do not progress) the tick
+  // writes nothing (counted as busy).
   virtual Status Tick(const load::LoadVector& own, std::span<const BoardPeer> peers) = 0;
 
   virtual const load::LoadView& view() const = 0;
