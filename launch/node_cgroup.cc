@@ -21,7 +21,6 @@
 #include "roam/base/deadline.h"
 #include "roam/base/file.h"
 #include "roam/base/unique_fd.h"
-#include "roam/proc/guest_spawn.h"
 
 namespace roam::launch {
 namespace {
@@ -130,7 +129,7 @@ Status CreateNodeCgroup(const fs::path& dir, double cpus) {
 }
 
 Status MoveIntoCgroup(const fs::path& dir, pid_t pid) {
-  return proc::JoinCgroup((dir / "cgroup.procs").string(), pid);
+  return WriteControl(dir / "cgroup.procs", std::to_string(pid));
 }
 
 Status KillCgroupTree(const fs::path& dir, std::chrono::milliseconds timeout) {

@@ -32,7 +32,6 @@ class DisseminatorImpl final : public Disseminator {
     ++counts_.ticks;
     reader_.Scan(std::span<const std::byte>(board_->data(), options_.shape.bytes()),
                  [this](const load::LoadVector& v) { view_.Merge(v); });
-    counts_.board = reader_.counts();
     view_.SetOwn(own);
     const auto free = std::find(shared_->in_flight.begin(), shared_->in_flight.end(), 0);
     if (free == shared_->in_flight.end()) {
@@ -40,14 +39,14 @@ class DisseminatorImpl final : public Disseminator {
       return Ok();
     }
     const auto buffer = static_cast<std::size_t>(free - shared_->in_flight.begin());
-    ChoosePeers(peers);
-    if (chosen_.empty()) return Ok();
+    const std::span<const BoardPeer* const> chosen = ChoosePeers(peers);
+    if (chosen.empty()) return Ok();
     const std::vector<load::LoadVector> window = view_.Window(options_.shape.window);
     const std::span<std::byte> slot(out_->data() + buffer * options_.shape.slot_bytes(),
                                     options_.shape.slot_bytes());
     ROAM_TRY(load::SealSlot(options_.shape, self_, ++sequence_, window, slot));
     const std::uint64_t offset = load::SlotOffset(options_.shape, self_);
-    for (const BoardPeer* peer : chosen_) {
+    for (const BoardPeer* peer : chosen) {
       auto done = [shared = shared_, buffer](Status status) {
         --shared->in_flight[buffer];
         if (!status) ++shared->failures;
@@ -66,15 +65,15 @@ class DisseminatorImpl final : public Disseminator {
   const load::LoadView& view() const override { return view_; }
   DisseminationCounts counts() const override {
     DisseminationCounts c = counts_;
+    c.board = reader_.counts();
     c.put_failures += shared_->failures;
     return c;
   }
 
  private:
   // `fanout` distinct peers, uniformly (a partial Fisher-Yates shuffle of
-  // the candidates' indices).
-  void ChoosePeers(std::span<const BoardPeer> peers) {
-    chosen_.clear();
+  // the candidates).
+  std::span<const BoardPeer* const> ChoosePeers(std::span<const BoardPeer> peers) {
     candidates_.clear();
     for (const BoardPeer& p : peers) {
       if (p.node != self_ && p.endpoint != nullptr && p.board != nullptr) candidates_.push_back(&p);
@@ -83,8 +82,8 @@ class DisseminatorImpl final : public Disseminator {
     for (std::size_t i = 0; i < n; ++i) {
       std::uniform_int_distribution<std::size_t> pick(i, candidates_.size() - 1);
       std::swap(candidates_[i], candidates_[pick(rng_)]);
-      chosen_.push_back(candidates_[i]);
     }
+    return std::span(candidates_).first(n);
   }
 
   std::uint32_t self_;
@@ -102,7 +101,6 @@ class DisseminatorImpl final : public Disseminator {
   };
   std::shared_ptr<Shared> shared_ = std::make_shared<Shared>();
   std::vector<const BoardPeer*> candidates_;
-  std::vector<const BoardPeer*> chosen_;
   DisseminationCounts counts_;
 };
 
@@ -114,8 +112,8 @@ Result<std::unique_ptr<Disseminator>> Disseminator::Create(transport::Fabric& fa
   if (options.fanout == 0) {
     return MakeError(Errc::kInvalidArgument, "gossip: a fanout of 0 spreads nothing");
   }
+  // Zero-filled: every slot reads as empty until a peer writes it.
   ROAM_ASSIGN_OR_RETURN(auto board, fabric.Allocate(options.shape.bytes()));
-  std::fill(board->data(), board->data() + board->size(), std::byte{0});
   ROAM_ASSIGN_OR_RETURN(auto out, fabric.Allocate(kBuffers * options.shape.slot_bytes()));
   return std::unique_ptr<Disseminator>(
       std::make_unique<DisseminatorImpl>(self, options, std::move(board), std::move(out)));

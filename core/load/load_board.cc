@@ -95,7 +95,8 @@ void BoardReader::Scan(std::span<const std::byte> board,
       ++counts_.empty;
       continue;
     }
-    if (last.sequence != 0 && first.writer() == last.writer && first.sequence() == last.sequence) {
+    const bool same_writer = last.sequence != 0 && first.writer() == last.writer;
+    if (same_writer && first.sequence() == last.sequence) {
       ++counts_.unchanged;
       continue;
     }
@@ -111,7 +112,7 @@ void BoardReader::Scan(std::span<const std::byte> board,
       ++counts_.torn;
       continue;
     }
-    if (last.sequence != 0 && first.writer() == last.writer && first.sequence() < last.sequence) {
+    if (same_writer && first.sequence() < last.sequence) {
       ++counts_.stale;
       continue;
     }

@@ -264,11 +264,11 @@ Status RemotePageSource::ForEach(const RunFn& fn) {
       cursor = std::max(cursor, lo);
       const std::uint64_t end =
           std::min(cursor + std::uint64_t{wire::kMaxPagesPerRequest} * kPageSize, hi);
-      auto it = chunks_.find(cursor);
-      if (it != chunks_.end()) chunks_.erase(it);  // a stale chunk of ReadPage's
       ROAM_ASSIGN_OR_RETURN(
           auto c, Ask(cursor, static_cast<std::uint32_t>((end - cursor) / kPageSize), false));
-      chunks_.erase(c->start);  // not cached: read once, in order
+      // Not cached (read once, in order); Ask's entry also replaced a stale
+      // chunk of ReadPage's at this address.
+      chunks_.erase(c->start);
       pending.push_back(std::move(c));
       cursor = end;
       if (cursor == hi) ++range;

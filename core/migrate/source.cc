@@ -18,7 +18,6 @@
 
 #include "core/ckpt/image/image.pb.h"
 #include "core/ckpt/image/image_dir.h"
-#include "core/ckpt/image/page_store.h"
 #include "core/ckpt/procfs/procfs.h"
 #include "core/migrate/put_page_sink.h"
 #include "core/migrate/wire.h"

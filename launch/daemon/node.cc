@@ -750,10 +750,8 @@ void Node::EndDeputy(const std::string& id, control::Reply last) {
   auto it = deputies_.find(id);
   if (it == deputies_.end()) return;
   if (it->second->state == "migrating") {
-    control::Reply ended;
-    ToWire(MakeError(Errc::kNotFound, "process {} ended during its move", id),
-           ended.mutable_error());
-    AnswerMigrate(*it->second, std::move(ended));
+    AnswerMigrate(*it->second,
+                  ErrorReply(MakeError(Errc::kNotFound, "process {} ended during its move", id)));
   }
   const std::uint64_t sid = it->second->sid;
   deputies_.erase(it);
@@ -1204,7 +1202,7 @@ void Node::FinishMigration(const std::string& sender, const peer::MigrationDone&
   } else {
     const Error failed = FromWire(done.error());
     d->note = fmt::format("its last move, to {}, failed: {}", to, failed.message());
-    ToWire(failed.WithContext(fmt::format("{} stays on {}", d->id, from)), reply.mutable_error());
+    reply = ErrorReply(failed.WithContext(fmt::format("{} stays on {}", d->id, from)));
   }
   AnswerMigrate(*d, std::move(reply));
   // What waited for the move goes to wherever the process runs now.

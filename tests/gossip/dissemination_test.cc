@@ -74,6 +74,7 @@ class DisseminationTest : public ::testing::Test {
   }
 
   static constexpr std::uint64_t kTickNs = 1'000'000'000;
+  // Destroyed in reverse: keys, endpoints, nodes, fabrics, then the network.
   transport::FakeNetwork net_;
   std::vector<std::unique_ptr<transport::Fabric>> fabrics_;
   std::vector<std::unique_ptr<Disseminator>> nodes_;
@@ -83,13 +84,6 @@ class DisseminationTest : public ::testing::Test {
   std::vector<std::uint32_t> load_;
   std::set<std::uint32_t> dead_;
   std::uint64_t tick_ = 0;
-
-  void TearDown() override {
-    keys_.clear();
-    endpoints_.clear();
-    nodes_.clear();
-    fabrics_.clear();
-  }
 };
 
 TEST_F(DisseminationTest, ALoadChangeReachesEveryNodeWithinAFewTicks) {
