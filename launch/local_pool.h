@@ -51,6 +51,9 @@ struct LocalPoolOptions {
   double cpus_per_node = 1.0;  // the quota of each node's guests, > 0
   // Each roamd's staging in MiB (roamd --staging); unset: roamd's default.
   std::optional<std::int64_t> staging_mib;
+  // Each roamd's load sharing (roamd --balance: off, exec, mosix); empty:
+  // roamd's default.
+  std::string balance;
   // The roamd program; empty: $ROAM_ROAMD, else roamd next to this program
   // (/proc/self/exe's directory).
   std::string roamd;

@@ -55,6 +55,10 @@ void AddPoolCommands(CLI::App& app) {
                  "MiB of staging each node allocates at start for incoming moves (roamd "
                  "--staging; default roamd's)")
       ->check(CheckMebibytes);
+  up->add_option("--balance", g_pool.balance,
+                 "Load sharing on every node (roamd --balance): off, exec or mosix; default "
+                 "roamd's (off)")
+      ->check(CLI::IsMember({"off", "exec", "mosix"}));
   up->add_option("--name", g_pool.name, "The pool's name, [A-Za-z0-9_-]{1,16}")
       ->capture_default_str();
   CLI::App* down = pool->add_subcommand("down", "Stop a local pool and remove what it left");

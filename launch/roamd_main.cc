@@ -34,6 +34,7 @@ struct Flags {
   std::string guest_cgroup;
   double cpus = 0;
   std::int64_t staging_mib = roam::daemon::kDefaultStagingBytes >> 20;
+  std::string balance = "off";
 };
 
 roam::Status Serve(const Flags& flags) {
@@ -55,7 +56,20 @@ roam::Status Serve(const Flags& flags) {
   ROAM_ASSIGN_OR_RETURN(auto data, transport::OpenFabric("ucx", fabric_options));
   ROAM_ASSIGN_OR_RETURN(const auto data_address, data->Address());
 
+  // The load board lives on the control fabric (the event loop's thread
+  // progresses it) and its key is published with the node's addresses.
+  ROAM_ASSIGN_OR_RETURN(const daemon::BalanceMode mode, daemon::ParseBalanceMode(flags.balance));
+  daemon::Balancer::Options balance_options;
+  balance_options.self = static_cast<std::uint32_t>(flags.rank);
+  balance_options.mode = mode;
+  balance_options.gossip.seed =
+      static_cast<std::uint64_t>(getpid()) ^ static_cast<std::uint64_t>(time(nullptr));
+  std::unique_ptr<daemon::Balancer> balancer;
   daemon::PoolOptions pool_options;
+  if (mode != daemon::BalanceMode::kOff) {
+    ROAM_ASSIGN_OR_RETURN(balancer, daemon::Balancer::Create(*control, balance_options));
+    ROAM_ASSIGN_OR_RETURN(pool_options.board_key, balancer->PackBoardKey());
+  }
   pool_options.name = flags.name;
   pool_options.rank = flags.rank;
   pool_options.size = flags.size;
@@ -73,6 +87,7 @@ roam::Status Serve(const Flags& flags) {
                                 return node_ptr->OnPeerMessage(sender, message);
                               }));
   ROAM_TRY(loop->AddFabric(*control));
+  if (balancer) ROAM_TRY(balancer->Attach(*peers));
 
   daemon::NodeOptions node_options;
   node_options.socket = flags.socket;
@@ -80,6 +95,7 @@ roam::Status Serve(const Flags& flags) {
   node_options.cpus =
       flags.cpus > 0 ? flags.cpus : static_cast<double>(sysconf(_SC_NPROCESSORS_ONLN));
   node_options.staging_bytes = static_cast<std::size_t>(flags.staging_mib) << 20;
+  node_options.balancer = balancer.get();
   // Each incoming post-copy fetches its pages on a fabric of its own.
   auto page_fabric = [name = flags.name]() {
     transport::FabricOptions options;
@@ -103,6 +119,8 @@ roam::Status Serve(const Flags& flags) {
   Status ran = loop->Run();
   node_ptr = nullptr;
   node.reset();
+  // Its board keys were unpacked by the pool's endpoints: gone before them.
+  balancer.reset();
   unlink(flags.socket.c_str());
   (void)loop->RemoveFabric(*control);
   return ran;
@@ -132,6 +150,12 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
                  "first move); a move that needs more grows it while it runs")
       ->capture_default_str()
       ->check(roam::launch::CheckMebibytes);
+  app.add_option("--balance", flags.balance,
+                 "Load sharing: off (processes run where asked), exec (new processes start on "
+                 "the least-loaded node) or mosix (that, and old processes move from overloaded "
+                 "nodes to lighter ones)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"off", "exec", "mosix"}));
   if (const auto exit_code = roam::launch::ParseCommandLine(app, argc, argv)) return *exit_code;
   if (flags.rank >= flags.size) {
     std::fprintf(stderr, "roamd: --rank %d is not below --size %d\n", flags.rank, flags.size);

@@ -23,6 +23,7 @@
 
 #include "core/ckpt/procfs/procfs.h"
 #include "roam/base/fault_injection.h"
+#include "roam/policy/eviction.h"
 #include "roam/proc/guest_spawn.h"
 
 namespace roam::daemon {
@@ -39,6 +40,17 @@ constexpr std::chrono::milliseconds kBusyRetry{20};
 constexpr std::chrono::milliseconds kCarryRetry{5};
 constexpr int kCarryTries = 400;
 constexpr std::chrono::milliseconds kExitRetry{500};
+// A process whose rebalancing move could not be arranged, or failed, is
+// not tried again for this long.
+constexpr std::chrono::nanoseconds kRebalanceRetry = std::chrono::seconds(30);
+
+// The pool's clock for load vectors and the policy: wall-clock time, which
+// the nodes of a cluster keep in step (NTP, PTP); steady_clock is per host.
+std::uint64_t PoolNow() {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::system_clock::now().time_since_epoch())
+                                        .count());
+}
 
 // The CPU time of a process in seconds (utime + stime of /proc/PID/stat, its
 // threads included), or -1 when it cannot be read.
@@ -233,6 +245,13 @@ struct Node::Guest {
   bool migrating = false;    // a move is under way: an exit waits for its outcome
   bool moved = false;        // it runs elsewhere now; the rest is handing over
   peer::MigrationDone done;  // for the home, once the hand-over is complete
+  // Load sharing: when it arrived here by a move (pool clock; 0: it
+  // started here, so no residence time holds it), whether a
+  // rebalancing move of it is being arranged, and not before when it may
+  // be tried again after one failed.
+  std::uint64_t arrived_ns = 0;
+  bool rebalancing = false;
+  std::uint64_t rebalance_after_ns = 0;
 };
 
 Node::Node(EventLoop& loop, PoolPeers& peers, NodeOptions options, UniqueFd listen_fd)
@@ -527,16 +546,39 @@ void Node::CheckAwaitedHomes() {
 // ---- run ------------------------------------------------------------------
 
 void Node::HandleRun(std::uint64_t sid, const control::Run& run) {
-  Session& session = *sessions_.at(sid);
   if (run.argv_size() == 0) {
     SendError(sid, MakeError(Errc::kInvalidArgument, "roam run: no command given"));
     return;
   }
-  const std::string node = run.node().empty() ? peers_.self() : run.node();
-  if (peers_.Find(node) == nullptr) {
-    SendError(sid, MakeError(Errc::kNotFound, "no node '{}' in this pool", node));
+  if (!run.node().empty()) {
+    if (peers_.Find(run.node()) == nullptr) {
+      SendError(sid, MakeError(Errc::kNotFound, "no node '{}' in this pool", run.node()));
+      return;
+    }
+    StartRun(sid, run, run.node());
     return;
   }
+  const Balancer::Placement place = options_.balancer != nullptr
+                                        ? options_.balancer->Place(PoolNow())
+                                        : Balancer::Placement{peers_.self(), 0};
+  if (place.node == peers_.self()) {
+    StartRun(sid, run, peers_.self());
+    return;
+  }
+  // The target may have filled since its vector was sampled: it is asked,
+  // and a refusal (or no answer) starts the process here.
+  peer::Message m;
+  m.mutable_reserve()->set_load_per_cpu(place.here_load_per_cpu);
+  peers_.Send(place.node, m, [this, sid, run, target = place.node](Result<peer::Reply> r) {
+    if (sessions_.count(sid) == 0) return;
+    const std::string node = r ? target : peers_.self();
+    if (r) options_.balancer->Record(target, PoolNow(), 1);
+    StartRun(sid, run, node);
+  });
+}
+
+void Node::StartRun(std::uint64_t sid, const control::Run& run, const std::string& node) {
+  Session& session = *sessions_.at(sid);
   auto deputy = std::make_unique<Deputy>();
   deputy->id = fmt::format("{}:{}", peers_.self(), next_process_++);
   deputy->uid = session.who.uid;
@@ -1099,6 +1141,78 @@ void Node::SampleLoad() {
     g->cpu_at_last_sample = cpu;
   }
   load_ = elapsed > 0 ? used / elapsed : 0;
+  BalanceTick();
+}
+
+void Node::BalanceTick() {
+  Balancer* balancer = options_.balancer;
+  if (balancer == nullptr || balancer->mode() == BalanceMode::kOff) return;
+  const std::uint64_t now = PoolNow();
+  load::NodeReadings readings;
+  readings.capacity_cpus = options_.cpus;
+  readings.flags = policy::NodeFlags(/*draining=*/false, /*owner_mode=*/false, false);
+  std::vector<policy::Candidate> candidates;
+  std::vector<Guest*> by_index;
+  for (auto& [id, g] : guests_) {
+    if (g->exited || g->moved) continue;
+    readings.runnable += RunnableTasks(g->pid);
+    if (g->home != peers_.self()) ++readings.guests;
+    ++readings.processes;
+    if (g->migrating || g->rebalancing || now < g->rebalance_after_ns) continue;
+    const Member* home = peers_.Find(g->home);
+    const double cpu = CpuSeconds(g->pid);
+    if (home == nullptr || cpu < 0) continue;
+    candidates.push_back({.id = by_index.size(),
+                          .home = static_cast<std::uint32_t>(home->rank),
+                          .cpu_age = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::duration<double>(cpu)),
+                          .resident_bytes = ResidentBytes(g->pid),
+                          .arrived_ns = g->arrived_ns});
+    by_index.push_back(g.get());
+  }
+  balancer->Tick(readings, now);
+  for (const Balancer::NamedMove& move : balancer->Moves(candidates, now)) {
+    Rebalance(*by_index[move.id], move);
+  }
+}
+
+void Node::Rebalance(Guest& guest, const Balancer::NamedMove& move) {
+  guest.rebalancing = true;
+  const std::string id = guest.id;
+  // Retried only after a while if it cannot be arranged.
+  auto give_up = [this, id](std::string_view why) {
+    Guest* g = FindGuest(id);
+    if (g == nullptr) return;
+    g->rebalancing = false;
+    g->rebalance_after_ns = PoolNow() + static_cast<std::uint64_t>(kRebalanceRetry.count());
+    std::fprintf(stderr, "roamd %s: not moving %s now: %.*s\n", peers_.self().c_str(), id.c_str(),
+                 static_cast<int>(why.size()), why.data());
+  };
+  peer::Message reserve;
+  reserve.mutable_reserve()->set_load_per_cpu(move.source_load_per_cpu);
+  peers_.Send(move.target, reserve,
+              [this, id, target = move.target, give_up](Result<peer::Reply> granted) {
+                if (!granted) {
+                  give_up(granted.error().message());
+                  return;
+                }
+                Guest* g = FindGuest(id);
+                if (g == nullptr || g->exited) return;
+                const std::uint64_t now = PoolNow();
+                options_.balancer->Record(peers_.self(), now, -1);
+                options_.balancer->Record(target, now, 1);
+                // Decided at its home, like `roam migrate` (the node's own authority).
+                peer::Message m;
+                m.mutable_forward()->set_uid(0);
+                control::Request* request = m.mutable_forward()->mutable_request();
+                request->set_version(kControlVersion);
+                request->mutable_migrate()->set_id(id);
+                request->mutable_migrate()->set_to(target);
+                peers_.Send(g->home, m, [give_up](Result<peer::Reply> r) {
+                  if (!r) give_up(r.error().message());
+                  // Otherwise under way: OnMigrationOutcome ends it here.
+                });
+              });
 }
 
 void Node::Shutdown() {
@@ -1301,6 +1415,12 @@ void Node::OnMigrationOutcome(MigrationOutcome outcome) {
   Guest* g = FindGuest(outcome.id);
   if (g == nullptr) return;
   g->migrating = false;
+  if (g->rebalancing) {
+    g->rebalancing = false;
+    if (!outcome.report) {
+      g->rebalance_after_ns = PoolNow() + static_cast<std::uint64_t>(kRebalanceRetry.count());
+    }
+  }
   g->done.set_id(g->id);
   if (!outcome.report) {
     // It runs on here. Tell home; an exit that came meanwhile is reported now.
@@ -1401,6 +1521,7 @@ void Node::OnArrival(Arrival arrival) {
     inits_.push_back(arrival.running.pid);  // reaped with the inits
     return;
   }
+  guest->arrived_ns = PoolNow();
   Guest& g = *guest;
   guests_.emplace(g.id, std::move(guest));
   WatchGuest(g);
@@ -1546,6 +1667,12 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
     }
     case peer::Message::kMigrateGuest:
       ROAM_TRY(MigrateGuestAway(sender, message.migrate_guest()));
+      return reply;
+    case peer::Message::kReserve:
+      if (options_.balancer != nullptr &&
+          !options_.balancer->Admit(message.reserve().load_per_cpu(), PoolNow())) {
+        return MakeError(Errc::kResourceExhausted, "{} has no room for it now", peers_.self());
+      }
       return reply;
     case peer::Message::kMigrationDone:
       FinishMigration(sender, message.migration_done());

@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "launch/daemon/balancer.h"
 #include "launch/daemon/control.pb.h"
 #include "launch/daemon/control_socket.h"
 #include "launch/daemon/event_loop.h"
@@ -52,7 +53,10 @@ struct NodeOptions {
   std::filesystem::path socket;
   // cgroup (v1 cpu hierarchy) directory that guests join; empty: none.
   std::string guest_cgroup;
-  double cpus = 1.0;  // the node's capacity, for `roam nodes`
+  double cpus = 1.0;  // the node's capacity: `roam nodes`, its load vector
+  // Load sharing (sampling, gossip, placement, rebalancing); nullptr: none.
+  // Outlives the node.
+  Balancer* balancer = nullptr;
   // Incoming moves' staging, allocated at start (roamd --staging). A move
   // that needs more grows it during the move: a pre-copy asks for twice the
   // process's memory.
@@ -99,6 +103,8 @@ class Node final {
   void CloseSession(std::uint64_t sid);
 
   void HandleRun(std::uint64_t sid, const control::Run& run);
+  // The run's process goes to `node` (HandleRun's choice).
+  void StartRun(std::uint64_t sid, const control::Run& run, const std::string& node);
   void HandlePs(std::uint64_t sid, const control::Ps& ps);
   void HandleNodes(std::uint64_t sid);
   void HandleStdin(std::uint64_t sid, const control::Request& request);
@@ -149,6 +155,10 @@ class Node final {
   void UnwatchGuest(Guest& guest);
   void ReapInits();
   void SampleLoad();
+  // Load sharing, each sample: the node's vector out, then (mosix) moves
+  // of old processes to lighter nodes, each reserved at its target first.
+  void BalanceTick();
+  void Rebalance(Guest& guest, const Balancer::NamedMove& move);
   // Migration, at the process's current node and at its new one.
   Status MigrateGuestAway(const std::string& home, const peer::MigrateGuest& request);
   void OnMigrationOutcome(MigrationOutcome outcome);

@@ -89,6 +89,7 @@ Result<std::unique_ptr<PoolPeers>> PoolPeers::Join(EventLoop& loop, transport::F
   ROAM_TRY(boot->Put("roamd.host", View(HostAddress())));
   ROAM_TRY(boot->Put("roamd.control", control_address));
   ROAM_TRY(boot->Put("roamd.data", data_address));
+  ROAM_TRY(boot->Put("roamd.board", options.board_key));
   ROAM_TRY(boot->Fence(options.join_timeout));
 
   std::unique_ptr<PoolPeers> peers(
@@ -102,6 +103,7 @@ Result<std::unique_ptr<PoolPeers>> PoolPeers::Join(EventLoop& loop, transport::F
     m.host.assign(reinterpret_cast<const char*>(host.data()), host.size());
     ROAM_ASSIGN_OR_RETURN(m.control, boot->Get(rank, "roamd.control"));
     ROAM_ASSIGN_OR_RETURN(m.data, boot->Get(rank, "roamd.data"));
+    ROAM_ASSIGN_OR_RETURN(m.board, boot->Get(rank, "roamd.board"));
     if (peers->Find(m.name) != nullptr) {
       return MakeError(Errc::kInvalidArgument, "two nodes of the pool are named '{}'", m.name);
     }

@@ -38,6 +38,7 @@ struct Member {
   std::string host;          // an address for people (roam nodes)
   transport::Bytes control;  // control fabric address
   transport::Bytes data;     // migration fabric address
+  transport::Bytes board;    // its load board's key on the control fabric; empty: none
 };
 
 struct PoolOptions {
@@ -47,6 +48,8 @@ struct PoolOptions {
   int size = 1;
   std::chrono::milliseconds join_timeout{30'000};
   std::chrono::milliseconds request_timeout{5'000};
+  // This node's load board key (Balancer::PackBoardKey); empty: no board.
+  transport::Bytes board_key;
 };
 
 class PoolPeers final {
@@ -87,12 +90,14 @@ class PoolPeers final {
   Result<std::string> SealFor(const std::string& to, std::uint32_t kind, const std::string& body);
   const pool::PoolKey& key() const { return key_; }
 
+  // The control endpoint to `member`, connected on first use.
+  Result<transport::Endpoint*> EndpointTo(const Member& member);
+
  private:
   PoolPeers(EventLoop& loop, transport::Fabric& control, pool::PoolKey key, std::string self,
             std::chrono::milliseconds timeout);
   Result<transport::Bytes> Seal(const std::string& to, std::uint32_t kind, const std::string& body);
   Result<transport::Bytes> Serve(const transport::Message& request);
-  Result<transport::Endpoint*> EndpointTo(const Member& member);
 
   EventLoop& loop_;
   transport::Fabric& control_;

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -82,6 +83,10 @@ class PoolTest : public ::testing::Test {
       if (!cgroups_.empty()) {
         argv.push_back("--guest-cgroup");
         argv.push_back(GuestCgroup(i).string());
+      }
+      if (!balance_.empty()) {
+        argv.push_back("--balance");
+        argv.push_back(balance_);
       }
       launch::LocalNodes::Environment env = {{"UCX_TLS", "tcp"}, {"UCX_NET_DEVICES", "eth0"}};
       if (i == fault_node_) env.emplace_back("ROAM_FAULT", fault_);
@@ -199,6 +204,9 @@ class PoolTest : public ::testing::Test {
   // constructor.
   int fault_node_ = -1;
   std::string fault_;
+  // roamd --balance for every node, set by a fixture's constructor; empty:
+  // roamd's default.
+  std::string balance_;
   std::vector<pid_t> background_;
 };
 
@@ -621,6 +629,49 @@ TEST_F(PoolTestOldNodeDiesAfterAMove, HomeFindsTheProcessAtItsNewNode) {
   EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "counter.err");
   EXPECT_NE(ReadFile(dir_.path() / "counter.out").find("59 3481\n"), std::string::npos)
       << ReadFile(dir_.path() / "counter.out");
+}
+
+}  // namespace
+}  // namespace roam
+
+namespace roam {
+namespace {
+
+class PoolTestBalancing : public PoolTest {
+ protected:
+  PoolTestBalancing() { balance_ = "mosix"; }
+};
+
+// The end-to-end check: six CPU-bound processes started on one node
+// of three spread over the pool by themselves (no roam migrate), and each
+// prints what it would have printed undisturbed.
+TEST_F(PoolTestBalancing, AnOverloadedNodeShedsProcessesByItselfAndEveryOutputIsCorrect) {
+  constexpr int kJobs = 6;
+  const std::string job =
+      "python3 -c 'import sys\n"
+      "s = 0\n"
+      "for i in range(12000000): s += i * i % 7\n"
+      "print(sys.argv[1], s)' ";
+  std::vector<pid_t> runs;
+  for (int j = 0; j < kJobs; ++j) {
+    runs.push_back(RoamInBackground(0, "run --node n1 -- " + job + std::to_string(j),
+                                    "job" + std::to_string(j)));
+  }
+  std::set<std::string> seen_on;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (seen_on.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    const auto ps = Ps(0);
+    for (const auto& p : ps) {
+      if (p["node"] != "n1") seen_on.insert(p["node"].get<std::string>());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(seen_on, (std::set<std::string>{"n2", "n3"})) << "the burst did not spread";
+  for (int j = 0; j < kJobs; ++j) {
+    EXPECT_EQ(Wait(runs[j], std::chrono::seconds(120)), 0) << "job " << j;
+    EXPECT_EQ(ReadFile(dir_.path() / ("job" + std::to_string(j) + ".out")),
+              std::to_string(j) + " 23999999\n");
+  }
 }
 
 }  // namespace

@@ -34,7 +34,7 @@ struct Candidate {
   std::uint32_t home = 0;               // its home node
   std::chrono::nanoseconds cpu_age{0};  // CPU time it has used
   std::uint64_t resident_bytes = 0;
-  std::uint64_t arrived_ns = 0;  // when it started or arrived at this node
+  std::uint64_t arrived_ns = 0;  // when it arrived here by a move; 0: started here
   bool movable = true;           // false: capture refuses it (the caller knows why)
 };
 

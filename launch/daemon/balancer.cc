@@ -1,0 +1,162 @@
+#include "launch/daemon/balancer.h"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <string>
+#include <utility>
+
+#include "roam/policy/placement.h"
+
+namespace roam::daemon {
+namespace {
+
+// The state field of a /proc/.../stat line: the first character after the
+// last ')' and a space (the command name may hold both).
+char StateOf(const std::string& stat) {
+  const std::size_t close = stat.rfind(')');
+  return close == std::string::npos || close + 2 >= stat.size() ? '?' : stat[close + 2];
+}
+
+}  // namespace
+
+Result<BalanceMode> ParseBalanceMode(std::string_view text) {
+  if (text == "off") return BalanceMode::kOff;
+  if (text == "exec") return BalanceMode::kExec;
+  if (text == "mosix") return BalanceMode::kMosix;
+  return MakeError(Errc::kInvalidArgument, "unknown balance mode '{}' (off, exec or mosix)", text);
+}
+
+std::string_view BalanceModeName(BalanceMode mode) {
+  switch (mode) {
+    case BalanceMode::kOff:
+      return "off";
+    case BalanceMode::kExec:
+      return "exec";
+    case BalanceMode::kMosix:
+      return "mosix";
+  }
+  return "?";
+}
+
+int RunnableTasks(pid_t pid) {
+  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return 0;
+  int runnable = 0;
+  while (const dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream in(dir + "/" + e->d_name + "/stat");
+    std::string line;
+    if (std::getline(in, line) && StateOf(line) == 'R') ++runnable;
+  }
+  closedir(d);
+  return runnable;
+}
+
+std::uint64_t ResidentBytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/statm");
+  std::uint64_t size = 0;
+  std::uint64_t resident = 0;
+  if (!(in >> size >> resident)) return 0;
+  return resident * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+Result<std::unique_ptr<Balancer>> Balancer::Create(transport::Fabric& control, Options options) {
+  ROAM_TRY(policy::Validate(options.policy));
+  ROAM_ASSIGN_OR_RETURN(auto gossip,
+                        gossip::Disseminator::Create(control, options.self, options.gossip));
+  return std::unique_ptr<Balancer>(new Balancer(std::move(options), std::move(gossip)));
+}
+
+Balancer::Balancer(Options options, std::unique_ptr<gossip::Disseminator> gossip)
+    : options_(std::move(options)),
+      gossip_(std::move(gossip)),
+      // The epoch tells this daemon's vectors from an earlier one's.
+      sampler_(options_.self, static_cast<std::uint32_t>(time(nullptr)), options_.sampler),
+      ledger_(options_.policy.load_half_life),
+      rng_(options_.gossip.seed) {}
+
+Status Balancer::Attach(PoolPeers& peers) {
+  const Member* self = peers.Find(peers.self());
+  if (self == nullptr || static_cast<std::uint32_t>(self->rank) != options_.self) {
+    return MakeError(Errc::kInternal, "node {} is not rank {} of its pool", peers.self(),
+                     options_.self);
+  }
+  pool_ = &peers;
+  boards_.resize(peers.members().size());
+  for (const Member& m : peers.members()) {
+    if (m.board.empty() || m.name == peers.self()) continue;
+    ROAM_ASSIGN_OR_RETURN(transport::Endpoint * ep, peers.EndpointTo(m));
+    auto key = ep->UnpackKey(m.board);
+    if (!key) {
+      return MakeError(key.error().code(), "the load board key of {} does not unpack: {}", m.name,
+                       key.error().message());
+    }
+    boards_[static_cast<std::size_t>(m.rank)] = std::move(*key);
+    board_peers_.push_back(
+        {static_cast<std::uint32_t>(m.rank), ep, boards_[static_cast<std::size_t>(m.rank)].get()});
+  }
+  return Ok();
+}
+
+void Balancer::Tick(const load::NodeReadings& readings, std::uint64_t now_ns) {
+  own_ = sampler_.Sample(readings, now_ns);
+  sampled_ = true;
+  ledger_.Expire(now_ns -
+                 std::min<std::uint64_t>(
+                     now_ns, static_cast<std::uint64_t>(options_.policy.max_info_age.count())));
+  // A put that cannot be issued is counted by the disseminator; the next
+  // tick tries other peers.
+  (void)gossip_->Tick(own_, board_peers_);
+}
+
+std::optional<std::uint32_t> Balancer::RankOf(std::string_view name) const {
+  if (pool_ == nullptr) return std::nullopt;
+  const Member* m = pool_->Find(name);
+  if (m == nullptr) return std::nullopt;
+  return static_cast<std::uint32_t>(m->rank);
+}
+
+std::string Balancer::NameOf(std::uint32_t rank) const {
+  for (const Member& m : pool_->members()) {
+    if (static_cast<std::uint32_t>(m.rank) == rank) return m.name;
+  }
+  return pool_->self();
+}
+
+Balancer::Placement Balancer::Place(std::uint64_t now_ns) {
+  Placement here{pool_ == nullptr ? "" : pool_->self(), 0};
+  if (pool_ == nullptr || options_.mode == BalanceMode::kOff || !sampled_) return here;
+  const double with_one = (ledger_.Adjusted(own_) + 1000.0) / std::max(1u, own_.capacity_milli());
+  const policy::PlacementChoice choice =
+      policy::ChoosePlacement(own_, peers(), ledger_, now_ns, options_.policy, rng_);
+  return {NameOf(choice.node), with_one};
+}
+
+std::vector<Balancer::NamedMove> Balancer::Moves(std::span<const policy::Candidate> candidates,
+                                                 std::uint64_t now_ns) {
+  std::vector<NamedMove> named;
+  if (pool_ == nullptr || options_.mode != BalanceMode::kMosix || !sampled_) return named;
+  for (const policy::Move& m :
+       policy::ChooseMoves(own_, peers(), candidates, ledger_, now_ns, options_.policy, rng_)) {
+    named.push_back({m.id, NameOf(m.target), m.source_load_per_cpu});
+  }
+  return named;
+}
+
+bool Balancer::Admit(double asker_load_per_cpu, std::uint64_t now_ns) {
+  if (options_.mode == BalanceMode::kOff || !sampled_) return true;
+  if (!policy::Admit(own_, ledger_, asker_load_per_cpu)) return false;
+  ledger_.Record(options_.self, now_ns, 1000);
+  return true;
+}
+
+void Balancer::Record(std::string_view node, std::uint64_t now_ns, int processes) {
+  if (const std::optional<std::uint32_t> rank = RankOf(node)) {
+    ledger_.Record(*rank, now_ns, processes * 1000);
+  }
+}
+
+}  // namespace roam::daemon

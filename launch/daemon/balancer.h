@@ -1,0 +1,121 @@
+// roamd's part in load sharing: it samples this node's load (the runnable
+// tasks of the processes roam runs here, against the CPUs the node offers),
+// spreads it through the pool with MOSIX dissemination (roam::gossip: a
+// load board peers write with one-sided puts on the control fabric), and
+// asks the policy (roam::policy) where a new process should start, which
+// processes should move away, and whether to take one a peer offers.
+//
+// Node ids in load vectors are pool ranks.
+//
+// Thread-safety: one thread, the daemon's event loop (which progresses the
+// control fabric). Lifetime: the fabric outlives the balancer; Attach's
+// PoolPeers outlives it too.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <random>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "launch/daemon/pool_peers.h"
+#include "roam/base/error.h"
+#include "roam/gossip/dissemination.h"
+#include "roam/load/sampler.h"
+#include "roam/policy/config.h"
+#include "roam/policy/load_ledger.h"
+#include "roam/policy/rebalance.h"
+#include "roam/transport/transport.h"
+
+namespace roam::daemon {
+
+// What the node does with the load it learns (roamd --balance).
+enum class BalanceMode {
+  kOff,    // no sampling, no gossip: processes run where they are asked to
+  kExec,   // new processes start on the least-loaded node; nothing moves
+  kMosix,  // that, and overloaded nodes move old processes to lighter ones
+};
+Result<BalanceMode> ParseBalanceMode(std::string_view text);
+std::string_view BalanceModeName(BalanceMode mode);
+
+// The runnable tasks (state R) among the threads of `pid`; 0 when it is gone.
+int RunnableTasks(pid_t pid);
+// Its resident memory in bytes (/proc/PID/statm); 0 when it is gone.
+std::uint64_t ResidentBytes(pid_t pid);
+
+class Balancer final {
+ public:
+  struct Options {
+    std::uint32_t self = 0;  // this node's rank in its pool
+    BalanceMode mode = BalanceMode::kMosix;
+    policy::PolicyConfig policy;
+    load::LoadSampler::Options sampler;
+    gossip::Disseminator::Options gossip;
+  };
+
+  // The board is allocated on `control` now, so that its key is published
+  // when the node joins (PackBoardKey). Refuses a bad policy or gossip
+  // option with a one-line error.
+  static Result<std::unique_ptr<Balancer>> Create(transport::Fabric& control, Options options);
+
+  Result<transport::Bytes> PackBoardKey() const { return gossip_->PackBoardKey(); }
+  // Once the pool is known: a board to write to at every member that
+  // published one (unpacked on first use).
+  Status Attach(PoolPeers& peers);
+
+  BalanceMode mode() const { return options_.mode; }
+
+  // One tick: folds in a reading taken now, then gossips.
+  void Tick(const load::NodeReadings& readings, std::uint64_t now_ns);
+
+  // Where a process started here should run: a member's name (this node's
+  // own when nothing is better, balancing is off, or before the first
+  // tick), and this node's load per CPU with the process, for the target's
+  // Admit.
+  struct Placement {
+    std::string node;
+    double here_load_per_cpu = 0;
+  };
+  Placement Place(std::uint64_t now_ns);
+  // Moves to make now (kMosix only), targets as member names.
+  struct NamedMove {
+    std::uint64_t id = 0;  // the candidate's
+    std::string target;
+    double source_load_per_cpu = 0;
+  };
+  std::vector<NamedMove> Moves(std::span<const policy::Candidate> candidates, std::uint64_t now_ns);
+  // A peer offers a process that has `asker_load_per_cpu` where it is: yes
+  // (and counted here) while this node stays lighter with it.
+  bool Admit(double asker_load_per_cpu, std::uint64_t now_ns);
+  // A process is on its way to or from `node` (+1 arriving, -1 leaving).
+  void Record(std::string_view node, std::uint64_t now_ns, int processes);
+
+  // This node's latest vector, and what it knows of the others.
+  const load::LoadVector& own() const { return own_; }
+  std::span<const load::LoadVector> peers() const { return gossip_->view().peers(); }
+  gossip::DisseminationCounts counts() const { return gossip_->counts(); }
+
+ private:
+  Balancer(Options options, std::unique_ptr<gossip::Disseminator> gossip);
+  std::optional<std::uint32_t> RankOf(std::string_view name) const;
+  std::string NameOf(std::uint32_t rank) const;
+
+  Options options_;
+  std::unique_ptr<gossip::Disseminator> gossip_;
+  PoolPeers* pool_ = nullptr;
+  load::LoadSampler sampler_;
+  load::LoadVector own_{};
+  bool sampled_ = false;
+  policy::LoadLedger ledger_;
+  std::mt19937_64 rng_;
+  // By member rank: its board's key as its endpoint unpacked it, and the
+  // peer the disseminator writes to (a member without a board, or whose
+  // key did not unpack, is left out).
+  std::vector<std::unique_ptr<transport::RemoteKey>> boards_;
+  std::vector<gossip::BoardPeer> board_peers_;
+};
+
+}  // namespace roam::daemon
