@@ -6,6 +6,9 @@
 #include <functional>
 #include <string>
 #include <utility>
+#include <vector>
+
+#include "roam/base/check.h"
 
 namespace roam::numa {
 namespace {
@@ -86,6 +89,33 @@ int Topology::packages() const { return Count(topology_, HWLOC_OBJ_PACKAGE); }
 int Topology::numa_nodes() const { return Count(topology_, HWLOC_OBJ_NUMANODE); }
 int Topology::cores() const { return Count(topology_, HWLOC_OBJ_CORE); }
 int Topology::pus() const { return Count(topology_, HWLOC_OBJ_PU); }
+
+std::vector<NumaNodeCores> Topology::CoresByNumaNode() const {
+  const hwloc_obj_type_t core_type =
+      Count(topology_, HWLOC_OBJ_CORE) > 0 ? HWLOC_OBJ_CORE : HWLOC_OBJ_PU;
+  std::vector<NumaNodeCores> nodes;
+  hwloc_bitmap_t placed = hwloc_bitmap_alloc();  // PUs already listed under a node
+  ROAM_CHECK(placed != nullptr, "hwloc_bitmap_alloc: out of memory");
+  for (int i = 0; i < numa_nodes(); ++i) {
+    hwloc_obj_t numa = hwloc_get_obj_by_type(topology_, HWLOC_OBJ_NUMANODE, i);
+    NumaNodeCores& node = nodes.emplace_back();
+    node.os_index = static_cast<int>(numa->os_index);
+    if (numa->cpuset == nullptr) continue;
+    hwloc_obj_t core = nullptr;
+    while ((core = hwloc_get_next_obj_inside_cpuset_by_type(topology_, numa->cpuset, core_type,
+                                                            core)) != nullptr) {
+      if (hwloc_bitmap_intersects(core->cpuset, placed)) continue;
+      hwloc_bitmap_or(placed, placed, core->cpuset);
+      std::vector<int> pus;
+      unsigned pu = 0;
+      hwloc_bitmap_foreach_begin(pu, core->cpuset) { pus.push_back(static_cast<int>(pu)); }
+      hwloc_bitmap_foreach_end();
+      node.cores.push_back(CpuSet::FromList(std::move(pus)));
+    }
+  }
+  hwloc_bitmap_free(placed);
+  return nodes;
+}
 
 std::string Topology::Summary() const {
   return fmt::format("{}, {}, {}, {}", Plural(packages(), "package"),

@@ -9,12 +9,23 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "roam/base/error.h"
+#include "roam/numa/cpu_set.h"
 
 struct hwloc_topology;
 
 namespace roam::numa {
+
+// One NUMA node and the cores whose memory is local to it, as placement sees
+// them. Nodes come in hwloc's logical order; a core is listed under the first
+// node whose CPUs include it, so a node that shares its CPUs with an earlier
+// one (high-bandwidth memory beside DRAM) or has none lists no cores.
+struct NumaNodeCores {
+  int os_index = 0;           // the kernel's node number (nodeN in sysfs)
+  std::vector<CpuSet> cores;  // each core's PUs (OS numbers), in logical order
+};
 
 class Topology final {
  public:
@@ -36,6 +47,10 @@ class Topology final {
   int numa_nodes() const;
   int cores() const;
   int pus() const;  // processing units: hardware threads
+
+  // Every NUMA node with its cores. Where hwloc reports no cores (some
+  // platforms expose only PUs), each PU stands for a core.
+  std::vector<NumaNodeCores> CoresByNumaNode() const;
 
   // "1 package, 1 NUMA node, 2 cores, 2 PUs"
   std::string Summary() const;
