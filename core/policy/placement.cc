@@ -15,14 +15,14 @@ PlacementChoice ChoosePlacement(const load::LoadVector& own,
                                 std::span<const load::LoadVector> peers, const LoadLedger& ledger,
                                 std::uint64_t now_ns, const PolicyConfig& config,
                                 std::mt19937_64& rng) {
-  const PlacementChoice here{own.node(), WithOne(own, ledger)};
+  const PlacementChoice here{own.node(), WithOne(own, ledger), WithOne(own, ledger)};
   const std::optional<internal::Target> peer = internal::DrawTarget(
       own.node(), peers, ledger, std::numeric_limits<double>::infinity(), now_ns, config, rng);
   if (!peer) return here;
   // A node that takes no guests does not keep new processes either while a
   // peer can take them.
   if (!Accepting(own) || peer->load_per_cpu + config.placement_margin <= here.load_per_cpu) {
-    return {peer->node, peer->load_per_cpu};
+    return {peer->node, peer->load_per_cpu, here.here_load_per_cpu};
   }
   return here;
 }

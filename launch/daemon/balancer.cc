@@ -1,25 +1,15 @@
 #include "launch/daemon/balancer.h"
 
-#include <dirent.h>
 #include <unistd.h>
 
 #include <fstream>
 #include <string>
 #include <utility>
 
+#include "core/ckpt/procfs/procfs.h"
 #include "roam/policy/placement.h"
 
 namespace roam::daemon {
-namespace {
-
-// The state field of a /proc/.../stat line: the first character after the
-// last ')' and a space (the command name may hold both).
-char StateOf(const std::string& stat) {
-  const std::size_t close = stat.rfind(')');
-  return close == std::string::npos || close + 2 >= stat.size() ? '?' : stat[close + 2];
-}
-
-}  // namespace
 
 Result<BalanceMode> ParseBalanceMode(std::string_view text) {
   if (text == "off") return BalanceMode::kOff;
@@ -41,17 +31,14 @@ std::string_view BalanceModeName(BalanceMode mode) {
 }
 
 int RunnableTasks(pid_t pid) {
-  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
-  DIR* d = opendir(dir.c_str());
-  if (d == nullptr) return 0;
+  const Result<std::vector<pid_t>> threads = ckpt::procfs::ListThreads(pid);
+  if (!threads) return 0;
   int runnable = 0;
-  while (const dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    std::ifstream in(dir + "/" + e->d_name + "/stat");
-    std::string line;
-    if (std::getline(in, line) && StateOf(line) == 'R') ++runnable;
+  for (pid_t tid : *threads) {
+    // /proc/TID/stat is the thread's own, as /proc/PID/task/TID/stat.
+    const Result<ckpt::procfs::Stat> stat = ckpt::procfs::ReadStat(tid);
+    if (stat && stat->state == 'R') ++runnable;
   }
-  closedir(d);
   return runnable;
 }
 
@@ -64,6 +51,9 @@ std::uint64_t ResidentBytes(pid_t pid) {
 }
 
 Result<std::unique_ptr<Balancer>> Balancer::Create(transport::Fabric& control, Options options) {
+  if (options.mode == BalanceMode::kOff) {
+    return MakeError(Errc::kInvalidArgument, "balance mode off needs no balancer");
+  }
   ROAM_TRY(policy::Validate(options.policy));
   ROAM_ASSIGN_OR_RETURN(auto gossip,
                         gossip::Disseminator::Create(control, options.self, options.gossip));
@@ -127,12 +117,10 @@ std::string Balancer::NameOf(std::uint32_t rank) const {
 }
 
 Balancer::Placement Balancer::Place(std::uint64_t now_ns) {
-  Placement here{pool_ == nullptr ? "" : pool_->self(), 0};
-  if (pool_ == nullptr || options_.mode == BalanceMode::kOff || !sampled_) return here;
-  const double with_one = (ledger_.Adjusted(own_) + 1000.0) / std::max(1u, own_.capacity_milli());
+  if (pool_ == nullptr || !sampled_) return {pool_ == nullptr ? "" : pool_->self(), 0};
   const policy::PlacementChoice choice =
       policy::ChoosePlacement(own_, peers(), ledger_, now_ns, options_.policy, rng_);
-  return {NameOf(choice.node), with_one};
+  return {NameOf(choice.node), choice.here_load_per_cpu};
 }
 
 std::vector<Balancer::NamedMove> Balancer::Moves(std::span<const policy::Candidate> candidates,
@@ -147,7 +135,7 @@ std::vector<Balancer::NamedMove> Balancer::Moves(std::span<const policy::Candida
 }
 
 bool Balancer::Admit(double asker_load_per_cpu, std::uint64_t now_ns) {
-  if (options_.mode == BalanceMode::kOff || !sampled_) return true;
+  if (!sampled_) return true;
   if (!policy::Admit(own_, ledger_, asker_load_per_cpu)) return false;
   ledger_.Record(options_.self, now_ns, 1000);
   return true;

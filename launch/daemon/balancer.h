@@ -57,16 +57,15 @@ class Balancer final {
   };
 
   // The board is allocated on `control` now, so that its key is published
-  // when the node joins (PackBoardKey). Refuses a bad policy or gossip
-  // option with a one-line error.
+  // when the node joins (PackBoardKey). Refuses mode kOff (a node that does
+  // not share load has no balancer) and a bad policy or gossip option, with
+  // a one-line error.
   static Result<std::unique_ptr<Balancer>> Create(transport::Fabric& control, Options options);
 
   Result<transport::Bytes> PackBoardKey() const { return gossip_->PackBoardKey(); }
   // Once the pool is known: a board to write to at every member that
   // published one (unpacked on first use).
   Status Attach(PoolPeers& peers);
-
-  BalanceMode mode() const { return options_.mode; }
 
   // One tick: folds in a reading taken now, then gossips.
   void Tick(const load::NodeReadings& readings, std::uint64_t now_ns);

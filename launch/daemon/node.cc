@@ -52,6 +52,12 @@ std::uint64_t PoolNow() {
                                         .count());
 }
 
+// When a process whose rebalancing move could not be arranged, or failed,
+// may be tried again.
+std::uint64_t RebalanceRetryAt() {
+  return PoolNow() + static_cast<std::uint64_t>(kRebalanceRetry.count());
+}
+
 // The CPU time of a process in seconds (utime + stime of /proc/PID/stat, its
 // threads included), or -1 when it cannot be read.
 double CpuSeconds(pid_t pid) {
@@ -1146,7 +1152,7 @@ void Node::SampleLoad() {
 
 void Node::BalanceTick() {
   Balancer* balancer = options_.balancer;
-  if (balancer == nullptr || balancer->mode() == BalanceMode::kOff) return;
+  if (balancer == nullptr) return;
   const std::uint64_t now = PoolNow();
   load::NodeReadings readings;
   readings.capacity_cpus = options_.cpus;
@@ -1160,12 +1166,12 @@ void Node::BalanceTick() {
     ++readings.processes;
     if (g->migrating || g->rebalancing || now < g->rebalance_after_ns) continue;
     const Member* home = peers_.Find(g->home);
-    const double cpu = CpuSeconds(g->pid);
-    if (home == nullptr || cpu < 0) continue;
+    if (home == nullptr) continue;
+    // SampleLoad read its CPU time just now.
     candidates.push_back({.id = by_index.size(),
                           .home = static_cast<std::uint32_t>(home->rank),
                           .cpu_age = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                              std::chrono::duration<double>(cpu)),
+                              std::chrono::duration<double>(g->cpu_at_last_sample)),
                           .resident_bytes = ResidentBytes(g->pid),
                           .arrived_ns = g->arrived_ns});
     by_index.push_back(g.get());
@@ -1184,7 +1190,7 @@ void Node::Rebalance(Guest& guest, const Balancer::NamedMove& move) {
     Guest* g = FindGuest(id);
     if (g == nullptr) return;
     g->rebalancing = false;
-    g->rebalance_after_ns = PoolNow() + static_cast<std::uint64_t>(kRebalanceRetry.count());
+    g->rebalance_after_ns = RebalanceRetryAt();
     std::fprintf(stderr, "roamd %s: not moving %s now: %.*s\n", peers_.self().c_str(), id.c_str(),
                  static_cast<int>(why.size()), why.data());
   };
@@ -1417,9 +1423,7 @@ void Node::OnMigrationOutcome(MigrationOutcome outcome) {
   g->migrating = false;
   if (g->rebalancing) {
     g->rebalancing = false;
-    if (!outcome.report) {
-      g->rebalance_after_ns = PoolNow() + static_cast<std::uint64_t>(kRebalanceRetry.count());
-    }
+    if (!outcome.report) g->rebalance_after_ns = RebalanceRetryAt();
   }
   g->done.set_id(g->id);
   if (!outcome.report) {

@@ -24,6 +24,9 @@ namespace roam::policy {
 struct PlacementChoice {
   std::uint32_t node = 0;
   double load_per_cpu = 0;  // the chosen node's, with the new process
+  // The starting node's own, with the new process: what a target's Admit
+  // is asked to beat.
+  double here_load_per_cpu = 0;
 };
 
 // Where a process started at `own`'s node should run: that node itself,
