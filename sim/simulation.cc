@@ -170,6 +170,11 @@ class Simulation {
         tick_ns_(Ns(options.tick)) {}
 
   ~Simulation() {
+    // Answers still on the wire land first: a network with nothing in
+    // flight closes its fabrics in time linear in their number.
+    for (int round = 0; round < 4 && network_.in_flight() > 0; ++round) {
+      for (Node& n : nodes_) n.fabric->Progress();
+    }
     // Keys and endpoints before their fabrics, fabrics before the network.
     for (Node& n : nodes_) {
       n.links.clear();
@@ -464,35 +469,36 @@ class Simulation {
     worst_.Add(worst);
   }
 
+  // Three passes over the nodes, each touching a node once: at 100,000
+  // nodes a pass over their state misses the caches throughout, so the
+  // work that can share a pass does. Every node samples (and drops what
+  // its ledger no longer needs) before any decides, so that a target's
+  // admission reads its vector of this tick; then each node gossips and
+  // decides (its view changes only in its own gossip tick, which scans its
+  // board); then the puts land.
   Status Tick() {
     ++summary_.ticks;
     const std::uint64_t now_ns = Ns(now_);
-    const auto capacity = options_.capacity_cpus;
+    const bool ledgers =
+        options_.strategy == Strategy::kExec || options_.strategy == Strategy::kMosix;
+    const std::uint64_t oldest =
+        now_ns - std::min<std::uint64_t>(now_ns, options_.policy.max_info_age.count());
     for (std::uint32_t i = 0; i < options_.nodes; ++i) {
       Node& n = nodes_[i];
       load::NodeReadings r;
       r.runnable = static_cast<double>(n.running.size());
-      r.capacity_cpus = capacity;
+      r.capacity_cpus = options_.capacity_cpus;
       r.processes = static_cast<std::uint16_t>(std::min<std::size_t>(n.running.size(), 65535));
       r.flags = load::kAccepting;
       n.own = n.sampler->Sample(r, now_ns);
+      if (ledgers && n.ledger->size() != 0) n.ledger->Expire(oldest);
     }
-    std::vector<gossip::BoardPeer> peers;
     for (std::uint32_t i = 0; i < options_.nodes; ++i) {
-      ROAM_TRY(ChooseLinks(i, peers));
-      ROAM_TRY(nodes_[i].gossip->Tick(*nodes_[i].own, peers));
+      ROAM_TRY(ChooseLinks(i, peers_));
+      ROAM_TRY(nodes_[i].gossip->Tick(*nodes_[i].own, peers_));
+      if (options_.strategy == Strategy::kMosix) Rebalance(i, now_ns);
     }
     for (Node& n : nodes_) n.fabric->Progress();
-    if (options_.strategy == Strategy::kExec || options_.strategy == Strategy::kMosix) {
-      const std::uint64_t oldest =
-          now_ns - std::min<std::uint64_t>(now_ns, options_.policy.max_info_age.count());
-      for (Node& n : nodes_) {
-        if (n.ledger->size() != 0) n.ledger->Expire(oldest);
-      }
-    }
-    if (options_.strategy == Strategy::kMosix) {
-      for (std::uint32_t i = 0; i < options_.nodes; ++i) Rebalance(i, now_ns);
-    }
     return Ok();
   }
 
@@ -505,7 +511,8 @@ class Simulation {
     Node& n = nodes_[i];
     const std::uint32_t others = options_.nodes - 1;
     const std::uint32_t want = std::min(options_.fanout, others);
-    std::vector<std::uint32_t> chosen;
+    std::vector<std::uint32_t>& chosen = chosen_;
+    chosen.clear();
     while (chosen.size() < want) {
       auto peer = std::uniform_int_distribution<std::uint32_t>(0, others - 1)(rng_);
       if (peer >= i) ++peer;
@@ -597,6 +604,8 @@ class Simulation {
   std::size_t job_at_ = 0;
 
   std::vector<policy::Candidate> candidates_;
+  std::vector<gossip::BoardPeer> peers_;
+  std::vector<std::uint32_t> chosen_;
   std::vector<double> slowdowns_;
   Histogram ages_;
   Histogram worst_;
