@@ -279,6 +279,10 @@ class Simulation {
  private:
   static constexpr double kNever = std::numeric_limits<double>::infinity();
 
+  bool UsesViews() const {
+    return options_.strategy == Strategy::kExec || options_.strategy == Strategy::kMosix;
+  }
+
   double NextArrivalTime() const {
     double t = has_next_ ? next_.time : kNever;
     if (job_at_ < jobs_.size()) t = std::min(t, jobs_[job_at_].time);
@@ -478,9 +482,9 @@ class Simulation {
   // board); then the puts land.
   Status Tick() {
     ++summary_.ticks;
+    // random and central read no node's view: nothing to sample or spread.
+    if (!UsesViews()) return Ok();
     const std::uint64_t now_ns = Ns(now_);
-    const bool ledgers =
-        options_.strategy == Strategy::kExec || options_.strategy == Strategy::kMosix;
     const std::uint64_t oldest =
         now_ns - std::min<std::uint64_t>(now_ns, options_.policy.max_info_age.count());
     for (std::uint32_t i = 0; i < options_.nodes; ++i) {
@@ -491,7 +495,7 @@ class Simulation {
       r.processes = static_cast<std::uint16_t>(std::min<std::size_t>(n.running.size(), 65535));
       r.flags = load::kAccepting;
       n.own = n.sampler->Sample(r, now_ns);
-      if (ledgers && n.ledger->size() != 0) n.ledger->Expire(oldest);
+      if (n.ledger->size() != 0) n.ledger->Expire(oldest);
     }
     for (std::uint32_t i = 0; i < options_.nodes; ++i) {
       ROAM_TRY(ChooseLinks(i, peers_));

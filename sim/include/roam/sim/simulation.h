@@ -16,7 +16,8 @@
 //   central  Sprite-like reference: a central server that knows every
 //            node's exact, current load places each new process on the
 //            least-loaded node; no moves
-// Not yet: Lau et al.'s anti-tasks.
+// random and central read no view: their nodes neither sample nor gossip
+// (no puts). Not yet: Lau et al.'s anti-tasks.
 //
 // Starting a process elsewhere (every strategy but random's own node)
 // costs the fixed part of a migration (an exec has no memory to copy).
