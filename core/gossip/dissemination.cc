@@ -71,19 +71,45 @@ class DisseminatorImpl final : public Disseminator {
   }
 
  private:
-  // `fanout` distinct peers, uniformly (a partial Fisher-Yates shuffle of
-  // the candidates).
+  // `fanout` distinct peers, uniformly. Indices into `peers` are drawn at
+  // random and a draw of this node, of a peer without an endpoint or key,
+  // or of one already chosen is drawn again: O(fanout) expected in a pool
+  // where most peers are usable, whatever its size. After a bounded number
+  // of draws (a pool of mostly unusable peers, or barely more usable peers
+  // than the fanout) the choice finishes with a partial Fisher-Yates
+  // shuffle of the usable peers left, which is uniform too.
   std::span<const BoardPeer* const> ChoosePeers(std::span<const BoardPeer> peers) {
     candidates_.clear();
-    for (const BoardPeer& p : peers) {
-      if (p.node != self_ && p.endpoint != nullptr && p.board != nullptr) candidates_.push_back(&p);
+    if (peers.empty()) return {};
+    auto usable = [this](const BoardPeer& p) {
+      return p.node != self_ && p.endpoint != nullptr && p.board != nullptr;
+    };
+    auto taken = [this](const BoardPeer* p) {
+      return std::find(candidates_.begin(), candidates_.end(), p) != candidates_.end();
+    };
+    std::uniform_int_distribution<std::size_t> any(0, peers.size() - 1);
+    const std::size_t tries = 4 * std::size_t{options_.fanout} + 16;
+    for (std::size_t t = 0; t < tries && candidates_.size() < options_.fanout; ++t) {
+      const BoardPeer& p = peers[any(rng_)];
+      if (usable(p) && !taken(&p)) candidates_.push_back(&p);
     }
-    const std::size_t n = std::min<std::size_t>(options_.fanout, candidates_.size());
-    for (std::size_t i = 0; i < n; ++i) {
-      std::uniform_int_distribution<std::size_t> pick(i, candidates_.size() - 1);
-      std::swap(candidates_[i], candidates_[pick(rng_)]);
+    if (candidates_.size() < options_.fanout) {
+      // The rest among the usable peers not chosen yet.
+      const std::size_t chosen = candidates_.size();
+      for (const BoardPeer& p : peers) {
+        if (usable(p) && std::find(candidates_.begin(), candidates_.begin() + chosen, &p) ==
+                             candidates_.begin() + chosen) {
+          candidates_.push_back(&p);
+        }
+      }
+      const std::size_t n = std::min<std::size_t>(options_.fanout, candidates_.size());
+      for (std::size_t i = chosen; i < n; ++i) {
+        std::uniform_int_distribution<std::size_t> pick(i, candidates_.size() - 1);
+        std::swap(candidates_[i], candidates_[pick(rng_)]);
+      }
+      candidates_.resize(n);
     }
-    return std::span(candidates_).first(n);
+    return std::span(candidates_);
   }
 
   std::uint32_t self_;
