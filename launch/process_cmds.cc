@@ -17,10 +17,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "launch/control_client.h"
 #include "launch/daemon/control.pb.h"
-#include "launch/daemon/control_socket.h"
 #include "launch/daemon/node.h"
-#include "launch/daemon/pool_peers.h"
 
 extern char** environ;  // NOLINT(readability-redundant-declaration)
 
@@ -40,39 +39,6 @@ struct Flags {
 } g_flags;
 
 constexpr std::size_t kStdinChunk = 64 * 1024;
-
-void Complain(const char* command, const std::string& message) {
-  std::fprintf(stderr, "roam: %s: %s\n", command, message.c_str());
-}
-
-Status SendRequest(int fd, control::Request request) {
-  request.set_version(daemon::kControlVersion);
-  return daemon::SendDatagram(fd, request.SerializeAsString());
-}
-
-// A connection to roamd with `request` sent on it.
-Result<UniqueFd> Open(control::Request request) {
-  ROAM_ASSIGN_OR_RETURN(const auto path, daemon::ControlSocketPath());
-  ROAM_ASSIGN_OR_RETURN(UniqueFd fd, daemon::ConnectControlSocket(path));
-  ROAM_TRY(SendRequest(fd.get(), std::move(request)));
-  return fd;
-}
-
-// The next reply; kUnavailable when roamd closed the connection.
-Result<control::Reply> ReceiveReply(int fd) {
-  ROAM_ASSIGN_OR_RETURN(auto bytes, daemon::ReceiveDatagram(fd));
-  if (!bytes) return MakeError(Errc::kUnavailable, "roamd closed the connection");
-  control::Reply reply;
-  if (!reply.ParseFromString(*bytes)) return MakeError(Errc::kCorrupt, "unreadable reply");
-  if (reply.has_error()) return daemon::FromWire(reply.error());
-  return reply;
-}
-
-// One request, one reply.
-Result<control::Reply> Call(control::Request request) {
-  ROAM_ASSIGN_OR_RETURN(const UniqueFd fd, Open(std::move(request)));
-  return ReceiveReply(fd.get());
-}
 
 std::optional<int> ParseSignal(const std::string& text) {
   if (!text.empty() && std::isdigit(static_cast<unsigned char>(text[0])) != 0) {

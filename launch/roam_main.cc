@@ -1,6 +1,6 @@
 // roam: the command users type: `roam info` (this node), `roam checkpoint` /
-// `roam restore`, and the pool commands (run, ps, kill, migrate, nodes)
-// that talk to the node's roamd.
+// `roam restore`, and the pool commands (run, ps, kill, migrate, nodes;
+// drain, undrain, idle, top) that talk to the node's roamd.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -9,6 +9,7 @@
 
 #include "launch/checkpoint_cmd.h"
 #include "launch/cli.h"
+#include "launch/load_cmds.h"
 #include "launch/node_report.h"
 #include "launch/pool_cmd.h"
 #include "launch/process_cmds.h"
@@ -43,6 +44,7 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
   roam::launch::AddCheckpointCommands(app);
   roam::launch::AddPoolCommands(app);
   roam::launch::AddProcessCommands(app);
+  roam::launch::AddLoadCommands(app);
 
   std::vector<std::string> args = roam::launch::RewriteKillSignal({argv, argv + argc});
   std::vector<char*> rewritten;
@@ -56,5 +58,6 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
   if (const int status = roam::launch::RunCheckpointCommands(app); status >= 0) return status;
   if (const int status = roam::launch::RunPoolCommands(app); status >= 0) return status;
   if (const int status = roam::launch::RunProcessCommands(app); status >= 0) return status;
+  if (const int status = roam::launch::RunLoadCommands(app); status >= 0) return status;
   return roam::launch::kUsageError;  // unreachable: require_subcommand(1)
 }

@@ -3,10 +3,12 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <limits>
 #include <string>
 #include <utility>
 
 #include "core/ckpt/procfs/procfs.h"
+#include "roam/policy/eviction.h"
 #include "roam/policy/placement.h"
 
 namespace roam::daemon {
@@ -130,6 +132,32 @@ std::vector<Balancer::NamedMove> Balancer::Moves(std::span<const policy::Candida
   for (const policy::Move& m :
        policy::ChooseMoves(own_, peers(), candidates, ledger_, now_ns, options_.policy, rng_)) {
     named.push_back({m.id, NameOf(m.target), m.source_load_per_cpu});
+  }
+  return named;
+}
+
+std::vector<Balancer::NamedMove> Balancer::Evictions(std::span<const policy::Candidate> candidates,
+                                                     std::uint64_t now_ns) {
+  std::vector<NamedMove> named;
+  if (pool_ == nullptr || !sampled_) return named;
+  const policy::EvictionPlan plan =
+      policy::ChooseEvictions(own_, peers(), candidates, ledger_, now_ns, options_.policy, rng_);
+  // The node must empty, whatever its own load: a target is asked only
+  // whether it takes guests.
+  for (const policy::Move& m : plan.moves) {
+    named.push_back({m.id, NameOf(m.target), std::numeric_limits<double>::infinity()});
+  }
+  return named;
+}
+
+std::vector<Balancer::IdleNode> Balancer::Idle(std::uint64_t now_ns) const {
+  std::vector<IdleNode> named;
+  if (pool_ == nullptr || !sampled_) return named;
+  for (const policy::IdleNode& n :
+       policy::IdleNodes(own_, peers(), ledger_, now_ns, options_.policy)) {
+    named.push_back(
+        {NameOf(n.node), n.free_cpus, n.load_per_cpu,
+         now_ns > n.sampled_ns ? static_cast<double>(now_ns - n.sampled_ns) / 1e9 : 0.0});
   }
   return named;
 }

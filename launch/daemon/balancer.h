@@ -86,12 +86,29 @@ class Balancer final {
     double source_load_per_cpu = 0;
   };
   std::vector<NamedMove> Moves(std::span<const policy::Candidate> candidates, std::uint64_t now_ns);
+  // This node must empty itself (draining, or its owner is back): where
+  // each guest among `candidates` goes, whatever its age: peers that
+  // accept guests, spread by load, or its home when none does. Its own
+  // processes stay. Empty before the first tick.
+  std::vector<NamedMove> Evictions(std::span<const policy::Candidate> candidates,
+                                   std::uint64_t now_ns);
   // A peer offers a process that has `asker_load_per_cpu` where it is: yes
   // (and counted here) while this node stays lighter with it.
   bool Admit(double asker_load_per_cpu, std::uint64_t now_ns);
   // A process is on its way to or from `node` (+1 arriving, -1 leaving).
   void Record(std::string_view node, std::uint64_t now_ns, int processes);
 
+  // `roam idle`: the nodes, this one included, that accept guests and have
+  // a CPU free, as far as this node knows; most room first.
+  struct IdleNode {
+    std::string node;
+    double free_cpus = 0;
+    double load_per_cpu = 0;
+    double age_seconds = 0;  // of what this node knows of it
+  };
+  std::vector<IdleNode> Idle(std::uint64_t now_ns) const;
+
+  BalanceMode mode() const { return options_.mode; }
   // This node's latest vector, and what it knows of the others.
   const load::LoadVector& own() const { return own_; }
   std::span<const load::LoadVector> peers() const { return gossip_->view().peers(); }

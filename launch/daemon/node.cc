@@ -43,6 +43,9 @@ constexpr std::chrono::milliseconds kExitRetry{500};
 // A process whose rebalancing move could not be arranged, or failed, is
 // not tried again for this long.
 constexpr std::chrono::nanoseconds kRebalanceRetry = std::chrono::seconds(30);
+// A guest of a draining node that could not be sent away is tried again
+// sooner: the node is meant to empty.
+constexpr std::chrono::nanoseconds kEvictRetry = std::chrono::seconds(5);
 
 // The pool's clock for load vectors and the policy: wall-clock time, which
 // the nodes of a cluster keep in step (NTP, PTP); steady_clock is per host.
@@ -54,8 +57,8 @@ std::uint64_t PoolNow() {
 
 // When a process whose rebalancing move could not be arranged, or failed,
 // may be tried again.
-std::uint64_t RebalanceRetryAt() {
-  return PoolNow() + static_cast<std::uint64_t>(kRebalanceRetry.count());
+std::uint64_t RetryAt(std::chrono::nanoseconds after) {
+  return PoolNow() + static_cast<std::uint64_t>(after.count());
 }
 
 // The CPU time of a process in seconds (utime + stime of /proc/PID/stat, its
@@ -257,6 +260,7 @@ struct Node::Guest {
   // be tried again after one failed.
   std::uint64_t arrived_ns = 0;
   bool rebalancing = false;
+  bool evicting = false;  // the move being arranged sends it off a node that must empty
   std::uint64_t rebalance_after_ns = 0;
 };
 
@@ -299,8 +303,8 @@ Result<std::unique_ptr<Node>> Node::Start(
   };
   // On the migration thread: only the pool key and a receiver of its own.
   auto receiver = std::make_shared<pool::Receiver>(peers.key());
-  callbacks.accept = [receiver, &peers](const std::string& guest,
-                                        std::uint64_t migration_id) -> Status {
+  callbacks.accept = [receiver, &peers, draining = node->draining_, self_name = peers.self()](
+                         const std::string& guest, std::uint64_t migration_id) -> Status {
     ROAM_ASSIGN_OR_RETURN(const pool::Opened opened, receiver->Accept(guest));
     peer::MovingGuest moving;
     if (opened.header.kind != kMovingGuestKind || !moving.ParseFromString(opened.body) ||
@@ -312,6 +316,9 @@ Result<std::unique_ptr<Node>> Node::Start(
       return MakeError(Errc::kPermissionDenied,
                        "guest record of {} from '{}' does not match migration {}", moving.id(),
                        opened.header.sender, migration_id);
+    }
+    if (draining->load() && moving.home() != self_name) {
+      return MakeError(Errc::kUnavailable, "{} is draining: it takes no guests", self_name);
     }
     return Ok();
   };
@@ -472,6 +479,12 @@ void Node::HandleRequest(std::uint64_t sid, const control::Request& request) {
       return;
     case control::Request::kNodes:
       HandleNodes(sid);
+      return;
+    case control::Request::kDrain:
+      HandleDrain(sid, request.drain());
+      return;
+    case control::Request::kIdle:
+      HandleIdle(sid);
       return;
     case control::Request::kStdinData:
     case control::Request::kStdinClose:
@@ -746,19 +759,96 @@ void Node::HandleNodes(std::uint64_t sid) {
     peers_.Send(member.name, m, [this, sid, reply, pending, index](Result<peer::Reply> r) {
       auto* entry = reply->mutable_nodes()->mutable_nodes(index);
       if (r) {
-        entry->set_cpus(r->node_status().cpus());
-        entry->set_load(r->node_status().load());
-        entry->set_processes(r->node_status().processes());
         const auto& st = r->node_status();
+        entry->set_cpus(st.cpus());
+        entry->set_load(st.load());
+        entry->set_processes(st.processes());
         entry->set_dropped(st.dropped_malformed() + st.dropped_bad_version() +
                            st.dropped_bad_mac() + st.dropped_replayed());
-        entry->set_state("up");
+        entry->set_guests(st.guests());
+        entry->set_runnable(st.runnable());
+        entry->set_migrations_in(st.migrations_in());
+        entry->set_migrations_out(st.migrations_out());
+        entry->set_balance(st.balance());
+        entry->set_state(st.draining() ? "draining" : "up");
       } else {
         entry->set_state("unreachable");
       }
       if (--*pending == 0) Send(sid, *reply);
     });
   }
+}
+
+void Node::HandleDrain(std::uint64_t sid, const control::Drain& drain) {
+  const char* what = drain.undrain() ? "undrain" : "drain";
+  const uid_t uid = sessions_.at(sid)->who.uid;
+  if (uid != 0 && uid != geteuid()) {
+    SendError(sid,
+              MakeError(Errc::kPermissionDenied,
+                        "only root or roamd's own user (uid {}) may {} a node", geteuid(), what));
+    return;
+  }
+  if (peers_.Find(drain.node()) == nullptr) {
+    SendError(sid, MakeError(Errc::kNotFound, "no node '{}' in this pool", drain.node()));
+    return;
+  }
+  if (drain.node() == peers_.self()) {
+    Send(sid, SetDraining(!drain.undrain()));
+    return;
+  }
+  peer::Message m;
+  *m.mutable_drain() = drain;
+  peers_.Send(drain.node(), m, [this, sid](Result<peer::Reply> r) {
+    if (sessions_.count(sid) == 0) return;
+    if (!r) {
+      SendError(sid, r.error());
+      return;
+    }
+    Send(sid, r->control());
+  });
+}
+
+control::Reply Node::SetDraining(bool on) {
+  const bool was = draining_->exchange(on);
+  std::size_t guests = 0;
+  for (const auto& [id, g] : guests_) {
+    if (!g->exited && !g->moved && g->home != peers_.self()) ++guests;
+  }
+  control::Reply reply;
+  const std::string& self = peers_.self();
+  if (on) {
+    reply.mutable_done()->set_message(
+        fmt::format("{} {}: it takes no new guests and sends its {} guest{} away{}", self,
+                    was ? "was draining already" : "drains", guests, guests == 1 ? "" : "s",
+                    options_.balancer != nullptr ? "" : " (home: load sharing is off)"));
+  } else {
+    reply.mutable_done()->set_message(
+        fmt::format("{} {}", self, was ? "takes guests again" : "was not draining"));
+  }
+  if (on != was) {
+    std::fprintf(stderr, "roamd %s: %s\n", self.c_str(), on ? "draining" : "undrained");
+  }
+  return reply;
+}
+
+void Node::HandleIdle(std::uint64_t sid) {
+  if (options_.balancer == nullptr) {
+    SendError(sid, MakeError(Errc::kUnsupported,
+                             "{} shares no load information (roamd --balance off); `roam nodes` "
+                             "asks every node for its load",
+                             peers_.self()));
+    return;
+  }
+  control::Reply reply;
+  for (const Balancer::IdleNode& n : options_.balancer->Idle(PoolNow())) {
+    control::IdleNode* out = reply.mutable_idle()->add_nodes();
+    out->set_name(n.node);
+    out->set_free_cpus(n.free_cpus);
+    out->set_load_per_cpu(n.load_per_cpu);
+    out->set_age_seconds(n.age_seconds);
+  }
+  reply.mutable_idle();  // an empty list is an answer too
+  Send(sid, std::move(reply));
 }
 
 Result<std::optional<control::Reply>> Node::HandleAtHome(uid_t uid, const control::Request& request,
@@ -1152,16 +1242,18 @@ void Node::SampleLoad() {
 
 void Node::BalanceTick() {
   Balancer* balancer = options_.balancer;
-  if (balancer == nullptr) return;
+  const std::uint8_t flags = policy::NodeFlags(draining_->load(), /*owner_mode=*/false, false);
+  const bool evict = policy::MustEvict(flags);
+  if (balancer == nullptr && !evict) return;
   const std::uint64_t now = PoolNow();
   load::NodeReadings readings;
   readings.capacity_cpus = options_.cpus;
-  readings.flags = policy::NodeFlags(/*draining=*/false, /*owner_mode=*/false, false);
+  readings.flags = flags;
   std::vector<policy::Candidate> candidates;
   std::vector<Guest*> by_index;
   for (auto& [id, g] : guests_) {
     if (g->exited || g->moved) continue;
-    readings.runnable += RunnableTasks(g->pid);
+    if (balancer != nullptr) readings.runnable += RunnableTasks(g->pid);
     if (g->home != peers_.self()) ++readings.guests;
     ++readings.processes;
     if (g->migrating || g->rebalancing || now < g->rebalance_after_ns) continue;
@@ -1172,53 +1264,78 @@ void Node::BalanceTick() {
                           .home = static_cast<std::uint32_t>(home->rank),
                           .cpu_age = std::chrono::duration_cast<std::chrono::nanoseconds>(
                               std::chrono::duration<double>(g->cpu_at_last_sample)),
-                          .resident_bytes = ResidentBytes(g->pid),
+                          .resident_bytes = balancer != nullptr ? ResidentBytes(g->pid) : 0,
                           .arrived_ns = g->arrived_ns});
     by_index.push_back(g.get());
   }
-  balancer->Tick(readings, now);
-  for (const Balancer::NamedMove& move : balancer->Moves(candidates, now)) {
-    Rebalance(*by_index[move.id], move);
+  std::vector<Balancer::NamedMove> moves;
+  if (balancer != nullptr) {
+    balancer->Tick(readings, now);
+    moves = evict ? balancer->Evictions(candidates, now) : balancer->Moves(candidates, now);
+  } else {
+    // No load information: every guest goes home, which always takes its
+    // own processes back.
+    for (const policy::Candidate& c : candidates) {
+      const Guest& g = *by_index[c.id];
+      if (g.home != peers_.self()) moves.push_back({c.id, g.home, 0});
+    }
   }
+  for (const Balancer::NamedMove& move : moves) Rebalance(*by_index[move.id], move, evict);
 }
 
-void Node::Rebalance(Guest& guest, const Balancer::NamedMove& move) {
+void Node::PostponeMove(Guest& guest) {
+  guest.rebalancing = false;
+  guest.rebalance_after_ns = RetryAt(guest.evicting ? kEvictRetry : kRebalanceRetry);
+  guest.evicting = false;
+}
+
+void Node::Rebalance(Guest& guest, const Balancer::NamedMove& move, bool evict) {
   guest.rebalancing = true;
+  guest.evicting = evict;
   const std::string id = guest.id;
-  // Retried only after a while if it cannot be arranged.
+  // Tried again after a while if it cannot be arranged.
   auto give_up = [this, id](std::string_view why) {
     Guest* g = FindGuest(id);
     if (g == nullptr) return;
-    g->rebalancing = false;
-    g->rebalance_after_ns = RebalanceRetryAt();
+    PostponeMove(*g);
     std::fprintf(stderr, "roamd %s: not moving %s now: %.*s\n", peers_.self().c_str(), id.c_str(),
                  static_cast<int>(why.size()), why.data());
   };
+  auto migrate = [this, id, target = move.target, give_up] {
+    Guest* g = FindGuest(id);
+    if (g == nullptr || g->exited) return;
+    if (options_.balancer != nullptr) {
+      const std::uint64_t now = PoolNow();
+      options_.balancer->Record(peers_.self(), now, -1);
+      options_.balancer->Record(target, now, 1);
+    }
+    // Decided at its home, like `roam migrate` (the node's own authority).
+    peer::Message m;
+    m.mutable_forward()->set_uid(0);
+    control::Request* request = m.mutable_forward()->mutable_request();
+    request->set_version(kControlVersion);
+    request->mutable_migrate()->set_id(id);
+    request->mutable_migrate()->set_to(target);
+    peers_.Send(g->home, m, [give_up](Result<peer::Reply> r) {
+      if (!r) give_up(r.error().message());
+      // Otherwise under way: OnMigrationOutcome ends it here.
+    });
+  };
+  // Sent off a node that must empty, it goes home without asking: home
+  // always takes its own processes back.
+  if (evict && move.target == guest.home) {
+    migrate();
+    return;
+  }
   peer::Message reserve;
   reserve.mutable_reserve()->set_load_per_cpu(move.source_load_per_cpu);
-  peers_.Send(move.target, reserve,
-              [this, id, target = move.target, give_up](Result<peer::Reply> granted) {
-                if (!granted) {
-                  give_up(granted.error().message());
-                  return;
-                }
-                Guest* g = FindGuest(id);
-                if (g == nullptr || g->exited) return;
-                const std::uint64_t now = PoolNow();
-                options_.balancer->Record(peers_.self(), now, -1);
-                options_.balancer->Record(target, now, 1);
-                // Decided at its home, like `roam migrate` (the node's own authority).
-                peer::Message m;
-                m.mutable_forward()->set_uid(0);
-                control::Request* request = m.mutable_forward()->mutable_request();
-                request->set_version(kControlVersion);
-                request->mutable_migrate()->set_id(id);
-                request->mutable_migrate()->set_to(target);
-                peers_.Send(g->home, m, [give_up](Result<peer::Reply> r) {
-                  if (!r) give_up(r.error().message());
-                  // Otherwise under way: OnMigrationOutcome ends it here.
-                });
-              });
+  peers_.Send(move.target, reserve, [migrate, give_up](Result<peer::Reply> granted) {
+    if (!granted) {
+      give_up(granted.error().message());
+      return;
+    }
+    migrate();
+  });
 }
 
 void Node::Shutdown() {
@@ -1422,8 +1539,11 @@ void Node::OnMigrationOutcome(MigrationOutcome outcome) {
   if (g == nullptr) return;
   g->migrating = false;
   if (g->rebalancing) {
-    g->rebalancing = false;
-    if (!outcome.report) g->rebalance_after_ns = RebalanceRetryAt();
+    if (outcome.report) {
+      g->rebalancing = false;
+    } else {
+      PostponeMove(*g);
+    }
   }
   g->done.set_id(g->id);
   if (!outcome.report) {
@@ -1438,6 +1558,7 @@ void Node::OnMigrationOutcome(MigrationOutcome outcome) {
     return;
   }
   const auto& report = *outcome.report;
+  ++migrations_out_;
   g->moved = true;
   g->done.set_ok(true);
   g->done.set_pid(g->ns_pid);  // kept: restored in a pid namespace of its own
@@ -1526,6 +1647,7 @@ void Node::OnArrival(Arrival arrival) {
     return;
   }
   guest->arrived_ns = PoolNow();
+  ++migrations_in_;
   Guest& g = *guest;
   guests_.emplace(g.id, std::move(guest));
   WatchGuest(g);
@@ -1540,6 +1662,10 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
       if (HomeOf(message.start_guest().id()) != sender) {
         return MakeError(Errc::kPermissionDenied, "node {} may not start process {}", sender,
                          message.start_guest().id());
+      }
+      if (draining_->load() && sender != peers_.self()) {
+        return MakeError(Errc::kUnavailable,
+                         "{} is draining: it starts no processes of other nodes", peers_.self());
       }
       ROAM_ASSIGN_OR_RETURN(const pid_t ns_pid, StartGuest(sender, message.start_guest()));
       reply.mutable_start_guest()->set_pid(ns_pid);
@@ -1624,6 +1750,17 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
       reply.mutable_node_status()->set_dropped_bad_version(dropped.bad_version);
       reply.mutable_node_status()->set_dropped_bad_mac(dropped.bad_mac);
       reply.mutable_node_status()->set_dropped_replayed(dropped.replayed);
+      std::uint32_t guests = 0;
+      for (const auto& [id, g] : guests_) guests += g->home != peers_.self() ? 1 : 0;
+      reply.mutable_node_status()->set_guests(guests);
+      if (options_.balancer != nullptr) {
+        reply.mutable_node_status()->set_runnable(options_.balancer->own().load_milli() / 1000.0);
+      }
+      reply.mutable_node_status()->set_migrations_in(migrations_in_);
+      reply.mutable_node_status()->set_migrations_out(migrations_out_);
+      reply.mutable_node_status()->set_balance(std::string(BalanceModeName(
+          options_.balancer != nullptr ? options_.balancer->mode() : BalanceMode::kOff)));
+      reply.mutable_node_status()->set_draining(draining_->load());
       return reply;
     }
     case peer::Message::kGuestQuery: {
@@ -1673,10 +1810,20 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
       ROAM_TRY(MigrateGuestAway(sender, message.migrate_guest()));
       return reply;
     case peer::Message::kReserve:
+      if (draining_->load()) {
+        return MakeError(Errc::kUnavailable, "{} is draining: it takes no guests", peers_.self());
+      }
       if (options_.balancer != nullptr &&
           !options_.balancer->Admit(message.reserve().load_per_cpu(), PoolNow())) {
         return MakeError(Errc::kResourceExhausted, "{} has no room for it now", peers_.self());
       }
+      return reply;
+    case peer::Message::kDrain:
+      if (message.drain().node() != peers_.self()) {
+        return MakeError(Errc::kInvalidArgument, "a drain of {} sent to {}", message.drain().node(),
+                         peers_.self());
+      }
+      *reply.mutable_control() = SetDraining(!message.drain().undrain());
       return reply;
     case peer::Message::kMigrationDone:
       FinishMigration(sender, message.migration_done());

@@ -22,6 +22,7 @@
 // pool must outlive the node (roamd_main.cc owns them in that order).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -107,6 +108,12 @@ class Node final {
   void StartRun(std::uint64_t sid, const control::Run& run, const std::string& node);
   void HandlePs(std::uint64_t sid, const control::Ps& ps);
   void HandleNodes(std::uint64_t sid);
+  // `roam drain` / `roam undrain`, here or forwarded to the node named.
+  void HandleDrain(std::uint64_t sid, const control::Drain& drain);
+  // Draining: no new guests (placements, moves, reservations from other
+  // nodes) and the guests here sent away each tick; the answer for roam.
+  control::Reply SetDraining(bool on);
+  void HandleIdle(std::uint64_t sid);
   void HandleStdin(std::uint64_t sid, const control::Request& request);
   void HandleSessionSignal(std::uint64_t sid, int signo);
   // To wherever the process runs; held while it moves.
@@ -156,9 +163,15 @@ class Node final {
   void ReapInits();
   void SampleLoad();
   // Load sharing, each sample: the node's vector out, then (mosix) moves
-  // of old processes to lighter nodes, each reserved at its target first.
+  // of old processes to lighter nodes, each reserved at its target first;
+  // on a draining node, every guest away instead (home when balancing is
+  // off).
   void BalanceTick();
-  void Rebalance(Guest& guest, const Balancer::NamedMove& move);
+  // Load sharing, and eviction from a draining node (`evict`: to its home
+  // without a reservation there, and tried again sooner if it fails).
+  void Rebalance(Guest& guest, const Balancer::NamedMove& move, bool evict);
+  // A move that could not be arranged or failed: not tried again for a while.
+  void PostponeMove(Guest& guest);
   // Migration, at the process's current node and at its new one.
   Status MigrateGuestAway(const std::string& home, const peer::MigrateGuest& request);
   void OnMigrationOutcome(MigrationOutcome outcome);
@@ -188,6 +201,10 @@ class Node final {
   std::unique_ptr<Migrator> migrator_;
   std::vector<pid_t> inits_;  // released namespace inits to reap
   double load_ = 0;           // CPUs used by guests over the last sample
+  // Read by the migration thread too (an incoming move is refused while set).
+  std::shared_ptr<std::atomic<bool>> draining_ = std::make_shared<std::atomic<bool>>(false);
+  std::uint64_t migrations_in_ = 0;   // moves that landed here
+  std::uint64_t migrations_out_ = 0;  // moves away that completed
   std::chrono::steady_clock::time_point last_sample_;
   std::vector<char> read_buffer_;  // PumpOutput's, not a fresh one per read attempt
 };

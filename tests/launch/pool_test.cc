@@ -548,6 +548,65 @@ TEST_F(PoolTest, RefusedMigrationsLeaveTheProcessWhereItRuns) {
   EXPECT_EQ(ReadFile(dir_.path() / "stay.out"), CounterOutput());
 }
 
+// A long quiet process: 12 s of output, little CPU.
+constexpr const char* kSlowCounter =
+    "python3 -c 'import time\nfor i in range(120):\n    print(i, flush=True)\n    "
+    "time.sleep(0.1)'";
+std::string SlowCounterOutput() {
+  std::string out;
+  for (int i = 0; i < 120; ++i) out += std::to_string(i) + "\n";
+  return out;
+}
+
+// Without load sharing a drained node sends its guests home; it takes no
+// new process, move or placement until it is undrained; only root (or
+// roamd's user) may drain.
+TEST_F(PoolTest, DrainSendsGuestsHomeAndTakesNoNewOnesUntilUndrained) {
+  const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kSlowCounter, "slow");
+  const std::string id = WaitForProcess(0)["id"];
+  ASSERT_EQ(Ps(0)[0]["node"], "n2");
+
+  const auto drain = Roam(0, "drain n2 --wait 20");
+  EXPECT_EQ(drain.exit_code, 0) << drain.err;
+  EXPECT_NE(drain.out.find("n2 drains: it takes no new guests and sends its 1 guest away"),
+            std::string::npos)
+      << drain.out;
+  EXPECT_NE(drain.out.find("n2 runs no guests"), std::string::npos) << drain.out;
+  EXPECT_EQ(Ps(0)[0]["node"], "n1");
+  const auto nodes = nlohmann::json::parse(Roam(2, "nodes --json").out, nullptr, false);
+  ASSERT_TRUE(nodes.is_array());
+  EXPECT_EQ(nodes[1]["state"], "draining");
+  EXPECT_EQ(nodes[1]["name"], "n2");
+
+  const auto refused_run = Roam(0, "run --node n2 -- true");
+  EXPECT_NE(refused_run.exit_code, 0);
+  EXPECT_NE(refused_run.err.find("n2 is draining"), std::string::npos) << refused_run.err;
+  const auto refused_move = Roam(0, "migrate " + id + " --to n2");
+  EXPECT_NE(refused_move.exit_code, 0);
+  EXPECT_NE(refused_move.err.find("n2 is draining"), std::string::npos) << refused_move.err;
+  EXPECT_EQ(Ps(0)[0]["node"], "n1");
+  EXPECT_EQ(Ps(0)[0]["state"], "running");
+
+  const auto idle = Roam(0, "idle");
+  EXPECT_EQ(idle.exit_code, 1);
+  EXPECT_NE(idle.err.find("--balance off"), std::string::npos) << idle.err;
+  const auto foreign = RunCommand({"/bin/sh", "-c",
+                                   "setpriv --reuid=65534 --regid=65534 --clear-groups env "
+                                   "ROAM_SOCKET=" +
+                                       Socket(0) + " " + Bin("roam") + " drain n3"});
+  EXPECT_NE(foreign.err.find("only root or roamd's own user"), std::string::npos) << foreign.err;
+  EXPECT_NE(Roam(0, "drain n9").err.find("no node 'n9'"), std::string::npos);
+
+  const auto undrain = Roam(1, "undrain n2");
+  EXPECT_EQ(undrain.exit_code, 0) << undrain.err;
+  EXPECT_NE(undrain.out.find("n2 takes guests again"), std::string::npos) << undrain.out;
+  const auto again = Roam(0, "run --node n2 -- echo here");
+  EXPECT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(again.out, "here\n");
+  EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "slow.err");
+  EXPECT_EQ(ReadFile(dir_.path() / "slow.out"), SlowCounterOutput());
+}
+
 // kCounter with 384 MiB to move: a migration of it goes on for a while.
 constexpr const char* kBigCounter =
     "python3 -c 'import time\nb = bytearray(b\"x\") * (384 << 20)\n"
@@ -672,6 +731,68 @@ TEST_F(PoolTestBalancing, AnOverloadedNodeShedsProcessesByItselfAndEveryOutputIs
     EXPECT_EQ(ReadFile(dir_.path() / ("job" + std::to_string(j) + ".out")),
               std::to_string(j) + " 23999999\n");
   }
+}
+
+// With load sharing a drained node's guests go to the nodes that accept
+// them, spread by load (not only home); `roam idle` leaves the draining
+// node out and `roam top` shows the moves.
+TEST_F(PoolTestBalancing, DrainedGuestsSpreadOverTheOtherNodesAndIdleAndTopShowIt) {
+  const pid_t a = RoamInBackground(0, std::string("run --node n2 -- ") + kSlowCounter, "a");
+  const pid_t b = RoamInBackground(0, std::string("run --node n2 -- ") + kSlowCounter, "b");
+  const auto up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (Ps(0).size() < 2 && std::chrono::steady_clock::now() < up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  // A few ticks: n2 learns the others' load.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  const auto drain = Roam(1, "drain n2 --wait 20");
+  EXPECT_EQ(drain.exit_code, 0) << drain.out << drain.err;
+  std::set<std::string> now_on;
+  for (const auto& p : Ps(0)) now_on.insert(p["node"].get<std::string>());
+  EXPECT_EQ(now_on, (std::set<std::string>{"n1", "n3"}));
+
+  // n2 stops being offered once its drained vector has spread.
+  nlohmann::json idle;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    const auto r = Roam(0, "idle --json");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    idle = nlohmann::json::parse(r.out, nullptr, false);
+    bool has_n2 = false;
+    for (const auto& n : idle) has_n2 = has_n2 || n["name"] == "n2";
+    if (idle.is_array() && !idle.empty() && !has_n2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_TRUE(idle.is_array() && !idle.empty()) << idle;
+  for (const auto& n : idle) {
+    EXPECT_NE(n["name"], "n2") << idle;
+    EXPECT_GE(n["free_cpus"].get<double>(), 0.0);
+  }
+
+  const auto top = Roam(0, "top -n 2 -d 0.2 --json");
+  ASSERT_EQ(top.exit_code, 0) << top.err;
+  std::istringstream frames(top.out);
+  std::string line;
+  int count = 0;
+  while (std::getline(frames, line)) {
+    const auto frame = nlohmann::json::parse(line, nullptr, false);
+    ASSERT_TRUE(frame.is_object()) << line;
+    ASSERT_EQ(frame["nodes"].size(), 3u);
+    EXPECT_EQ(frame["nodes"][1]["state"], "draining");
+    EXPECT_EQ(frame["nodes"][1]["migrations_out"], 2);
+    EXPECT_EQ(frame["nodes"][1]["balance"], "mosix");
+    ++count;
+  }
+  EXPECT_EQ(count, 2);
+  const auto text = Roam(0, "top -n 1");
+  EXPECT_NE(text.out.find("NODE"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("draining"), std::string::npos) << text.out;
+
+  EXPECT_EQ(Roam(0, "undrain n2").exit_code, 0);
+  EXPECT_EQ(Wait(a), 0) << ReadFile(dir_.path() / "a.err");
+  EXPECT_EQ(Wait(b), 0) << ReadFile(dir_.path() / "b.err");
+  EXPECT_EQ(ReadFile(dir_.path() / "a.out"), SlowCounterOutput());
+  EXPECT_EQ(ReadFile(dir_.path() / "b.out"), SlowCounterOutput());
 }
 
 }  // namespace
