@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -35,6 +36,9 @@ struct Flags {
   double cpus = 0;
   std::int64_t staging_mib = roam::daemon::kDefaultStagingBytes >> 20;
   std::string balance = "off";
+  bool owner_mode = false;
+  std::vector<std::string> owner_inputs;
+  double owner_idle_after = 30;
 };
 
 roam::Status Serve(const Flags& flags) {
@@ -96,6 +100,10 @@ roam::Status Serve(const Flags& flags) {
       flags.cpus > 0 ? flags.cpus : static_cast<double>(sysconf(_SC_NPROCESSORS_ONLN));
   node_options.staging_bytes = static_cast<std::size_t>(flags.staging_mib) << 20;
   node_options.balancer = balancer.get();
+  node_options.owner_mode = flags.owner_mode;
+  node_options.owner_inputs.assign(flags.owner_inputs.begin(), flags.owner_inputs.end());
+  node_options.owner_idle_after = std::chrono::duration_cast<std::chrono::nanoseconds>(
+      std::chrono::duration<double>(flags.owner_idle_after));
   // Each incoming post-copy fetches its pages on a fabric of its own.
   auto page_fabric = [name = flags.name]() {
     transport::FabricOptions options;
@@ -156,6 +164,17 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
                  "nodes to lighter ones)")
       ->capture_default_str()
       ->check(CLI::IsMember({"off", "exec", "mosix"}));
+  app.add_flag("--owner-mode", flags.owner_mode,
+               "Take guests only while this machine's owner is away (no input on a login "
+               "terminal or an --owner-input for --owner-idle-after); send them away when the "
+               "owner comes back");
+  app.add_option("--owner-input", flags.owner_inputs,
+                 "Watch this path for the owner's input instead of the login terminals "
+                 "(repeatable)");
+  app.add_option("--owner-idle-after", flags.owner_idle_after,
+                 "Seconds without input after which the owner counts as away")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   if (const auto exit_code = roam::launch::ParseCommandLine(app, argc, argv)) return *exit_code;
   if (flags.rank >= flags.size) {
     std::fprintf(stderr, "roamd: --rank %d is not below --size %d\n", flags.rank, flags.size);

@@ -22,6 +22,7 @@
 #include <fmt/format.h>
 
 #include "core/ckpt/procfs/procfs.h"
+#include "launch/daemon/owner.h"
 #include "roam/base/fault_injection.h"
 #include "roam/policy/eviction.h"
 #include "roam/proc/guest_spawn.h"
@@ -57,6 +58,18 @@ std::uint64_t PoolNow() {
 
 // When a process whose rebalancing move could not be arranged, or failed,
 // may be tried again.
+// Why a node whose refusing state (LoadFlag bits) is `refusing` takes no
+// guest now; Ok when it does.
+Status TakesGuests(std::uint8_t refusing, const std::string& self) {
+  if ((refusing & load::kDraining) != 0) {
+    return MakeError(Errc::kUnavailable, "{} is draining: it takes no guests", self);
+  }
+  if ((refusing & load::kOwnerActive) != 0) {
+    return MakeError(Errc::kUnavailable, "the owner of {} is at work: it takes no guests", self);
+  }
+  return Ok();
+}
+
 std::uint64_t RetryAt(std::chrono::nanoseconds after) {
   return PoolNow() + static_cast<std::uint64_t>(after.count());
 }
@@ -303,7 +316,7 @@ Result<std::unique_ptr<Node>> Node::Start(
   };
   // On the migration thread: only the pool key and a receiver of its own.
   auto receiver = std::make_shared<pool::Receiver>(peers.key());
-  callbacks.accept = [receiver, &peers, draining = node->draining_, self_name = peers.self()](
+  callbacks.accept = [receiver, &peers, refusing = node->refusing_, self_name = peers.self()](
                          const std::string& guest, std::uint64_t migration_id) -> Status {
     ROAM_ASSIGN_OR_RETURN(const pool::Opened opened, receiver->Accept(guest));
     peer::MovingGuest moving;
@@ -317,10 +330,8 @@ Result<std::unique_ptr<Node>> Node::Start(
                        "guest record of {} from '{}' does not match migration {}", moving.id(),
                        opened.header.sender, migration_id);
     }
-    if (draining->load() && moving.home() != self_name) {
-      return MakeError(Errc::kUnavailable, "{} is draining: it takes no guests", self_name);
-    }
-    return Ok();
+    if (moving.home() == self_name) return Ok();  // home takes its own back
+    return TakesGuests(refusing->load(), self_name);
   };
   callbacks.verify = [&peers](const std::string& guest, pid_t pid) -> Status {
     ROAM_ASSIGN_OR_RETURN(const peer::MovingGuest moving, OpenMovingGuest(peers.key(), guest));
@@ -770,7 +781,7 @@ void Node::HandleNodes(std::uint64_t sid) {
         entry->set_migrations_in(st.migrations_in());
         entry->set_migrations_out(st.migrations_out());
         entry->set_balance(st.balance());
-        entry->set_state(st.draining() ? "draining" : "up");
+        entry->set_state(st.draining() ? "draining" : st.owner_active() ? "owner-active" : "up");
       } else {
         entry->set_state("unreachable");
       }
@@ -809,7 +820,9 @@ void Node::HandleDrain(std::uint64_t sid, const control::Drain& drain) {
 }
 
 control::Reply Node::SetDraining(bool on) {
-  const bool was = draining_->exchange(on);
+  const bool was = ((on ? refusing_->fetch_or(load::kDraining)
+                        : refusing_->fetch_and(static_cast<std::uint8_t>(~load::kDraining))) &
+                    load::kDraining) != 0;
   std::size_t guests = 0;
   for (const auto& [id, g] : guests_) {
     if (!g->exited && !g->moved && g->home != peers_.self()) ++guests;
@@ -1240,9 +1253,29 @@ void Node::SampleLoad() {
   BalanceTick();
 }
 
+bool Node::CheckOwner() {
+  if (!options_.owner_mode) return false;
+  const auto last = LastOwnerInput(options_.owner_inputs);
+  policy::PolicyConfig config;
+  config.owner_idle_after = options_.owner_idle_after;
+  const bool active =
+      last.has_value() && policy::OwnerActive(std::chrono::system_clock::now() - *last, config);
+  const std::uint8_t before =
+      active ? refusing_->fetch_or(load::kOwnerActive)
+             : refusing_->fetch_and(static_cast<std::uint8_t>(~load::kOwnerActive));
+  if (((before & load::kOwnerActive) != 0) != active) {
+    std::fprintf(stderr, "roamd %s: %s\n", peers_.self().c_str(),
+                 active ? "its owner is back: it takes no guests and sends its guests away"
+                        : "its owner is away: it takes guests");
+  }
+  return active;
+}
+
 void Node::BalanceTick() {
   Balancer* balancer = options_.balancer;
-  const std::uint8_t flags = policy::NodeFlags(draining_->load(), /*owner_mode=*/false, false);
+  const bool owner_active = CheckOwner();
+  const std::uint8_t flags = policy::NodeFlags((refusing_->load() & load::kDraining) != 0,
+                                               options_.owner_mode, owner_active);
   const bool evict = policy::MustEvict(flags);
   if (balancer == nullptr && !evict) return;
   const std::uint64_t now = PoolNow();
@@ -1663,10 +1696,7 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
         return MakeError(Errc::kPermissionDenied, "node {} may not start process {}", sender,
                          message.start_guest().id());
       }
-      if (draining_->load() && sender != peers_.self()) {
-        return MakeError(Errc::kUnavailable,
-                         "{} is draining: it starts no processes of other nodes", peers_.self());
-      }
+      if (sender != peers_.self()) ROAM_TRY(TakesGuests(refusing_->load(), peers_.self()));
       ROAM_ASSIGN_OR_RETURN(const pid_t ns_pid, StartGuest(sender, message.start_guest()));
       reply.mutable_start_guest()->set_pid(ns_pid);
       return reply;
@@ -1760,7 +1790,8 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
       reply.mutable_node_status()->set_migrations_out(migrations_out_);
       reply.mutable_node_status()->set_balance(std::string(BalanceModeName(
           options_.balancer != nullptr ? options_.balancer->mode() : BalanceMode::kOff)));
-      reply.mutable_node_status()->set_draining(draining_->load());
+      reply.mutable_node_status()->set_draining((refusing_->load() & load::kDraining) != 0);
+      reply.mutable_node_status()->set_owner_active((refusing_->load() & load::kOwnerActive) != 0);
       return reply;
     }
     case peer::Message::kGuestQuery: {
@@ -1810,9 +1841,7 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
       ROAM_TRY(MigrateGuestAway(sender, message.migrate_guest()));
       return reply;
     case peer::Message::kReserve:
-      if (draining_->load()) {
-        return MakeError(Errc::kUnavailable, "{} is draining: it takes no guests", peers_.self());
-      }
+      ROAM_TRY(TakesGuests(refusing_->load(), peers_.self()));
       if (options_.balancer != nullptr &&
           !options_.balancer->Admit(message.reserve().load_per_cpu(), PoolNow())) {
         return MakeError(Errc::kResourceExhausted, "{} has no room for it now", peers_.self());

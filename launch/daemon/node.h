@@ -62,6 +62,11 @@ struct NodeOptions {
   // that needs more grows it during the move: a pre-copy asks for twice the
   // process's memory.
   std::size_t staging_bytes = kDefaultStagingBytes;
+  // Owner mode (owner.h): guests only while the owner has given no input
+  // for `owner_idle_after`; more places to watch for input.
+  bool owner_mode = false;
+  std::vector<std::filesystem::path> owner_inputs;
+  std::chrono::nanoseconds owner_idle_after = std::chrono::seconds(30);
   std::chrono::milliseconds heartbeat{1000};
   // Consecutive failed heartbeats after which a guest's node is lost.
   int lost_after = 3;
@@ -167,6 +172,9 @@ class Node final {
   // on a draining node, every guest away instead (home when balancing is
   // off).
   void BalanceTick();
+  // Owner mode: whether the owner is at work now (kOwnerActive kept in
+  // step, the change logged); false when the node is not in owner mode.
+  bool CheckOwner();
   // Load sharing, and eviction from a draining node (`evict`: to its home
   // without a reservation there, and tried again sooner if it fails).
   void Rebalance(Guest& guest, const Balancer::NamedMove& move, bool evict);
@@ -201,8 +209,11 @@ class Node final {
   std::unique_ptr<Migrator> migrator_;
   std::vector<pid_t> inits_;  // released namespace inits to reap
   double load_ = 0;           // CPUs used by guests over the last sample
-  // Read by the migration thread too (an incoming move is refused while set).
-  std::shared_ptr<std::atomic<bool>> draining_ = std::make_shared<std::atomic<bool>>(false);
+  // Why the node takes no guests now: LoadFlag bits kDraining (roam drain)
+  // and kOwnerActive (owner mode). Read by the migration thread too: an
+  // incoming move is refused while any is set.
+  std::shared_ptr<std::atomic<std::uint8_t>> refusing_ =
+      std::make_shared<std::atomic<std::uint8_t>>(0);
   std::uint64_t migrations_in_ = 0;   // moves that landed here
   std::uint64_t migrations_out_ = 0;  // moves away that completed
   std::chrono::steady_clock::time_point last_sample_;

@@ -3,6 +3,7 @@
 // `roam` program: remote execution with exit codes, output and signals,
 // stdin streamed to a remote process, `roam ps` at home, ownership, and a
 // process whose node is lost.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -11,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -88,6 +90,7 @@ class PoolTest : public ::testing::Test {
         argv.push_back("--balance");
         argv.push_back(balance_);
       }
+      argv.insert(argv.end(), node_args_[i].begin(), node_args_[i].end());
       launch::LocalNodes::Environment env = {{"UCX_TLS", "tcp"}, {"UCX_NET_DEVICES", "eth0"}};
       if (i == fault_node_) env.emplace_back("ROAM_FAULT", fault_);
       auto pid = nodes_->Spawn(i, argv, env);
@@ -207,6 +210,8 @@ class PoolTest : public ::testing::Test {
   // roamd --balance for every node, set by a fixture's constructor; empty:
   // roamd's default.
   std::string balance_;
+  // More roamd arguments for node i, set by a fixture's constructor.
+  std::array<std::vector<std::string>, kNodes> node_args_;
   std::vector<pid_t> background_;
 };
 
@@ -793,6 +798,60 @@ TEST_F(PoolTestBalancing, DrainedGuestsSpreadOverTheOtherNodesAndIdleAndTopShowI
   EXPECT_EQ(Wait(b), 0) << ReadFile(dir_.path() / "b.err");
   EXPECT_EQ(ReadFile(dir_.path() / "a.out"), SlowCounterOutput());
   EXPECT_EQ(ReadFile(dir_.path() / "b.out"), SlowCounterOutput());
+}
+
+// n2 lends its CPU only while its owner is away: its owner's input is a
+// file here, idle after 2 s.
+class PoolTestOwnerMode : public PoolTest {
+ protected:
+  PoolTestOwnerMode() {
+    node_args_[1] = {"--owner-mode", "--owner-input", Input().string(), "--owner-idle-after", "2"};
+    std::ofstream(Input()).put('\n');
+    Touch(std::chrono::hours(1));
+  }
+  std::filesystem::path Input() const { return dir_.path() / "n2.input"; }
+  // The owner's last input `ago`.
+  void Touch(std::chrono::seconds ago) const {
+    const auto t = std::chrono::system_clock::now() - ago;
+    const auto s = std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+    const struct timespec times[2] = {{s, 0}, {s, 0}};
+    ASSERT_EQ(utimensat(AT_FDCWD, Input().c_str(), times, 0), 0);
+  }
+  // n2's state in `roam nodes`.
+  std::string StateOfN2() const {
+    const auto nodes = nlohmann::json::parse(Roam(0, "nodes --json").out, nullptr, false);
+    return nodes.is_array() && nodes.size() == 3 ? nodes[1]["state"].get<std::string>() : "";
+  }
+};
+
+TEST_F(PoolTestOwnerMode, GuestsLeaveWhenTheOwnerComesBackAndReturnOnlyOnceTheyAreAway) {
+  const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kSlowCounter, "slow");
+  ASSERT_EQ(WaitForProcess(0)["node"], "n2");
+
+  Touch(std::chrono::seconds(0));
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (Ps(0)[0]["node"] != "n1" && std::chrono::steady_clock::now() < deadline) {
+    Touch(std::chrono::seconds(0));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(Ps(0)[0]["node"], "n1") << "the guest did not leave n2 for home";
+  Touch(std::chrono::seconds(0));
+  EXPECT_EQ(StateOfN2(), "owner-active");
+  const auto refused = Roam(0, "run --node n2 -- true");
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.err.find("the owner of n2 is at work"), std::string::npos) << refused.err;
+
+  // No input for 2 s: n2 takes guests again.
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (StateOfN2() != "up" && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(StateOfN2(), "up");
+  const auto again = Roam(0, "run --node n2 -- echo lent");
+  EXPECT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(again.out, "lent\n");
+  EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "slow.err");
+  EXPECT_EQ(ReadFile(dir_.path() / "slow.out"), SlowCounterOutput());
 }
 
 }  // namespace
