@@ -57,7 +57,7 @@ void AddPoolCommands(CLI::App& app) {
       ->check(CheckMebibytes);
   up->add_option("--balance", g_pool.balance,
                  "Load sharing on every node (roamd --balance): off, exec or mosix; default "
-                 "roamd's (off)")
+                 "roamd's (mosix)")
       ->check(CLI::IsMember({"off", "exec", "mosix"}));
   up->add_option("--name", g_pool.name, "The pool's name, [A-Za-z0-9_-]{1,16}")
       ->capture_default_str();

@@ -35,7 +35,7 @@ struct Flags {
   std::string guest_cgroup;
   double cpus = 0;
   std::int64_t staging_mib = roam::daemon::kDefaultStagingBytes >> 20;
-  std::string balance = "off";
+  std::string balance = "mosix";
   bool owner_mode = false;
   std::vector<std::string> owner_inputs;
   double owner_idle_after = 30;

@@ -207,9 +207,10 @@ class PoolTest : public ::testing::Test {
   // constructor.
   int fault_node_ = -1;
   std::string fault_;
-  // roamd --balance for every node, set by a fixture's constructor; empty:
-  // roamd's default.
-  std::string balance_;
+  // roamd --balance for every node, set by a fixture's constructor. Off
+  // unless a test is about load sharing: the others place and move
+  // processes by hand and expect them where they put them.
+  std::string balance_ = "off";
   // More roamd arguments for node i, set by a fixture's constructor.
   std::array<std::vector<std::string>, kNodes> node_args_;
   std::vector<pid_t> background_;
