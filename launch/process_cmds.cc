@@ -254,7 +254,10 @@ int RunNodes() {
                       {"load", n.load()},
                       {"processes", n.processes()},
                       {"state", n.state()},
-                      {"dropped_messages", n.dropped()}});
+                      {"dropped_messages", n.dropped()},
+                      {"guests", n.guests()},
+                      {"balance", n.balance()},
+                      {"free_cores", n.free_cores()}});
     }
     std::printf("%s\n", list.dump(2).c_str());
     return 0;

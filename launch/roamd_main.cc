@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,7 @@
 #include "launch/daemon/pool_peers.h"
 #include "launch/pool/pool_key.h"
 #include "roam/base/version.h"
+#include "roam/numa/topology.h"
 #include "roam/transport/transport.h"
 
 namespace {
@@ -39,6 +41,7 @@ struct Flags {
   bool owner_mode = false;
   std::vector<std::string> owner_inputs;
   double owner_idle_after = 30;
+  std::string bind = "numa";
 };
 
 roam::Status Serve(const Flags& flags) {
@@ -100,6 +103,11 @@ roam::Status Serve(const Flags& flags) {
       flags.cpus > 0 ? flags.cpus : static_cast<double>(sysconf(_SC_NPROCESSORS_ONLN));
   node_options.staging_bytes = static_cast<std::size_t>(flags.staging_mib) << 20;
   node_options.balancer = balancer.get();
+  std::optional<numa::Topology> topology;
+  if (flags.bind == "numa") {
+    ROAM_ASSIGN_OR_RETURN(topology, numa::Topology::FromSystem());
+    node_options.topology = &*topology;
+  }
   node_options.owner_mode = flags.owner_mode;
   node_options.owner_inputs.assign(flags.owner_inputs.begin(), flags.owner_inputs.end());
   node_options.owner_idle_after = std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -164,6 +172,11 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
                  "nodes to lighter ones)")
       ->capture_default_str()
       ->check(CLI::IsMember({"off", "exec", "mosix"}));
+  app.add_option("--bind", flags.bind,
+                 "numa: bind each guest to the NUMA node with the most free cores (its CPUs "
+                 "and memory); off: leave guests where the scheduler puts them")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"numa", "off"}));
   app.add_flag("--owner-mode", flags.owner_mode,
                "Take guests only while this machine's owner is away (no input on a login "
                "terminal or an --owner-input for --owner-idle-after); send them away when the "

@@ -275,6 +275,9 @@ struct Node::Guest {
   bool rebalancing = false;
   bool evicting = false;  // the move being arranged sends it off a node that must empty
   std::uint64_t rebalance_after_ns = 0;
+  // The core it counts as in the node's CoreLedger while bound to that
+  // core's NUMA node (BindGuest); none when unbound.
+  std::optional<numa::Placement> core;
 };
 
 Node::Node(EventLoop& loop, PoolPeers& peers, NodeOptions options, UniqueFd listen_fd)
@@ -781,6 +784,7 @@ void Node::HandleNodes(std::uint64_t sid) {
         entry->set_migrations_in(st.migrations_in());
         entry->set_migrations_out(st.migrations_out());
         entry->set_balance(st.balance());
+        *entry->mutable_free_cores() = st.free_cores();
         entry->set_state(st.draining() ? "draining" : st.owner_active() ? "owner-active" : "up");
       } else {
         entry->set_state("unreachable");
@@ -1035,6 +1039,7 @@ Result<pid_t> Node::StartGuest(const std::string& home, const peer::StartGuest& 
   Guest& g = *guest;
   guests_.emplace(g.id, std::move(guest));
   WatchGuest(g);
+  BindGuest(g);
   return spawned.ns_pid;
 }
 
@@ -1219,7 +1224,37 @@ void Node::DropGuest(const std::string& id) {
   auto it = guests_.find(id);
   if (it == guests_.end()) return;
   UnwatchGuest(*it->second);
+  UnbindGuest(*it->second);
   guests_.erase(it);
+}
+
+void Node::BindGuest(Guest& guest) {
+  const numa::Topology* topology = options_.topology;
+  if (topology == nullptr || guest.core) return;
+  auto choice = numa::ChoosePlacement(*topology, core_ledger_, 1);
+  numa::Placement node;
+  if (choice) {
+    node.numa_node = choice->numa_node;
+    for (const numa::NumaNodeCores& n : topology->CoresByNumaNode()) {
+      if (n.os_index != choice->numa_node) continue;
+      for (const numa::CpuSet& core : n.cores) node.cpus = node.cpus.Union(core);
+    }
+  }
+  const Status bound = choice ? numa::BindProcess(guest.pid, node, numa::BindMode::kBestEffort)
+                              : Status(choice.error());
+  if (!bound) {
+    std::fprintf(stderr, "roamd %s: %s runs unbound: %s\n", peers_.self().c_str(), guest.id.c_str(),
+                 bound.error().ToString().c_str());
+    return;
+  }
+  core_ledger_.Take(*choice);
+  guest.core = std::move(*choice);
+}
+
+void Node::UnbindGuest(Guest& guest) {
+  if (!guest.core) return;
+  core_ledger_.Release(*guest.core);
+  guest.core.reset();
 }
 
 void Node::UnwatchGuest(Guest& guest) {
@@ -1282,6 +1317,9 @@ void Node::BalanceTick() {
   load::NodeReadings readings;
   readings.capacity_cpus = options_.cpus;
   readings.flags = flags;
+  if (options_.topology != nullptr) {
+    readings.free_cores = numa::FreeCoresPerNumaNode(*options_.topology, core_ledger_);
+  }
   std::vector<policy::Candidate> candidates;
   std::vector<Guest*> by_index;
   for (auto& [id, g] : guests_) {
@@ -1592,6 +1630,7 @@ void Node::OnMigrationOutcome(MigrationOutcome outcome) {
   }
   const auto& report = *outcome.report;
   ++migrations_out_;
+  UnbindGuest(*g);
   g->moved = true;
   g->done.set_ok(true);
   g->done.set_pid(g->ns_pid);  // kept: restored in a pid namespace of its own
@@ -1684,6 +1723,7 @@ void Node::OnArrival(Arrival arrival) {
   Guest& g = *guest;
   guests_.emplace(g.id, std::move(guest));
   WatchGuest(g);
+  BindGuest(g);
 }
 
 // ---- pool messages --------------------------------------------------------
@@ -1792,6 +1832,11 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
           options_.balancer != nullptr ? options_.balancer->mode() : BalanceMode::kOff)));
       reply.mutable_node_status()->set_draining((refusing_->load() & load::kDraining) != 0);
       reply.mutable_node_status()->set_owner_active((refusing_->load() & load::kOwnerActive) != 0);
+      if (options_.topology != nullptr) {
+        const auto free = numa::FreeCoresPerNumaNode(*options_.topology, core_ledger_);
+        const int nodes = std::min<int>(options_.topology->numa_nodes(), free.size());
+        for (int i = 0; i < nodes; ++i) reply.mutable_node_status()->add_free_cores(free[i]);
+      }
       return reply;
     }
     case peer::Message::kGuestQuery: {

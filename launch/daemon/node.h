@@ -41,6 +41,9 @@
 #include "launch/daemon/pool_peers.h"
 #include "roam/base/error.h"
 #include "roam/base/unique_fd.h"
+#include "roam/numa/binding.h"
+#include "roam/numa/placement.h"
+#include "roam/numa/topology.h"
 
 namespace roam::daemon {
 
@@ -58,6 +61,9 @@ struct NodeOptions {
   // Load sharing (sampling, gossip, placement, rebalancing); nullptr: none.
   // Outlives the node.
   Balancer* balancer = nullptr;
+  // This machine's topology: guests are bound to a NUMA node (BindGuest);
+  // nullptr: not bound. Outlives the node.
+  const numa::Topology* topology = nullptr;
   // Incoming moves' staging, allocated at start (roamd --staging). A move
   // that needs more grows it during the move: a pre-copy asks for twice the
   // process's memory.
@@ -165,6 +171,14 @@ class Node final {
   void MaybeReportExit(Guest& guest);
   void DropGuest(const std::string& id);
   void UnwatchGuest(Guest& guest);
+  // NUMA locality (NodeOptions::topology): a guest started or arrived here
+  // is bound to the NUMA node with the most free cores: every CPU of it (its
+  // threads spread over them as the scheduler likes) and its pages moved
+  // there; it counts as one core of that node in the ledger, which gives
+  // the load vector's free cores. A binding that fails is logged, never a
+  // reason to refuse the process.
+  void BindGuest(Guest& guest);
+  void UnbindGuest(Guest& guest);
   void ReapInits();
   void SampleLoad();
   // Load sharing, each sample: the node's vector out, then (mosix) moves
@@ -214,6 +228,7 @@ class Node final {
   // incoming move is refused while any is set.
   std::shared_ptr<std::atomic<std::uint8_t>> refusing_ =
       std::make_shared<std::atomic<std::uint8_t>>(0);
+  numa::CoreLedger core_ledger_;      // guests bound here, by core
   std::uint64_t migrations_in_ = 0;   // moves that landed here
   std::uint64_t migrations_out_ = 0;  // moves away that completed
   std::chrono::steady_clock::time_point last_sample_;

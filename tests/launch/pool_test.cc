@@ -564,6 +564,52 @@ std::string SlowCounterOutput() {
   return out;
 }
 
+// The free cores node i reports on its first NUMA node (roamd binds guests
+// to NUMA nodes by default); -1 when it reports none.
+int FreeCores(const nlohmann::json& nodes, int i) {
+  if (!nodes.is_array() || nodes.size() <= static_cast<std::size_t>(i)) return -1;
+  const auto& free = nodes[static_cast<std::size_t>(i)]["free_cores"];
+  return free.is_array() && !free.empty() ? free[0].get<int>() : -1;
+}
+
+// A guest counts as a core of the NUMA node it is bound to, where it runs
+// and only while it runs there: its node's free cores go down when it
+// starts or arrives, and up again when it leaves or ends.
+TEST_F(PoolTest, AGuestHoldsACoreOfItsNodeWhileItRunsThere) {
+  const auto idle = nlohmann::json::parse(Roam(0, "nodes --json").out, nullptr, false);
+  const int cores = FreeCores(idle, 1);
+  ASSERT_GE(cores, 1) << idle;
+  EXPECT_EQ(FreeCores(idle, 2), cores);
+  const pid_t roam = RoamInBackground(0, std::string("run --node n2 -- ") + kSlowCounter, "held");
+  const std::string id = WaitForProcess(0)["id"];
+  // Printing: the program itself runs (not a wrapper that finds it).
+  const auto started = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (ReadFile(dir_.path() / "held.out").empty() && std::chrono::steady_clock::now() < started) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  auto nodes = nlohmann::json::parse(Roam(0, "nodes --json").out, nullptr, false);
+  EXPECT_EQ(FreeCores(nodes, 1), cores - 1) << nodes;
+  EXPECT_EQ(FreeCores(nodes, 2), cores) << nodes;
+
+  const auto moved = Roam(0, "migrate " + id + " --to n3");
+  ASSERT_EQ(moved.exit_code, 0) << moved.err;
+  nodes = nlohmann::json::parse(Roam(0, "nodes --json").out, nullptr, false);
+  EXPECT_EQ(FreeCores(nodes, 1), cores) << nodes;
+  EXPECT_EQ(FreeCores(nodes, 2), cores - 1) << nodes;
+
+  EXPECT_EQ(Wait(roam), 0) << ReadFile(dir_.path() / "held.err");
+  EXPECT_EQ(ReadFile(dir_.path() / "held.out"), SlowCounterOutput());
+  // Its node forgets it once its exit has reached home.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (FreeCores(nlohmann::json::parse(Roam(0, "nodes --json").out, nullptr, false), 2) !=
+             cores &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(FreeCores(nlohmann::json::parse(Roam(0, "nodes --json").out, nullptr, false), 2),
+            cores);
+}
+
 // Without load sharing a drained node sends its guests home; it takes no
 // new process, move or placement until it is undrained; only root (or
 // roamd's user) may drain.
