@@ -56,8 +56,6 @@ std::uint64_t PoolNow() {
                                         .count());
 }
 
-// When a process whose rebalancing move could not be arranged, or failed,
-// may be tried again.
 // Why a node whose refusing state (LoadFlag bits) is `refusing` takes no
 // guest now; Ok when it does.
 Status TakesGuests(std::uint8_t refusing, const std::string& self) {
@@ -70,6 +68,8 @@ Status TakesGuests(std::uint8_t refusing, const std::string& self) {
   return Ok();
 }
 
+// When a process whose move could not be arranged, or failed, may be tried
+// again: `after` from now.
 std::uint64_t RetryAt(std::chrono::nanoseconds after) {
   return PoolNow() + static_cast<std::uint64_t>(after.count());
 }
