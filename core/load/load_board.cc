@@ -82,6 +82,14 @@ BoardReader::BoardReader(BoardShape shape)
 
 void BoardReader::Scan(std::span<const std::byte> board,
                        const std::function<void(const LoadVector&)>& take) {
+  ScanWindows(board, [&take](std::uint32_t, std::span<const LoadVector> window) {
+    for (const LoadVector& v : window) take(v);
+  });
+}
+
+void BoardReader::ScanWindows(
+    std::span<const std::byte> board,
+    const std::function<void(std::uint32_t writer, std::span<const LoadVector> window)>& take) {
   const std::size_t slot_bytes = shape_.slot_bytes();
   const std::size_t slots = std::min<std::size_t>(shape_.slots, board.size() / slot_bytes);
   static const SlotSeal kNone;
@@ -118,12 +126,10 @@ void BoardReader::Scan(std::span<const std::byte> board,
     }
     last = LastRead{first.writer(), first.sequence()};
     ++counts_.windows;
-    for (std::size_t v = 0; v < first.count(); ++v) {
-      LoadVector vector;
-      std::memcpy(&vector, copy_.data() + v * sizeof(LoadVector), sizeof vector);
-      take(vector);
-      ++counts_.vectors;
-    }
+    window_.resize(first.count());
+    std::memcpy(window_.data(), copy_.data(), vector_bytes);
+    counts_.vectors += first.count();
+    take(first.writer(), window_);
   }
 }
 

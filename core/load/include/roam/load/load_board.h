@@ -69,6 +69,11 @@ class BoardReader {
   // each vector of each new, whole window. The board may be written while
   // it is read: each slot is copied out and checked before use.
   void Scan(std::span<const std::byte> board, const std::function<void(const LoadVector&)>& take);
+  // The same, a window at a time: `take` gets the slot's writer and its
+  // vectors in the order written (valid during the call only).
+  void ScanWindows(
+      std::span<const std::byte> board,
+      const std::function<void(std::uint32_t writer, std::span<const LoadVector> window)>& take);
 
   const BoardCounts& counts() const { return counts_; }
 
@@ -79,8 +84,9 @@ class BoardReader {
   };
 
   BoardShape shape_;
-  std::vector<LastRead> last_;   // per slot
-  std::vector<std::byte> copy_;  // one slot
+  std::vector<LastRead> last_;      // per slot
+  std::vector<std::byte> copy_;     // one slot
+  std::vector<LoadVector> window_;  // its vectors, aligned
   BoardCounts counts_;
 };
 

@@ -1,0 +1,215 @@
+#include "roam/gossip/anti_tasks.h"
+
+#include <algorithm>
+#include <array>
+#include <random>
+#include <vector>
+
+namespace roam::gossip {
+
+LoadState StateOf(const load::LoadVector& v, const AntiTaskThresholds& thresholds) {
+  const double per_cpu = load::LoadPerCpu(v);
+  if (per_cpu > thresholds.heavy_above) return LoadState::kHeavy;
+  if (per_cpu < thresholds.light_below && (v.flags() & load::kAccepting) != 0) {
+    return LoadState::kLight;
+  }
+  return LoadState::kNormal;
+}
+
+namespace {
+
+// Buffers that puts read: a peer that does not progress holds one until its
+// endpoint fails, and the others keep anti-tasks moving meanwhile.
+constexpr std::size_t kBuffers = 8;
+
+class AntiTasksImpl final : public AntiTasks {
+ public:
+  AntiTasksImpl(std::uint32_t self, Options options, std::unique_ptr<transport::MemoryRegion> board,
+                std::unique_ptr<transport::MemoryRegion> out)
+      : self_(self),
+        options_(options),
+        board_(std::move(board)),
+        out_(std::move(out)),
+        reader_(options.shape),
+        view_(self, options.view_capacity),
+        rng_(options.seed) {}
+
+  Result<transport::Bytes> PackBoardKey() const override { return board_->PackKey(); }
+
+  Status Tick(const load::LoadVector& own, std::span<const BoardPeer> peers) override {
+    ++counts_.ticks;
+    pulls_.clear();
+    arrived_.clear();
+    view_.SetOwn(own);
+    reader_.ScanWindows(std::span<const std::byte>(board_->data(), options_.shape.bytes()),
+                        [this](std::uint32_t, std::span<const load::LoadVector> window) {
+                          for (const load::LoadVector& v : window) view_.Merge(v);
+                          // A window that starts with a heavy node is its answer to one of
+                          // this node's anti-tasks: where work is, information only.
+                          if (StateOf(window.front(), options_.thresholds) == LoadState::kHeavy)
+                            return;
+                          arrived_.emplace_back(window.begin(), window.end());
+                        });
+    const LoadState state = StateOf(own, options_.thresholds);
+    for (std::vector<load::LoadVector>& trajectory : arrived_) {
+      const load::LoadVector& origin = trajectory.front();
+      if (origin.node() == self_) {
+        ++counts_.ended;  // back home: nobody on its way had work
+        continue;
+      }
+      if (state == LoadState::kHeavy) {
+        pulls_.push_back({origin, static_cast<std::uint32_t>(trajectory.size() - 1)});
+        ++counts_.pulled;
+        // The origin learns where work is, for its next anti-tasks.
+        if (const BoardPeer* back = Usable(peers, origin.node())) Put(*back, {&own, 1});
+        continue;
+      }
+      if (trajectory.size() >= options_.shape.window) {
+        ++counts_.ended;
+        continue;
+      }
+      trajectory.push_back(own);
+      if (const BoardPeer* next = NextHop(trajectory, peers)) {
+        if (Put(*next, trajectory)) ++counts_.forwarded;
+      } else {
+        ++counts_.ended;
+      }
+    }
+    if (state == LoadState::kLight) {
+      if (const BoardPeer* next = NextHop({&own, 1}, peers)) {
+        if (Put(*next, {&own, 1})) ++counts_.launched;
+      }
+    }
+    return Ok();
+  }
+
+  std::span<const Pull> pulls() const override { return pulls_; }
+  const load::LoadView& view() const override { return view_; }
+  AntiTaskCounts counts() const override {
+    AntiTaskCounts c = counts_;
+    c.board = reader_.counts();
+    c.put_failures += shared_->failures;
+    return c;
+  }
+
+ private:
+  // The peer `node` of `peers`, if this node can write to it.
+  static const BoardPeer* Usable(std::span<const BoardPeer> peers, std::uint32_t node) {
+    for (const BoardPeer& p : peers) {
+      if (p.node == node && p.endpoint != nullptr && p.board != nullptr) return &p;
+    }
+    return nullptr;
+  }
+
+  // Where an anti-task with this trajectory goes next: the peer this
+  // node's view knows (freshly) as the most heavily loaded of the heavy
+  // ones it has not visited, else a random peer it has not visited; none
+  // when every peer was visited.
+  const BoardPeer* NextHop(std::span<const load::LoadVector> trajectory,
+                           std::span<const BoardPeer> peers) {
+    auto visited = [&](std::uint32_t node) {
+      return node == self_ ||
+             std::any_of(trajectory.begin(), trajectory.end(),
+                         [node](const load::LoadVector& v) { return v.node() == node; });
+    };
+    const BoardPeer* best = nullptr;
+    double best_load = 0;
+    const std::uint64_t now = view_.own()->sampled_ns();
+    const auto max_age = static_cast<std::uint64_t>(options_.max_info_age.count());
+    for (const load::LoadVector& v : view_.peers()) {
+      if (StateOf(v, options_.thresholds) != LoadState::kHeavy || visited(v.node())) continue;
+      if (now > v.sampled_ns() && now - v.sampled_ns() > max_age) continue;
+      const double per_cpu = load::LoadPerCpu(v);
+      if (best != nullptr && per_cpu <= best_load) continue;
+      if (const BoardPeer* p = Usable(peers, v.node())) {
+        best = p;
+        best_load = per_cpu;
+      }
+    }
+    if (best != nullptr) return best;
+    // At random: a few draws, then a scan of the unvisited rest.
+    if (peers.empty()) return nullptr;
+    std::uniform_int_distribution<std::size_t> any(0, peers.size() - 1);
+    for (int tries = 0; tries < 16; ++tries) {
+      const BoardPeer& p = peers[any(rng_)];
+      if (p.endpoint != nullptr && p.board != nullptr && !visited(p.node)) return &p;
+    }
+    unvisited_.clear();
+    for (const BoardPeer& p : peers) {
+      if (p.endpoint != nullptr && p.board != nullptr && !visited(p.node)) unvisited_.push_back(&p);
+    }
+    if (unvisited_.empty()) return nullptr;
+    return unvisited_[std::uniform_int_distribution<std::size_t>(0, unvisited_.size() - 1)(rng_)];
+  }
+
+  // Seals `window` into a free buffer and puts it into `peer`'s board at
+  // this node's slot. False when no buffer is free or the put was refused.
+  bool Put(const BoardPeer& peer, std::span<const load::LoadVector> window) {
+    const auto free = std::find(shared_->in_flight.begin(), shared_->in_flight.end(), 0);
+    if (free == shared_->in_flight.end()) {
+      ++counts_.busy;
+      return false;
+    }
+    const auto buffer = static_cast<std::size_t>(free - shared_->in_flight.begin());
+    const std::span<std::byte> slot(out_->data() + buffer * options_.shape.slot_bytes(),
+                                    options_.shape.slot_bytes());
+    if (!load::SealSlot(options_.shape, self_, ++sequence_, window, slot)) {
+      ++counts_.put_failures;
+      return false;
+    }
+    auto done = [shared = shared_, buffer](Status status) {
+      --shared->in_flight[buffer];
+      if (!status) ++shared->failures;
+    };
+    const std::uint64_t offset = load::SlotOffset(options_.shape, self_);
+    if (!peer.endpoint->Put(slot, peer.board->base() + offset, *peer.board, done)) {
+      ++counts_.put_failures;
+      return false;
+    }
+    ++shared_->in_flight[buffer];
+    return true;
+  }
+
+  std::uint32_t self_;
+  Options options_;
+  std::unique_ptr<transport::MemoryRegion> board_;
+  std::unique_ptr<transport::MemoryRegion> out_;  // kBuffers sealed windows puts read
+  load::BoardReader reader_;
+  load::LoadView view_;
+  std::mt19937_64 rng_;
+  std::uint64_t sequence_ = 0;
+  // Shared with completions, which may run after this object is gone.
+  struct Shared {
+    std::array<std::uint64_t, kBuffers> in_flight{};
+    std::uint64_t failures = 0;
+  };
+  std::shared_ptr<Shared> shared_ = std::make_shared<Shared>();
+  std::vector<std::vector<load::LoadVector>> arrived_;  // this tick's anti-tasks
+  std::vector<Pull> pulls_;
+  std::vector<const BoardPeer*> unvisited_;
+  AntiTaskCounts counts_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<AntiTasks>> AntiTasks::Create(transport::Fabric& fabric, std::uint32_t self,
+                                                     Options options) {
+  ROAM_TRY(options.shape.Check());
+  if (options.shape.window < 2) {
+    return MakeError(Errc::kInvalidArgument,
+                     "anti-tasks: a window of {} leaves no room for a trajectory",
+                     options.shape.window);
+  }
+  const AntiTaskThresholds& t = options.thresholds;
+  if (!(t.light_below >= 0) || !(t.light_below < t.heavy_above)) {
+    return MakeError(Errc::kInvalidArgument,
+                     "anti-tasks: light below {} must be under heavy above {}", t.light_below,
+                     t.heavy_above);
+  }
+  ROAM_ASSIGN_OR_RETURN(auto board, fabric.Allocate(options.shape.bytes()));
+  ROAM_ASSIGN_OR_RETURN(auto out, fabric.Allocate(kBuffers * options.shape.slot_bytes()));
+  return std::unique_ptr<AntiTasks>(
+      std::make_unique<AntiTasksImpl>(self, options, std::move(board), std::move(out)));
+}
+
+}  // namespace roam::gossip
