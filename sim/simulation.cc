@@ -453,9 +453,8 @@ class Simulation {
         policy::ChoosePlacement(*n.own, peers, *n.ledger, now_ns, options_.policy, n.rng);
     std::uint32_t target = origin;
     if (choice.node != origin) {
-      const double here = (n.ledger->Adjusted(*n.own) + 1000.0) / n.own->capacity_milli();
       Node& t = nodes_[choice.node];
-      if (t.own && policy::Admit(*t.own, *t.ledger, here)) {
+      if (t.own && policy::Admit(*t.own, *t.ledger, choice.here_load_per_cpu)) {
         target = choice.node;
         t.ledger->Record(target, now_ns, 1000);
       } else {
