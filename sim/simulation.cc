@@ -46,7 +46,11 @@ struct Process {
   std::uint32_t origin = 0;
   std::uint32_t node = 0;  // where it runs, or is on its way to
   double start = 0;
-  double arrived = 0;  // at its node (for a process in transit: when it lands)
+  // When it arrived at its node by a move (for one in transit: when it
+  // lands); 0 for a process started there, by its origin or by a remote
+  // placement, as roamd passes it (a guest it started, not one that
+  // migrated in): the residence time holds back only processes that moved.
+  double arrived = 0;
   double demand = 0;
   double attained = 0;  // CPU seconds used on earlier nodes
   double join_v = 0;    // the node's per-process service when it joined
@@ -331,7 +335,6 @@ class Simulation {
     p.join_v = n.v;
     p.tag = n.v + std::max(0.0, p.demand - p.attained);
     p.running = true;
-    p.arrived = now_;
     Changing(p.node, [&] { n.running.insert({p.tag, id}); });
     Schedule(p.node);
   }
@@ -346,11 +349,13 @@ class Simulation {
     Schedule(p.node);
   }
 
-  // `id` leaves for `target`, where it lands after `cost` seconds.
-  void Send(std::uint32_t id, std::uint32_t target, double cost) {
+  // `id` leaves for `target`, where it lands after `cost` seconds, by a
+  // move or started there.
+  enum class Way : std::uint8_t { kMove, kRemoteStart };
+  void Send(std::uint32_t id, std::uint32_t target, double cost, Way way) {
     Process& p = procs_[id];
     p.node = target;
-    p.arrived = now_ + cost;
+    if (way == Way::kMove) p.arrived = now_ + cost;
     Changing(target, [&] { ++nodes_[target].incoming; });
     events_.push({now_ + cost, seq_++, Event::Kind::kLanding, id, 0});
   }
@@ -419,7 +424,7 @@ class Simulation {
       Join(id);
     } else {
       ++summary_.remote_placements;
-      Send(id, target, kMoveFixedSeconds);
+      Send(id, target, kMoveFixedSeconds, Way::kRemoteStart);
     }
   }
 
@@ -448,9 +453,8 @@ class Simulation {
         policy::ChoosePlacement(*n.own, peers, *n.ledger, now_ns, options_.policy, n.rng);
     std::uint32_t target = origin;
     if (choice.node != origin) {
-      const double here = (n.ledger->Adjusted(*n.own) + 1000.0) / n.own->capacity_milli();
       Node& t = nodes_[choice.node];
-      if (t.own && policy::Admit(*t.own, *t.ledger, here)) {
+      if (t.own && policy::Admit(*t.own, *t.ledger, choice.here_load_per_cpu)) {
         target = choice.node;
         t.ledger->Record(target, now_ns, 1000);
       } else {
@@ -583,7 +587,8 @@ class Simulation {
       ++procs_[id].moves;
       ++summary_.migrations;
       Send(id, m.target,
-           kMoveFixedSeconds + static_cast<double>(procs_[id].resident) / kMoveBytesPerSecond);
+           kMoveFixedSeconds + static_cast<double>(procs_[id].resident) / kMoveBytesPerSecond,
+           Way::kMove);
     }
   }
 

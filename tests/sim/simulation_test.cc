@@ -46,8 +46,10 @@ TEST(SimulationTest, AJobAloneRunsAtOneCpuWhateverTheCapacity) {
   EXPECT_NEAR(s->records[1].finish, 6.5, 1e-9);
 }
 
-// Two 20 s jobs on node 0 of two: once they have stayed min_residence
-// (5 s, 2.5 s of CPU each), one moves to the idle node. It does not run
+// Two 20 s jobs on node 0 of two: at 5 s (the clock starts at 0, which
+// the policy reads as an arrival at 0 of processes started there, so
+// min_residence holds them until then; 2.5 s of CPU each), one moves to
+// the idle node. It does not run
 // for 0.1 s plus its resident size at 1 GB/s, then runs alone there.
 TEST(SimulationTest, AMoveDelaysTheProcessByItsCost) {
   Options o = Quiet(Strategy::kMosix, 2);

@@ -16,6 +16,12 @@
 #include <string_view>
 #include <vector>
 
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+
 #include <gtest/gtest.h>
 
 #include "transport/wire/wire.h"
@@ -166,6 +172,49 @@ TEST_F(FakeNetworkTest, AllocatedRegionsArePageAlignedAndZero) {
   EXPECT_EQ(Addr(*region) % 4096, 0u);
   for (std::byte b : region->bytes()) ASSERT_EQ(b, std::byte{0});
   EXPECT_TRUE(FailsWith(a->Allocate(0), Errc::kInvalidArgument));
+}
+
+// Small regions are carved from mappings the network shares among its
+// nodes: each still comes zeroed (a freed one that is handed out again
+// was written), faulted in, on its own pages, and not in a forked child.
+TEST_F(FakeNetworkTest, SmallRegionsKeepAllocatesPromisesWhenReused) {
+  const auto page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  auto a = AddNode("a");
+  auto b = AddNode("b");
+  std::vector<std::unique_ptr<MemoryRegion>> regions;
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(round);
+    regions.clear();
+    for (Fabric* f : {a.get(), b.get(), a.get()}) {
+      auto region = Allocate(*f, 3 * page + 7);
+      ASSERT_NE(region, nullptr);
+      EXPECT_EQ(Addr(*region) % page, 0u);
+      std::vector<unsigned char> resident(4);
+      ASSERT_EQ(mincore(region->data(), region->size(), resident.data()), 0);
+      for (unsigned char r : resident) EXPECT_TRUE(r & 1) << "a page not faulted in";
+      for (std::byte x : region->bytes()) ASSERT_EQ(x, std::byte{0});
+      std::fill(region->data(), region->data() + region->size(), std::byte{0x5a});
+      regions.push_back(std::move(region));
+    }
+    // No two share a page.
+    for (std::size_t i = 0; i < regions.size(); ++i) {
+      for (std::size_t j = i + 1; j < regions.size(); ++j) {
+        const auto lo = std::min(Addr(*regions[i]), Addr(*regions[j]));
+        const auto hi = std::max(Addr(*regions[i]), Addr(*regions[j]));
+        EXPECT_GE(hi - lo, 4 * page);
+      }
+    }
+  }
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // ENOMEM: nothing is mapped there in the child.
+    const int rc = madvise(regions[0]->data(), regions[0]->size(), MADV_NORMAL);
+    _exit(rc != 0 && errno == ENOMEM ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child has the region mapped";
 }
 
 TEST_F(FakeNetworkTest, APutLandsOnlyWhenTheTargetProgresses) {

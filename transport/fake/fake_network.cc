@@ -15,6 +15,7 @@
 // running its completions, so a completion may destroy its own endpoint; the
 // completions left after that are dropped, never run.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -27,6 +28,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <unordered_map>
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -71,8 +74,97 @@ std::size_t PageSize() {
   return page;
 }
 
-struct FreeDeleter {
-  void operator()(std::byte* p) const { std::free(p); }
+// A hash of bytes, for the caches of decoded addresses and keys (whose
+// hits compare the bytes in full).
+std::uint64_t HashBytes(ByteView bytes) {
+  return std::hash<std::string_view>{}(
+      std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+}
+
+// An address or key kept in a cache entry itself (one cache miss fewer
+// than bytes on the heap); longer ones are not cached.
+struct InlineBytes {
+  static constexpr std::size_t kMax = 96;
+  std::array<std::byte, kMax> data{};
+  std::uint8_t size = 0;
+
+  static bool Fits(ByteView b) { return b.size() <= kMax; }
+  InlineBytes() = default;
+  explicit InlineBytes(ByteView b) : size(static_cast<std::uint8_t>(b.size())) {
+    std::copy(b.begin(), b.end(), data.begin());
+  }
+  bool operator==(ByteView b) const {
+    return b.size() == size && std::equal(b.begin(), b.end(), data.begin());
+  }
+};
+
+// Memory for Fabric::Allocate: zero-filled, faulted in, and not inherited
+// by a fork (MADV_DONTFORK). Regions up to kLargestCarved are carved, in
+// whole pages, from mappings of kChunkBytes made once, and reused when
+// freed: a simulated pool of 100,000 nodes allocates two small regions a
+// node, and a mapping each (or a heap block each, which MADV_DONTFORK
+// splits into a mapping of its own) would pass vm.max_map_count (65,530
+// by default). Larger regions get a mapping each.
+class RegionArena {
+ public:
+  RegionArena() = default;
+  RegionArena(const RegionArena&) = delete;
+  RegionArena& operator=(const RegionArena&) = delete;
+  ~RegionArena() {
+    for (const auto& [base, size] : chunks_) ::munmap(base, size);
+  }
+
+  // `rounded`: a whole number of pages, not 0.
+  Result<std::byte*> Take(std::size_t rounded) {
+    std::byte* p = nullptr;
+    if (rounded > kLargestCarved) {
+      ROAM_ASSIGN_OR_RETURN(p, Map(rounded));
+    } else if (auto it = free_.find(rounded); it != free_.end() && !it->second.empty()) {
+      p = it->second.back();
+      it->second.pop_back();
+    } else {
+      if (left_ < rounded) {
+        ROAM_ASSIGN_OR_RETURN(next_, Map(kChunkBytes));
+        chunks_.emplace_back(next_, kChunkBytes);
+        left_ = kChunkBytes;
+      }
+      p = next_;
+      next_ += rounded;
+      left_ -= rounded;
+    }
+    // Zero (a reused block was written) and fault in, as Fabric::Allocate
+    // promises.
+    std::memset(p, 0, rounded);
+    return p;
+  }
+
+  void Give(std::byte* p, std::size_t rounded) {
+    if (rounded > kLargestCarved) {
+      ::munmap(p, rounded);
+    } else {
+      free_[rounded].push_back(p);
+    }
+  }
+
+ private:
+  static constexpr std::size_t kChunkBytes = std::size_t{64} << 20;
+  static constexpr std::size_t kLargestCarved = std::size_t{1} << 20;
+
+  static Result<std::byte*> Map(std::size_t bytes) {
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      return MakeError(Errc::kResourceExhausted, "cannot map {} bytes for fake regions: {}", bytes,
+                       std::strerror(errno));
+    }
+    // A fork must not inherit them (Fabric::Allocate).
+    (void)::madvise(p, bytes, MADV_DONTFORK);
+    return static_cast<std::byte*>(p);
+  }
+
+  std::vector<std::pair<std::byte*, std::size_t>> chunks_;
+  std::byte* next_ = nullptr;  // the current chunk's unused rest
+  std::size_t left_ = 0;
+  std::unordered_map<std::size_t, std::vector<std::byte*>> free_;  // by size
 };
 
 // A message between two nodes.
@@ -126,7 +218,9 @@ struct EndpointState {
   std::map<std::uint64_t, Completion> puts;  // local completion not yet run
   std::map<std::uint64_t, PendingGet> gets;
   std::set<std::uint64_t> unacked;  // puts and gets not yet complete at the peer
-  std::deque<PendingFlush> flushes;
+  // Few and short-lived: a vector (a deque allocates when it is made, and
+  // an endpoint is made for every gossip peer of a large simulated pool).
+  std::vector<PendingFlush> flushes;
   PendingRequests requests;
   // Liveness (FabricOptions::peer_timeout), on the network's clock: answers
   // (acks, get replies, replies) are counted, and Progress notes since when
@@ -152,6 +246,20 @@ struct ReadyWork {
   std::uint64_t op = 0;
 };
 
+// A message on the wire to a node, due at `at`; ties in send order.
+struct Queued {
+  TimePoint at{};
+  std::uint64_t seq = 0;
+  Event ev;
+};
+
+// For a min-heap of Queued by (at, seq).
+struct LaterFirst {
+  bool operator()(const Queued& a, const Queued& b) const {
+    return a.at != b.at ? a.at > b.at : a.seq > b.seq;
+  }
+};
+
 struct Node {
   NodeId id = 0;
   std::string name;
@@ -162,10 +270,14 @@ struct Node {
 
   RequestRouter router;
   std::map<std::uint64_t, std::span<std::byte>> regions;
-  std::map<std::uint64_t, EndpointRef> endpoints;
+  // By id, ascending (ids are handed out in order): a flat map, since a
+  // node keeps few endpoints and a simulated pool makes and drops one per
+  // gossip peer.
+  std::vector<std::pair<std::uint64_t, EndpointRef>> endpoints;
   std::deque<ReadyWork> ready;
-  // Messages to this node by (delivery time, network-wide sequence number).
-  std::map<std::pair<TimePoint, std::uint64_t>, Event> inbox;
+  // Messages to this node, a heap by (delivery time, network-wide sequence
+  // number): no allocation per message once it has grown.
+  std::vector<Queued> inbox;
   // The network's fault epoch this node's endpoints were last checked at.
   std::uint64_t fault_epoch_seen = 0;
 };
@@ -176,6 +288,13 @@ struct Link {
   FakeNetwork::LinkFaults faults;
   TimePoint last_delivery{};
 };
+
+EndpointRef* FindEndpoint(Node& n, std::uint64_t id) {
+  auto it =
+      std::lower_bound(n.endpoints.begin(), n.endpoints.end(), id,
+                       [](const auto& entry, std::uint64_t key) { return entry.first < key; });
+  return it != n.endpoints.end() && it->first == id ? &it->second : nullptr;
+}
 
 void RunCalls(const EndpointState& ep, std::vector<PendingCall>& calls) {
   for (auto& [done, status] : calls) {
@@ -230,7 +349,7 @@ unsigned CompleteFlushes(const EndpointRef& ep) {
     Status status = Ok();
     if (flush.error) status = *flush.error;
     calls.emplace_back(std::move(flush.done), std::move(status));
-    ep->flushes.pop_front();
+    ep->flushes.erase(ep->flushes.begin());
   }
   RunCalls(*ep, calls);
   return static_cast<unsigned>(calls.size());
@@ -273,9 +392,9 @@ unsigned CheckLiveness(const EndpointRef& ep, std::chrono::milliseconds timeout,
 
 // A put's local completion, or a flush that may have nothing to wait for.
 unsigned RunReady(Node& n, const ReadyWork& work) {
-  auto it = n.endpoints.find(work.endpoint);
-  if (it == n.endpoints.end()) return 0;
-  const EndpointRef ep = it->second;  // a completion may destroy the Endpoint
+  const EndpointRef* found = FindEndpoint(n, work.endpoint);
+  if (found == nullptr) return 0;
+  const EndpointRef ep = *found;  // a completion may destroy the Endpoint
   if (work.kind == ReadyWork::Kind::kFlushCheck) return CompleteFlushes(ep);
   auto put = ep->puts.find(work.op);
   if (put == ep->puts.end()) return 0;  // failed meanwhile
@@ -287,9 +406,9 @@ unsigned RunReady(Node& n, const ReadyWork& work) {
 
 // A put's ack or a get's data is back at the initiator.
 void OpDone(Node& n, Event ev) {
-  auto it = n.endpoints.find(ev.endpoint);
-  if (it == n.endpoints.end()) return;  // the initiator is gone
-  const EndpointRef ep = it->second;
+  const EndpointRef* found = FindEndpoint(n, ev.endpoint);
+  if (found == nullptr) return;  // the initiator is gone
+  const EndpointRef ep = *found;
   if (ep->failure || !ep->unacked.contains(ev.op)) return;  // already failed
   ep->unacked.erase(ev.op);
   ++ep->answers;
@@ -345,9 +464,43 @@ class FakeNetwork::Impl {
   std::string NodeName(NodeId id) const;
   Bytes NodeAddress(NodeId id) const;
   Result<std::unique_ptr<Endpoint>> Connect(NodeId self, ByteView address);
+  // An address or key decoded and checked before (most Connects of a
+  // simulated pool are to peers some node connected to before): its ids
+  // and, for an address, its name.
+  struct KnownAddress {
+    InlineBytes bytes;
+    NodeId peer = 0;
+    std::string name;
+  };
+  struct KnownKey {
+    InlineBytes bytes;
+    std::uint64_t base = 0;
+    std::uint64_t length = 0;
+    std::uint64_t network = 0;
+    NodeId owner = 0;
+    std::uint64_t region = 0;
+  };
+  // Valid until the next call.
+  Result<const KnownKey*> DecodeKey(ByteView packed);
+  std::unique_ptr<Endpoint> NewEndpoint(NodeId self, NodeId peer, const std::string& name);
   Result<std::unique_ptr<MemoryRegion>> AddRegion(NodeId node_id, std::span<std::byte> memory,
-                                                  std::unique_ptr<std::byte, FreeDeleter> owned);
+                                                  bool owned);
   void RemoveRegion(NodeId node_id, std::uint64_t region);
+  RegionArena& arena() { return arena_; }
+  // Buffers for the data of puts, kept when a put has landed: a put does
+  // not allocate once a few are kept.
+  Bytes TakeBuffer() {
+    if (spare_buffers_.empty()) return {};
+    Bytes b = std::move(spare_buffers_.back());
+    spare_buffers_.pop_back();
+    return b;
+  }
+  void KeepBuffer(Bytes b) {
+    if (spare_buffers_.size() < kSpareBuffers && b.capacity() != 0) {
+      b.clear();
+      spare_buffers_.push_back(std::move(b));
+    }
+  }
   void CloseEndpoint(EndpointState& ep);
   void CloseNode(NodeId id);
   // Why `self` and `peer` cannot talk, or nullopt while they can.
@@ -382,6 +535,16 @@ class FakeNetwork::Impl {
   std::map<std::pair<NodeId, NodeId>, Link> links_;
   std::set<std::pair<NodeId, NodeId>> disconnected_;  // (lower id, higher id)
   std::size_t queued_ = 0;                            // messages in all inboxes
+  // By node id: killed or closed (BreakReason's common case without
+  // touching either node).
+  std::vector<std::uint8_t> down_ = std::vector<std::uint8_t>(1, 0);
+  std::unordered_map<std::uint64_t, KnownAddress> known_addresses_;  // by HashBytes
+  std::unordered_map<std::uint64_t, KnownKey> known_keys_;
+  static constexpr std::size_t kSpareBuffers = 4096;
+  std::vector<Bytes> spare_buffers_;
+  std::vector<std::uint64_t> endpoint_ids_;  // Progress's scratch
+  std::optional<KnownKey> decoded_key_;      // DecodeKey's answer on a collision
+  RegionArena arena_;
 };
 
 namespace {
@@ -406,10 +569,16 @@ class FakeRemoteKey final : public RemoteKey {
 class FakeRegion final : public MemoryRegion {
  public:
   FakeRegion(FakeNetwork::Impl& net, NodeId node, std::uint64_t id, std::span<std::byte> memory,
-             std::unique_ptr<std::byte, FreeDeleter> owned)
-      : net_(net), node_(node), id_(id), memory_(memory), owned_(std::move(owned)) {}
+             bool owned)
+      : net_(net), node_(node), id_(id), memory_(memory), owned_(owned) {}
   // Deregisters first: a put that arrives later is refused, never written.
-  ~FakeRegion() override { net_.RemoveRegion(node_, id_); }
+  ~FakeRegion() override {
+    net_.RemoveRegion(node_, id_);
+    if (owned_) {
+      const std::size_t page = PageSize();
+      net_.arena().Give(memory_.data(), (memory_.size() + page - 1) / page * page);
+    }
+  }
   FakeRegion(const FakeRegion&) = delete;
   FakeRegion& operator=(const FakeRegion&) = delete;
 
@@ -429,7 +598,7 @@ class FakeRegion final : public MemoryRegion {
   NodeId node_;
   std::uint64_t id_;
   std::span<std::byte> memory_;
-  std::unique_ptr<std::byte, FreeDeleter> owned_;  // null when registered
+  bool owned_;  // allocated from the network's arena, not registered
 };
 
 class FakeEndpoint final : public Endpoint {
@@ -446,22 +615,16 @@ class FakeEndpoint final : public Endpoint {
   }
 
   Result<std::unique_ptr<RemoteKey>> UnpackKey(ByteView packed) override {
-    ROAM_ASSIGN_OR_RETURN(wire::DecodedKey key, wire::DecodeKey(packed, kBackend));
-    if (key.backend_key.size() != kKeyIdBytes) {
-      return MakeError(Errc::kCorrupt, "fake memory key holds {} bytes of ids, not {}",
-                       key.backend_key.size(), kKeyIdBytes);
-    }
-    if (ReadU64(key.backend_key, 0) != net_.network_id()) {
+    ROAM_ASSIGN_OR_RETURN(const FakeNetwork::Impl::KnownKey* key, net_.DecodeKey(packed));
+    if (key->network != net_.network_id()) {
       return MakeError(Errc::kInvalidArgument, "key belongs to another fake network, not to {}'s",
                        state_->peer_name);
     }
-    const NodeId owner = ReadU64(key.backend_key, 8);
-    if (owner != state_->peer) {
+    if (key->owner != state_->peer) {
       return MakeError(Errc::kInvalidArgument, "key belongs to node {}, not {}",
-                       net_.NodeName(owner), state_->peer_name);
+                       net_.NodeName(key->owner), state_->peer_name);
     }
-    return std::make_unique<FakeRemoteKey>(key.base, key.length, ReadU64(key.backend_key, 16),
-                                           state_->id);
+    return std::make_unique<FakeRemoteKey>(key->base, key->length, key->region, state_->id);
   }
 
   Status Put(ByteView src, std::uint64_t remote_addr, const RemoteKey& key,
@@ -478,6 +641,7 @@ class FakeEndpoint final : public Endpoint {
     ev.addr = remote_addr;
     // Copied now: `src` is the caller's again as soon as this returns, and
     // the local completion says so at the next Progress.
+    ev.data = net_.TakeBuffer();
     ev.data.assign(src.begin(), src.end());
     net_.Send(std::move(ev));
     net_.QueueReady(state_->node, {ReadyWork::Kind::kPutDone, state_->id, op});
@@ -607,27 +771,17 @@ class FakeFabric final : public Fabric {
     if (bytes > std::numeric_limits<std::size_t>::max() - page) {
       return MakeError(Errc::kResourceExhausted, "cannot allocate a region of {} bytes", bytes);
     }
-    // Whole pages, as UCX and verbs register them (and aligned_alloc wants a
-    // multiple of the alignment).
+    // Whole pages, as UCX and verbs register them.
     const std::size_t rounded = (bytes + page - 1) / page * page;
-    std::unique_ptr<std::byte, FreeDeleter> memory(
-        static_cast<std::byte*>(std::aligned_alloc(page, rounded)));
-    if (!memory) {
-      return MakeError(Errc::kResourceExhausted, "cannot allocate a region of {} bytes", bytes);
-    }
-    // Zero-filled and faulted in, as Fabric::Allocate promises.
-    std::memset(memory.get(), 0, rounded);
-    // Whole pages of our own: a fork must not inherit them (Fabric::Allocate).
-    (void)madvise(memory.get(), rounded, MADV_DONTFORK);
-    std::span<std::byte> span(memory.get(), bytes);
-    return net_.AddRegion(id_, span, std::move(memory));
+    ROAM_ASSIGN_OR_RETURN(std::byte * memory, net_.arena().Take(rounded));
+    return net_.AddRegion(id_, std::span<std::byte>(memory, bytes), /*owned=*/true);
   }
 
   Result<std::unique_ptr<MemoryRegion>> Register(std::span<std::byte> memory) override {
     if (memory.empty() || memory.data() == nullptr) {
       return MakeError(Errc::kInvalidArgument, "cannot register an empty region");
     }
-    return net_.AddRegion(id_, memory, nullptr);
+    return net_.AddRegion(id_, memory, /*owned=*/false);
   }
 
   void Handle(std::uint16_t tag, RequestHandler handler) override {
@@ -664,6 +818,7 @@ Result<std::unique_ptr<Fabric>> FakeNetwork::Impl::AddNode(const FabricOptions& 
   n->peer_timeout = options.peer_timeout;
   n->fault_epoch_seen = fault_epoch_;
   nodes_.push_back(std::move(n));
+  down_.push_back(0);
   names_.emplace(options.name, id);
   return std::make_unique<FakeFabric>(*this, id, options.name);
 }
@@ -701,6 +856,7 @@ Status FakeNetwork::Impl::Kill(std::string_view name) {
   ROAM_ASSIGN_OR_RETURN(const NodeId id, Find(name));
   Node& n = node(id);
   n.killed = true;
+  down_[id] = 1;
   FaultsChanged();
   return Ok();
 }
@@ -714,9 +870,10 @@ void FakeNetwork::Impl::FaultsChanged() {
   if (queued_ == 0) return;
   for (auto& n : nodes_) {
     if (!n) continue;
-    queued_ -= std::erase_if(n->inbox, [this](const auto& entry) {
-      return BreakReason(entry.second.from, entry.second.to).has_value();
-    });
+    const std::size_t lost = std::erase_if(
+        n->inbox, [this](const Queued& q) { return BreakReason(q.ev.from, q.ev.to).has_value(); });
+    if (lost != 0) std::make_heap(n->inbox.begin(), n->inbox.end(), LaterFirst{});
+    queued_ -= lost;
   }
 }
 
@@ -740,6 +897,7 @@ Bytes FakeNetwork::Impl::NodeAddress(NodeId id) const {
 }
 
 std::optional<std::string> FakeNetwork::Impl::BreakReason(NodeId self, NodeId peer) const {
+  if (down_.at(self) == 0 && down_.at(peer) == 0 && disconnected_.empty()) return std::nullopt;
   const Node& s = *nodes_.at(self);
   const Node& p = *nodes_.at(peer);
   if (p.killed) return "killed";
@@ -753,6 +911,15 @@ std::optional<std::string> FakeNetwork::Impl::BreakReason(NodeId self, NodeId pe
 }
 
 Result<std::unique_ptr<Endpoint>> FakeNetwork::Impl::Connect(NodeId self, ByteView address) {
+  const std::uint64_t hash = HashBytes(address);
+  if (auto it = known_addresses_.find(hash);
+      it != known_addresses_.end() && it->second.bytes == address) {
+    const KnownAddress& known = it->second;
+    if (auto reason = BreakReason(self, known.peer)) {
+      return MakeError(Errc::kUnavailable, "node {} is unreachable: {}", known.name, *reason);
+    }
+    return NewEndpoint(self, known.peer, known.name);
+  }
   ROAM_ASSIGN_OR_RETURN(wire::DecodedAddress decoded, wire::DecodeAddress(address, kBackend));
   if (decoded.backend_address.size() != kAddressIdBytes) {
     return MakeError(Errc::kCorrupt, "fake address of {} holds {} bytes of ids, not {}",
@@ -771,23 +938,57 @@ Result<std::unique_ptr<Endpoint>> FakeNetwork::Impl::Connect(NodeId self, ByteVi
     return MakeError(Errc::kCorrupt, "fake address names {}, but node id {} is {}", decoded.name,
                      peer, found->name);
   }
+  // Checked: later Connects to it skip the decoding (a collision of
+  // hashes keeps the first).
+  if (InlineBytes::Fits(address)) {
+    known_addresses_.try_emplace(hash, KnownAddress{InlineBytes(address), peer, decoded.name});
+  }
   if (auto reason = BreakReason(self, peer)) {
     return MakeError(Errc::kUnavailable, "node {} is unreachable: {}", decoded.name, *reason);
   }
+  return NewEndpoint(self, peer, decoded.name);
+}
+
+std::unique_ptr<Endpoint> FakeNetwork::Impl::NewEndpoint(NodeId self, NodeId peer,
+                                                         const std::string& name) {
   auto state = std::make_shared<EndpointState>();
   state->id = next_endpoint_id_++;
   state->node = self;
   state->peer = peer;
-  state->peer_name = decoded.name;
-  node(self).endpoints.emplace(state->id, state);
+  state->peer_name = name;
+  node(self).endpoints.emplace_back(state->id, state);
   return std::make_unique<FakeEndpoint>(*this, std::move(state));
 }
 
-Result<std::unique_ptr<MemoryRegion>> FakeNetwork::Impl::AddRegion(
-    NodeId node_id, std::span<std::byte> memory, std::unique_ptr<std::byte, FreeDeleter> owned) {
+Result<const FakeNetwork::Impl::KnownKey*> FakeNetwork::Impl::DecodeKey(ByteView packed) {
+  const std::uint64_t hash = HashBytes(packed);
+  auto it = known_keys_.find(hash);
+  if (it != known_keys_.end() && it->second.bytes == packed) return &it->second;
+  ROAM_ASSIGN_OR_RETURN(wire::DecodedKey key, wire::DecodeKey(packed, kBackend));
+  if (key.backend_key.size() != kKeyIdBytes) {
+    return MakeError(Errc::kCorrupt, "fake memory key holds {} bytes of ids, not {}",
+                     key.backend_key.size(), kKeyIdBytes);
+  }
+  const bool fits = InlineBytes::Fits(packed);
+  KnownKey known{fits ? InlineBytes(packed) : InlineBytes(),
+                 key.base,
+                 key.length,
+                 ReadU64(key.backend_key, 0),
+                 ReadU64(key.backend_key, 8),
+                 ReadU64(key.backend_key, 16)};
+  if (!fits || it != known_keys_.end()) {  // too long, or a collision: not kept
+    decoded_key_ = std::move(known);
+    return &*decoded_key_;
+  }
+  return &known_keys_.emplace(hash, std::move(known)).first->second;
+}
+
+Result<std::unique_ptr<MemoryRegion>> FakeNetwork::Impl::AddRegion(NodeId node_id,
+                                                                   std::span<std::byte> memory,
+                                                                   bool owned) {
   const std::uint64_t id = next_region_id_++;
   node(node_id).regions.emplace(id, memory);
-  return std::make_unique<FakeRegion>(*this, node_id, id, memory, std::move(owned));
+  return std::make_unique<FakeRegion>(*this, node_id, id, memory, owned);
 }
 
 void FakeNetwork::Impl::RemoveRegion(NodeId node_id, std::uint64_t region) {
@@ -796,7 +997,11 @@ void FakeNetwork::Impl::RemoveRegion(NodeId node_id, std::uint64_t region) {
 
 void FakeNetwork::Impl::CloseEndpoint(EndpointState& ep) {
   ep.closed = true;
-  node(ep.node).endpoints.erase(ep.id);
+  Node& n = node(ep.node);
+  auto it =
+      std::lower_bound(n.endpoints.begin(), n.endpoints.end(), ep.id,
+                       [](const auto& entry, std::uint64_t key) { return entry.first < key; });
+  if (it != n.endpoints.end() && it->first == ep.id) n.endpoints.erase(it);
   // The caller's completions are dropped, never run; answers still on the
   // wire find no endpoint and are dropped too. Pending requests keep their
   // (now silent) handlers until the state goes.
@@ -809,6 +1014,7 @@ void FakeNetwork::Impl::CloseEndpoint(EndpointState& ep) {
 void FakeNetwork::Impl::CloseNode(NodeId id) {
   Node& n = node(id);
   n.closed = true;
+  down_[id] = 1;
   n.ready.clear();
   n.router = RequestRouter();
   if (auto it = names_.find(n.name); it != names_.end() && it->second == id) names_.erase(it);
@@ -824,13 +1030,15 @@ void FakeNetwork::Impl::Send(Event ev) {
   // simulator's random gossip: every pair, in time) keeps no entry per
   // pair.
   TimePoint at = now();
-  if (auto it = links_.find({ev.from, ev.to}); it != links_.end()) {
+  if (auto it = links_.empty() ? links_.end() : links_.find({ev.from, ev.to}); it != links_.end()) {
     Link& link = it->second;
     if (link.faults.drop > 0.0 && Draw() < link.faults.drop) return;
     at = std::max<TimePoint>(at + link.faults.delay, link.last_delivery);
     link.last_delivery = at;
   }
-  node(ev.to).inbox.emplace(std::pair{at, next_seq_++}, std::move(ev));
+  std::vector<Queued>& inbox = node(ev.to).inbox;
+  inbox.push_back({at, next_seq_++, std::move(ev)});
+  std::push_heap(inbox.begin(), inbox.end(), LaterFirst{});
   ++queued_;
 }
 
@@ -854,19 +1062,33 @@ unsigned FakeNetwork::Impl::Progress(NodeId id) {
   // Messages due by now and sent before this call (the same reasoning).
   const std::uint64_t limit = next_seq_;
   while (!n.inbox.empty() && !n.closed) {
-    auto it = n.inbox.begin();
-    if (it->first.first > t || it->first.second >= limit) break;
-    Event ev = std::move(it->second);
-    n.inbox.erase(it);
+    const Queued& first = n.inbox.front();
+    if (first.at > t || first.seq >= limit) break;
+    std::pop_heap(n.inbox.begin(), n.inbox.end(), LaterFirst{});
+    Event ev = std::move(n.inbox.back().ev);
+    n.inbox.pop_back();
     --queued_;
     Deliver(n, std::move(ev));
     ++handled;
   }
-  // Deadlines last: a reply that is due wins over its deadline.
-  for (const EndpointRef& ep : EndpointsOf(n)) {
+  // Deadlines last: a reply that is due wins over its deadline. The ids of
+  // the endpoints there are now (a completion may add or destroy some);
+  // one that waits on nothing, was not waiting and has no request has
+  // nothing to check.
+  std::vector<std::uint64_t> ids;
+  ids.swap(endpoint_ids_);  // a Progress inside a completion makes its own
+  ids.clear();
+  for (const auto& [ep_id, ep] : n.endpoints) ids.push_back(ep_id);
+  for (const std::uint64_t ep_id : ids) {
+    const EndpointRef* found = FindEndpoint(n, ep_id);
+    if (found == nullptr) continue;
+    const EndpointState& state = **found;
+    if (!state.was_waiting && !state.waiting() && state.requests.size() == 0) continue;
+    const EndpointRef ep = *found;
     handled += CheckLiveness(ep, n.peer_timeout, t);
     if (!ep->closed) handled += ep->requests.Expire(t, ep->peer_name);
   }
+  if (ids.capacity() > endpoint_ids_.capacity()) endpoint_ids_.swap(ids);
   return handled;
 }
 
@@ -875,7 +1097,7 @@ bool FakeNetwork::Impl::Arm(NodeId id) {
   if (n.closed) return true;
   if (!n.ready.empty()) return false;
   const TimePoint t = now();
-  if (!n.inbox.empty() && n.inbox.begin()->first.first <= t) return false;
+  if (!n.inbox.empty() && n.inbox.front().at <= t) return false;
   // Or an endpoint about to fail, or a request past its deadline.
   return std::ranges::none_of(n.endpoints, [&](const auto& entry) {
     const EndpointState& ep = *entry.second;
@@ -910,6 +1132,7 @@ void FakeNetwork::Impl::Deliver(Node& n, Event ev) {
     case Event::Kind::kPut: {
       answer.kind = Event::Kind::kPutAck;
       if (Status written = WriteRegion(n, ev); !written.has_value()) answer.error = written.error();
+      KeepBuffer(std::move(ev.data));
       Send(std::move(answer));
       return;
     }
@@ -937,9 +1160,9 @@ void FakeNetwork::Impl::Deliver(Node& n, Event ev) {
       OpDone(n, std::move(ev));
       return;
     case Event::Kind::kReply: {
-      auto it = n.endpoints.find(ev.endpoint);
-      if (it == n.endpoints.end()) return;  // the requester is gone: drop the reply
-      const EndpointRef ep = it->second;
+      const EndpointRef* found = FindEndpoint(n, ev.endpoint);
+      if (found == nullptr) return;  // the requester is gone: drop the reply
+      const EndpointRef ep = *found;
       ++ep->answers;
       ep->requests.Complete(ev.header.request_id, ReplyResult(ev.header, ev.data));
       return;

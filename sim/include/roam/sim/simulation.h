@@ -35,6 +35,8 @@
 #include <vector>
 
 #include "roam/base/error.h"
+#include "roam/gossip/dissemination.h"
+#include "roam/load/load_board.h"
 #include "roam/policy/config.h"
 #include "roam/sim/workload.h"
 
@@ -60,11 +62,12 @@ struct Options {
   // Stop after this many ticks even if processes remain (0: run to the end).
   std::uint64_t max_ticks = 0;
 
-  // Gossip.
-  std::uint32_t fanout = 2;
-  std::uint32_t view_capacity = 64;
-  std::uint32_t window = 8;
-  std::uint32_t slots = 32;
+  // Gossip: roamd's defaults.
+  std::uint32_t fanout = gossip::Disseminator::Options{}.fanout;
+  std::uint32_t view_capacity =
+      static_cast<std::uint32_t>(gossip::Disseminator::Options{}.view_capacity);
+  std::uint32_t window = load::BoardShape{}.window;
+  std::uint32_t slots = load::BoardShape{}.slots;
 
   policy::PolicyConfig policy;  // load_half_life is also the sampler's
 

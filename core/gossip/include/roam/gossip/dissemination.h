@@ -46,9 +46,12 @@ class Disseminator {
  public:
   struct Options {
     load::BoardShape shape;
-    std::uint32_t fanout = 2;        // peers written each tick (MOSIX's k)
-    std::size_t view_capacity = 64;  // nodes it remembers
-    std::uint64_t seed = 1;          // for the choice of peers
+    // Peers written each tick (MOSIX's k), and the nodes it remembers: with
+    // the board's window of 4, what the policy reads is 2 ticks old at the
+    // median (roam-sim at 1,000 nodes, docs/policy.md), for 4 puts a second.
+    std::uint32_t fanout = 4;
+    std::size_t view_capacity = 16;
+    std::uint64_t seed = 1;  // for the choice of peers
   };
 
   // Allocates the board (zeroed) and the buffers windows are put from.

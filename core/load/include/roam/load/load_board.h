@@ -33,7 +33,11 @@ namespace roam::load {
 inline constexpr std::uint16_t kBoardFormatVersion = 1;
 
 struct BoardShape {
-  std::uint32_t window = 8;  // vectors per slot: the writer's own, and others
+  // Vectors per slot: the writer's own, and others. A short window carries
+  // mostly fresh vectors (roam-sim, docs/policy.md: at fanout 4 and window
+  // 4 the policy reads entries 2 ticks old at the median, at window 8 and
+  // fanout 2, 4).
+  std::uint32_t window = 4;
   std::uint32_t slots = 32;  // a few times the window
 
   // The one-line reason the shape is unusable, if it is.
