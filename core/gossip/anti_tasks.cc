@@ -1,9 +1,12 @@
 #include "roam/gossip/anti_tasks.h"
 
 #include <algorithm>
-#include <array>
+#include <optional>
 #include <random>
+#include <utility>
 #include <vector>
+
+#include "window_puts.h"
 
 namespace roam::gossip {
 
@@ -18,18 +21,18 @@ LoadState StateOf(const load::LoadVector& v, const AntiTaskThresholds& threshold
 
 namespace {
 
-// Buffers that puts read: a peer that does not progress holds one until its
-// endpoint fails, and the others keep anti-tasks moving meanwhile.
+// Buffers anti-tasks are put from (window_puts.h): several may go out in
+// one tick.
 constexpr std::size_t kBuffers = 8;
 
 class AntiTasksImpl final : public AntiTasks {
  public:
   AntiTasksImpl(std::uint32_t self, Options options, std::unique_ptr<transport::MemoryRegion> board,
-                std::unique_ptr<transport::MemoryRegion> out)
+                internal::WindowPuts puts)
       : self_(self),
         options_(options),
         board_(std::move(board)),
-        out_(std::move(out)),
+        puts_(std::move(puts)),
         reader_(options.shape),
         view_(self, options.view_capacity),
         rng_(options.seed) {}
@@ -88,7 +91,7 @@ class AntiTasksImpl final : public AntiTasks {
   AntiTaskCounts counts() const override {
     AntiTaskCounts c = counts_;
     c.board = reader_.counts();
-    c.put_failures += shared_->failures;
+    c.put_failures += puts_.failures();
     return c;
   }
 
@@ -145,45 +148,25 @@ class AntiTasksImpl final : public AntiTasks {
   // Seals `window` into a free buffer and puts it into `peer`'s board at
   // this node's slot. False when no buffer is free or the put was refused.
   bool Put(const BoardPeer& peer, std::span<const load::LoadVector> window) {
-    const auto free = std::find(shared_->in_flight.begin(), shared_->in_flight.end(), 0);
-    if (free == shared_->in_flight.end()) {
+    const Result<std::optional<std::size_t>> buffer = puts_.Seal(window);
+    if (buffer && !*buffer) {
       ++counts_.busy;
       return false;
     }
-    const auto buffer = static_cast<std::size_t>(free - shared_->in_flight.begin());
-    const std::span<std::byte> slot(out_->data() + buffer * options_.shape.slot_bytes(),
-                                    options_.shape.slot_bytes());
-    if (!load::SealSlot(options_.shape, self_, ++sequence_, window, slot)) {
+    if (!buffer || !puts_.Put(**buffer, peer)) {
       ++counts_.put_failures;
       return false;
     }
-    auto done = [shared = shared_, buffer](Status status) {
-      --shared->in_flight[buffer];
-      if (!status) ++shared->failures;
-    };
-    const std::uint64_t offset = load::SlotOffset(options_.shape, self_);
-    if (!peer.endpoint->Put(slot, peer.board->base() + offset, *peer.board, done)) {
-      ++counts_.put_failures;
-      return false;
-    }
-    ++shared_->in_flight[buffer];
     return true;
   }
 
   std::uint32_t self_;
   Options options_;
   std::unique_ptr<transport::MemoryRegion> board_;
-  std::unique_ptr<transport::MemoryRegion> out_;  // kBuffers sealed windows puts read
+  internal::WindowPuts puts_;
   load::BoardReader reader_;
   load::LoadView view_;
   std::mt19937_64 rng_;
-  std::uint64_t sequence_ = 0;
-  // Shared with completions, which may run after this object is gone.
-  struct Shared {
-    std::array<std::uint64_t, kBuffers> in_flight{};
-    std::uint64_t failures = 0;
-  };
-  std::shared_ptr<Shared> shared_ = std::make_shared<Shared>();
   std::vector<std::vector<load::LoadVector>> arrived_;  // this tick's anti-tasks
   std::vector<Pull> pulls_;
   std::vector<const BoardPeer*> unvisited_;
@@ -207,9 +190,10 @@ Result<std::unique_ptr<AntiTasks>> AntiTasks::Create(transport::Fabric& fabric, 
                      t.heavy_above);
   }
   ROAM_ASSIGN_OR_RETURN(auto board, fabric.Allocate(options.shape.bytes()));
-  ROAM_ASSIGN_OR_RETURN(auto out, fabric.Allocate(kBuffers * options.shape.slot_bytes()));
+  ROAM_ASSIGN_OR_RETURN(auto puts,
+                        internal::WindowPuts::Create(fabric, options.shape, kBuffers, self));
   return std::unique_ptr<AntiTasks>(
-      std::make_unique<AntiTasksImpl>(self, options, std::move(board), std::move(out)));
+      std::make_unique<AntiTasksImpl>(self, options, std::move(board), std::move(puts)));
 }
 
 }  // namespace roam::gossip

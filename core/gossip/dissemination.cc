@@ -1,27 +1,27 @@
 #include "roam/gossip/dissemination.h"
 
 #include <algorithm>
-#include <array>
+#include <optional>
 #include <random>
+#include <utility>
 #include <vector>
+
+#include "window_puts.h"
 
 namespace roam::gossip {
 namespace {
 
-// Window buffers: a peer that does not progress (over tcp a put completes
-// only as its target progresses) holds one until its endpoint fails, and
-// the others keep the node gossiping meanwhile.
+// Buffers windows are put from (window_puts.h).
 constexpr std::size_t kBuffers = 4;
 
 class DisseminatorImpl final : public Disseminator {
  public:
   DisseminatorImpl(std::uint32_t self, Options options,
-                   std::unique_ptr<transport::MemoryRegion> board,
-                   std::unique_ptr<transport::MemoryRegion> out)
+                   std::unique_ptr<transport::MemoryRegion> board, internal::WindowPuts puts)
       : self_(self),
         options_(options),
         board_(std::move(board)),
-        out_(std::move(out)),
+        puts_(std::move(puts)),
         reader_(options.shape),
         view_(self, options.view_capacity),
         rng_(options.seed) {}
@@ -33,27 +33,16 @@ class DisseminatorImpl final : public Disseminator {
     reader_.Scan(std::span<const std::byte>(board_->data(), options_.shape.bytes()),
                  [this](const load::LoadVector& v) { view_.Merge(v); });
     view_.SetOwn(own);
-    const auto free = std::find(shared_->in_flight.begin(), shared_->in_flight.end(), 0);
-    if (free == shared_->in_flight.end()) {
+    const std::span<const BoardPeer* const> chosen = ChoosePeers(peers);
+    if (chosen.empty()) return Ok();
+    ROAM_ASSIGN_OR_RETURN(const std::optional<std::size_t> buffer,
+                          puts_.Seal(view_.Window(options_.shape.window)));
+    if (!buffer) {
       ++counts_.busy_ticks;
       return Ok();
     }
-    const auto buffer = static_cast<std::size_t>(free - shared_->in_flight.begin());
-    const std::span<const BoardPeer* const> chosen = ChoosePeers(peers);
-    if (chosen.empty()) return Ok();
-    const std::vector<load::LoadVector> window = view_.Window(options_.shape.window);
-    const std::span<std::byte> slot(out_->data() + buffer * options_.shape.slot_bytes(),
-                                    options_.shape.slot_bytes());
-    ROAM_TRY(load::SealSlot(options_.shape, self_, ++sequence_, window, slot));
-    const std::uint64_t offset = load::SlotOffset(options_.shape, self_);
     for (const BoardPeer* peer : chosen) {
-      auto done = [shared = shared_, buffer](Status status) {
-        --shared->in_flight[buffer];
-        if (!status) ++shared->failures;
-      };
-      Status put = peer->endpoint->Put(slot, peer->board->base() + offset, *peer->board, done);
-      if (put) {
-        ++shared_->in_flight[buffer];
+      if (puts_.Put(*buffer, *peer)) {
         ++counts_.puts;
       } else {
         ++counts_.put_failures;
@@ -66,7 +55,7 @@ class DisseminatorImpl final : public Disseminator {
   DisseminationCounts counts() const override {
     DisseminationCounts c = counts_;
     c.board = reader_.counts();
-    c.put_failures += shared_->failures;
+    c.put_failures += puts_.failures();
     return c;
   }
 
@@ -115,17 +104,10 @@ class DisseminatorImpl final : public Disseminator {
   std::uint32_t self_;
   Options options_;
   std::unique_ptr<transport::MemoryRegion> board_;
-  std::unique_ptr<transport::MemoryRegion> out_;  // kBuffers sealed windows puts read
+  internal::WindowPuts puts_;
   load::BoardReader reader_;
   load::LoadView view_;
   std::mt19937_64 rng_;
-  std::uint64_t sequence_ = 0;
-  // Shared with completions, which may run after the disseminator is gone.
-  struct Shared {
-    std::array<std::uint64_t, kBuffers> in_flight{};  // puts reading each buffer
-    std::uint64_t failures = 0;                       // puts that completed with an error
-  };
-  std::shared_ptr<Shared> shared_ = std::make_shared<Shared>();
   std::vector<const BoardPeer*> candidates_;
   DisseminationCounts counts_;
 };
@@ -140,9 +122,10 @@ Result<std::unique_ptr<Disseminator>> Disseminator::Create(transport::Fabric& fa
   }
   // Zero-filled: every slot reads as empty until a peer writes it.
   ROAM_ASSIGN_OR_RETURN(auto board, fabric.Allocate(options.shape.bytes()));
-  ROAM_ASSIGN_OR_RETURN(auto out, fabric.Allocate(kBuffers * options.shape.slot_bytes()));
+  ROAM_ASSIGN_OR_RETURN(auto puts,
+                        internal::WindowPuts::Create(fabric, options.shape, kBuffers, self));
   return std::unique_ptr<Disseminator>(
-      std::make_unique<DisseminatorImpl>(self, options, std::move(board), std::move(out)));
+      std::make_unique<DisseminatorImpl>(self, options, std::move(board), std::move(puts)));
 }
 
 }  // namespace roam::gossip

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "roam/transport/fake.h"
+#include "tests/gossip/board_mesh.h"
 
 namespace roam::gossip {
 namespace {
@@ -48,23 +49,7 @@ class AntiTasksTest : public ::testing::Test {
       fabrics_.push_back(std::move(*fabric));
       nodes_.push_back(std::move(*node));
     }
-    peers_.resize(nodes);
-    for (std::uint32_t i = 0; i < nodes; ++i) {
-      for (std::uint32_t j = 0; j < nodes; ++j) {
-        if (i == j) continue;
-        auto address = fabrics_[j]->Address();
-        ASSERT_TRUE(address.has_value());
-        auto ep = fabrics_[i]->Connect(*address);
-        ASSERT_TRUE(ep.has_value()) << ep.error().ToString();
-        auto packed = nodes_[j]->PackBoardKey();
-        ASSERT_TRUE(packed.has_value());
-        auto key = (*ep)->UnpackKey(*packed);
-        ASSERT_TRUE(key.has_value()) << key.error().ToString();
-        peers_[i].push_back(BoardPeer{j, ep->get(), key->get()});
-        endpoints_.push_back(std::move(*ep));
-        keys_.push_back(std::move(*key));
-      }
-    }
+    mesh_.Connect(fabrics_, nodes_);
   }
 
   // Every node ticks; then the network delivers everything. Returns the
@@ -73,7 +58,7 @@ class AntiTasksTest : public ::testing::Test {
     ++tick_;
     std::vector<std::vector<Pull>> pulls(nodes_.size());
     for (std::uint32_t i = 0; i < nodes_.size(); ++i) {
-      EXPECT_TRUE(nodes_[i]->Tick(Vector(i, tick_, load_[i]), peers_[i]).has_value());
+      EXPECT_TRUE(nodes_[i]->Tick(Vector(i, tick_, load_[i]), mesh_.peers[i]).has_value());
       const auto p = nodes_[i]->pulls();
       pulls[i].assign(p.begin(), p.end());
     }
@@ -92,9 +77,7 @@ class AntiTasksTest : public ::testing::Test {
   transport::FakeNetwork net_;
   std::vector<std::unique_ptr<transport::Fabric>> fabrics_;
   std::vector<std::unique_ptr<AntiTasks>> nodes_;
-  std::vector<std::unique_ptr<transport::Endpoint>> endpoints_;
-  std::vector<std::unique_ptr<transport::RemoteKey>> keys_;
-  std::vector<std::vector<BoardPeer>> peers_;
+  BoardMesh mesh_;
   std::vector<std::uint32_t> load_;
   std::uint64_t tick_ = 0;
 };

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "roam/transport/fake.h"
+#include "tests/gossip/board_mesh.h"
 
 namespace roam::gossip {
 namespace {
@@ -27,24 +28,7 @@ class DisseminationTest : public ::testing::Test {
       nodes_.push_back(std::move(*node));
       load_.push_back(500);
     }
-    // Every node may write to every other: an endpoint and the board's key.
-    peers_.resize(nodes);
-    for (std::uint32_t i = 0; i < nodes; ++i) {
-      for (std::uint32_t j = 0; j < nodes; ++j) {
-        if (i == j) continue;
-        auto address = fabrics_[j]->Address();
-        ASSERT_TRUE(address.has_value());
-        auto ep = fabrics_[i]->Connect(*address);
-        ASSERT_TRUE(ep.has_value()) << ep.error().ToString();
-        auto packed = nodes_[j]->PackBoardKey();
-        ASSERT_TRUE(packed.has_value());
-        auto key = (*ep)->UnpackKey(*packed);
-        ASSERT_TRUE(key.has_value()) << key.error().ToString();
-        peers_[i].push_back(BoardPeer{j, ep->get(), key->get()});
-        endpoints_.push_back(std::move(*ep));
-        keys_.push_back(std::move(*key));
-      }
-    }
+    mesh_.Connect(fabrics_, nodes_);
   }
 
   // Every node samples (its sequence is the tick) and writes; then the
@@ -55,7 +39,7 @@ class DisseminationTest : public ::testing::Test {
       if (dead_.contains(i)) continue;
       const load::LoadVector own(i, 1, tick_, tick_ * kTickNs, load_[i], 1000, 1024, 0, 0,
                                  load::kAccepting);
-      ASSERT_TRUE(nodes_[i]->Tick(own, peers_[i]).has_value());
+      ASSERT_TRUE(nodes_[i]->Tick(own, mesh_.peers[i]).has_value());
     }
     for (int round = 0; round < 4; ++round) {
       for (auto& f : fabrics_) f->Progress();
@@ -78,9 +62,7 @@ class DisseminationTest : public ::testing::Test {
   transport::FakeNetwork net_;
   std::vector<std::unique_ptr<transport::Fabric>> fabrics_;
   std::vector<std::unique_ptr<Disseminator>> nodes_;
-  std::vector<std::unique_ptr<transport::Endpoint>> endpoints_;
-  std::vector<std::unique_ptr<transport::RemoteKey>> keys_;
-  std::vector<std::vector<BoardPeer>> peers_;
+  BoardMesh mesh_;
   std::vector<std::uint32_t> load_;
   std::set<std::uint32_t> dead_;
   std::uint64_t tick_ = 0;
