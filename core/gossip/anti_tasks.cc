@@ -49,9 +49,9 @@ class AntiTasksImpl final : public AntiTasks {
                           for (const load::LoadVector& v : window) view_.Merge(v);
                           // A window that starts with a heavy node is its answer to one of
                           // this node's anti-tasks: where work is, information only.
-                          if (StateOf(window.front(), options_.thresholds) == LoadState::kHeavy)
-                            return;
-                          arrived_.emplace_back(window.begin(), window.end());
+                          if (StateOf(window.front(), options_.thresholds) != LoadState::kHeavy) {
+                            arrived_.emplace_back(window.begin(), window.end());
+                          }
                         });
     const LoadState state = StateOf(own, options_.thresholds);
     for (std::vector<load::LoadVector>& trajectory : arrived_) {
@@ -96,10 +96,12 @@ class AntiTasksImpl final : public AntiTasks {
   }
 
  private:
+  static bool Writable(const BoardPeer& p) { return p.endpoint != nullptr && p.board != nullptr; }
+
   // The peer `node` of `peers`, if this node can write to it.
   static const BoardPeer* Usable(std::span<const BoardPeer> peers, std::uint32_t node) {
     for (const BoardPeer& p : peers) {
-      if (p.node == node && p.endpoint != nullptr && p.board != nullptr) return &p;
+      if (p.node == node && Writable(p)) return &p;
     }
     return nullptr;
   }
@@ -135,11 +137,11 @@ class AntiTasksImpl final : public AntiTasks {
     std::uniform_int_distribution<std::size_t> any(0, peers.size() - 1);
     for (int tries = 0; tries < 16; ++tries) {
       const BoardPeer& p = peers[any(rng_)];
-      if (p.endpoint != nullptr && p.board != nullptr && !visited(p.node)) return &p;
+      if (Writable(p) && !visited(p.node)) return &p;
     }
     unvisited_.clear();
     for (const BoardPeer& p : peers) {
-      if (p.endpoint != nullptr && p.board != nullptr && !visited(p.node)) unvisited_.push_back(&p);
+      if (Writable(p) && !visited(p.node)) unvisited_.push_back(&p);
     }
     if (unvisited_.empty()) return nullptr;
     return unvisited_[std::uniform_int_distribution<std::size_t>(0, unvisited_.size() - 1)(rng_)];
