@@ -262,9 +262,11 @@ void AddLoadCommands(CLI::App& app) {
   CLI::App* drain = app.add_subcommand(
       "drain", "Empty a node: it takes no new guests and sends those it has away");
   drain->add_option("node", g_flags.node, "The node")->required();
-  drain->add_option("--wait", g_flags.wait,
-                    "Wait up to this many seconds until it runs no guests (exit 1 if it still "
-                    "does)");
+  drain
+      ->add_option("--wait", g_flags.wait,
+                   "Wait up to this many seconds until it runs no guests (exit 1 if it still "
+                   "does)")
+      ->check(CLI::NonNegativeNumber);
   CLI::App* undrain = app.add_subcommand("undrain", "Let a drained node take guests again");
   undrain->add_option("node", g_flags.node, "The node")->required();
 
@@ -275,7 +277,8 @@ void AddLoadCommands(CLI::App& app) {
       app.add_subcommand("top", "Watch the pool: load per node, guests, migrations per second");
   top->add_option("-d,--interval", g_flags.interval, "Seconds between frames (default 1)");
   top->add_option("-n,--iterations", g_flags.iterations,
-                  "Stop after this many frames (default: until interrupted)");
+                  "Stop after this many frames (default: until interrupted)")
+      ->check(CLI::NonNegativeNumber);
   top->add_flag("--json", g_flags.json, "One JSON object per frame");
 }
 
