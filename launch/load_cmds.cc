@@ -278,7 +278,7 @@ void AddLoadCommands(CLI::App& app) {
   top->add_option("-d,--interval", g_flags.interval, "Seconds between frames (default 1)");
   top->add_option("-n,--iterations", g_flags.iterations,
                   "Stop after this many frames (default: until interrupted)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1'000'000'000));
   top->add_flag("--json", g_flags.json, "One JSON object per frame");
 }
 
