@@ -266,7 +266,7 @@ void AddLoadCommands(CLI::App& app) {
       ->add_option("--wait", g_flags.wait,
                    "Wait up to this many seconds until it runs no guests (exit 1 if it still "
                    "does)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0.0, 86'400.0));
   CLI::App* undrain = app.add_subcommand("undrain", "Let a drained node take guests again");
   undrain->add_option("node", g_flags.node, "The node")->required();
 
