@@ -180,18 +180,24 @@ std::string RenderTop(const control::NodesReply& nodes, const std::map<std::stri
     used += n.load();
     processes += n.processes();
     guests += n.guests();
+    // Rates need two frames: "-" in the first.
     const auto r = rates.find(n.name());
-    const Rates rate = r == rates.end() ? Rates{} : r->second;
-    moves += rate.in;
+    std::string in = "-";
+    std::string away = "-";
+    if (r != rates.end()) {
+      moves += r->second.in;
+      in = fmt::format("{:.1f}", r->second.in);
+      away = fmt::format("{:.1f}", r->second.out);
+    }
     out += fmt::format(
-        "{:<8} {:<11} {:<7} {:>5.2f} {:>6.2f} {:<10} {:>5.2f} {:>5} {:>6} {:>6.1f} {:>6.1f}\n",
-        n.name(), n.state(), n.balance(), n.cpus(), n.runnable(), LoadBar(n.runnable(), n.cpus()),
-        n.load(), n.processes(), n.guests(), rate.in, rate.out);
+        "{:<8} {:<11} {:<7} {:>5.2f} {:>6.2f} {:<10} {:>5.2f} {:>5} {:>6} {:>6} {:>6}\n", n.name(),
+        n.state(), n.balance(), n.cpus(), n.runnable(), LoadBar(n.runnable(), n.cpus()), n.load(),
+        n.processes(), n.guests(), in, away);
   }
-  out += fmt::format(
-      "pool: {} of {} nodes up, {} processes ({} guests), {:.2f} of {:.2f} CPUs used, {:.1f} "
-      "migrations/s\n",
-      up, nodes.nodes_size(), processes, guests, used, cpus, moves);
+  out +=
+      fmt::format("pool: {} of {} nodes up, {} processes ({} guests), {:.2f} of {:.2f} CPUs used",
+                  up, nodes.nodes_size(), processes, guests, used, cpus);
+  out += rates.empty() ? "\n" : fmt::format(", {:.1f} migrations/s\n", moves);
   return out;
 }
 
