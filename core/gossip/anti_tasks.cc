@@ -6,7 +6,7 @@
 #include <utility>
 #include <vector>
 
-#include "window_puts.h"
+#include "board_io.h"
 
 namespace roam::gossip {
 
@@ -21,38 +21,34 @@ LoadState StateOf(const load::LoadVector& v, const AntiTaskThresholds& threshold
 
 namespace {
 
-// Buffers anti-tasks are put from (window_puts.h): several may go out in
+// Buffers anti-tasks are put from (board_io.h): several may go out in
 // one tick.
 constexpr std::size_t kBuffers = 8;
 
 class AntiTasksImpl final : public AntiTasks {
  public:
-  AntiTasksImpl(std::uint32_t self, Options options, std::unique_ptr<transport::MemoryRegion> board,
-                internal::WindowPuts puts)
+  AntiTasksImpl(std::uint32_t self, Options options, internal::BoardIo io)
       : self_(self),
         options_(options),
-        board_(std::move(board)),
-        puts_(std::move(puts)),
-        reader_(options.shape),
+        io_(std::move(io)),
         view_(self, options.view_capacity),
         rng_(options.seed) {}
 
-  Result<transport::Bytes> PackBoardKey() const override { return board_->PackKey(); }
+  Result<transport::Bytes> PackBoardKey() const override { return io_.PackBoardKey(); }
 
   Status Tick(const load::LoadVector& own, std::span<const BoardPeer> peers) override {
     ++counts_.ticks;
     pulls_.clear();
     arrived_.clear();
     view_.SetOwn(own);
-    reader_.ScanWindows(std::span<const std::byte>(board_->data(), options_.shape.bytes()),
-                        [this](std::uint32_t, std::span<const load::LoadVector> window) {
-                          for (const load::LoadVector& v : window) view_.Merge(v);
-                          // A window that starts with a heavy node is its answer to one of
-                          // this node's anti-tasks: where work is, information only.
-                          if (StateOf(window.front(), options_.thresholds) != LoadState::kHeavy) {
-                            arrived_.emplace_back(window.begin(), window.end());
-                          }
-                        });
+    io_.Scan([this](std::uint32_t, std::span<const load::LoadVector> window) {
+      for (const load::LoadVector& v : window) view_.Merge(v);
+      // A window that starts with a heavy node is its answer to one of
+      // this node's anti-tasks: where work is, information only.
+      if (StateOf(window.front(), options_.thresholds) != LoadState::kHeavy) {
+        arrived_.emplace_back(window.begin(), window.end());
+      }
+    });
     const LoadState state = StateOf(own, options_.thresholds);
     for (std::vector<load::LoadVector>& trajectory : arrived_) {
       const load::LoadVector& origin = trajectory.front();
@@ -90,8 +86,8 @@ class AntiTasksImpl final : public AntiTasks {
   const load::LoadView& view() const override { return view_; }
   AntiTaskCounts counts() const override {
     AntiTaskCounts c = counts_;
-    c.board = reader_.counts();
-    c.put_failures += puts_.failures();
+    c.board = io_.board_counts();
+    c.put_failures += io_.failures();
     return c;
   }
 
@@ -150,12 +146,12 @@ class AntiTasksImpl final : public AntiTasks {
   // Seals `window` into a free buffer and puts it into `peer`'s board at
   // this node's slot. False when no buffer is free or the put was refused.
   bool Put(const BoardPeer& peer, std::span<const load::LoadVector> window) {
-    const Result<std::optional<std::size_t>> buffer = puts_.Seal(window);
+    const Result<std::optional<std::size_t>> buffer = io_.Seal(window);
     if (buffer && !*buffer) {
       ++counts_.busy;
       return false;
     }
-    if (!buffer || !puts_.Put(**buffer, peer)) {
+    if (!buffer || !io_.Put(**buffer, peer)) {
       ++counts_.put_failures;
       return false;
     }
@@ -164,9 +160,7 @@ class AntiTasksImpl final : public AntiTasks {
 
   std::uint32_t self_;
   Options options_;
-  std::unique_ptr<transport::MemoryRegion> board_;
-  internal::WindowPuts puts_;
-  load::BoardReader reader_;
+  internal::BoardIo io_;
   load::LoadView view_;
   std::mt19937_64 rng_;
   std::vector<std::vector<load::LoadVector>> arrived_;  // this tick's anti-tasks
@@ -179,7 +173,6 @@ class AntiTasksImpl final : public AntiTasks {
 
 Result<std::unique_ptr<AntiTasks>> AntiTasks::Create(transport::Fabric& fabric, std::uint32_t self,
                                                      Options options) {
-  ROAM_TRY(options.shape.Check());
   if (options.shape.window < 2) {
     return MakeError(Errc::kInvalidArgument,
                      "anti-tasks: a window of {} leaves no room for a trajectory",
@@ -191,11 +184,8 @@ Result<std::unique_ptr<AntiTasks>> AntiTasks::Create(transport::Fabric& fabric, 
                      "anti-tasks: light below {} must be under heavy above {}", t.light_below,
                      t.heavy_above);
   }
-  ROAM_ASSIGN_OR_RETURN(auto board, fabric.Allocate(options.shape.bytes()));
-  ROAM_ASSIGN_OR_RETURN(auto puts,
-                        internal::WindowPuts::Create(fabric, options.shape, kBuffers, self));
-  return std::unique_ptr<AntiTasks>(
-      std::make_unique<AntiTasksImpl>(self, options, std::move(board), std::move(puts)));
+  ROAM_ASSIGN_OR_RETURN(auto io, internal::BoardIo::Create(fabric, options.shape, kBuffers, self));
+  return std::unique_ptr<AntiTasks>(std::make_unique<AntiTasksImpl>(self, options, std::move(io)));
 }
 
 }  // namespace roam::gossip

@@ -6,43 +6,41 @@
 #include <utility>
 #include <vector>
 
-#include "window_puts.h"
+#include "board_io.h"
 
 namespace roam::gossip {
 namespace {
 
-// Buffers windows are put from (window_puts.h).
+// Buffers windows are put from (board_io.h).
 constexpr std::size_t kBuffers = 4;
 
 class DisseminatorImpl final : public Disseminator {
  public:
-  DisseminatorImpl(std::uint32_t self, Options options,
-                   std::unique_ptr<transport::MemoryRegion> board, internal::WindowPuts puts)
+  DisseminatorImpl(std::uint32_t self, Options options, internal::BoardIo io)
       : self_(self),
         options_(options),
-        board_(std::move(board)),
-        puts_(std::move(puts)),
-        reader_(options.shape),
+        io_(std::move(io)),
         view_(self, options.view_capacity),
         rng_(options.seed) {}
 
-  Result<transport::Bytes> PackBoardKey() const override { return board_->PackKey(); }
+  Result<transport::Bytes> PackBoardKey() const override { return io_.PackBoardKey(); }
 
   Status Tick(const load::LoadVector& own, std::span<const BoardPeer> peers) override {
     ++counts_.ticks;
-    reader_.Scan(std::span<const std::byte>(board_->data(), options_.shape.bytes()),
-                 [this](const load::LoadVector& v) { view_.Merge(v); });
+    io_.Scan([this](std::uint32_t, std::span<const load::LoadVector> window) {
+      for (const load::LoadVector& v : window) view_.Merge(v);
+    });
     view_.SetOwn(own);
     const std::span<const BoardPeer* const> chosen = ChoosePeers(peers);
     if (chosen.empty()) return Ok();
     ROAM_ASSIGN_OR_RETURN(const std::optional<std::size_t> buffer,
-                          puts_.Seal(view_.Window(options_.shape.window)));
+                          io_.Seal(view_.Window(options_.shape.window)));
     if (!buffer) {
       ++counts_.busy_ticks;
       return Ok();
     }
     for (const BoardPeer* peer : chosen) {
-      if (puts_.Put(*buffer, *peer)) {
+      if (io_.Put(*buffer, *peer)) {
         ++counts_.puts;
       } else {
         ++counts_.put_failures;
@@ -54,8 +52,8 @@ class DisseminatorImpl final : public Disseminator {
   const load::LoadView& view() const override { return view_; }
   DisseminationCounts counts() const override {
     DisseminationCounts c = counts_;
-    c.board = reader_.counts();
-    c.put_failures += puts_.failures();
+    c.board = io_.board_counts();
+    c.put_failures += io_.failures();
     return c;
   }
 
@@ -103,9 +101,7 @@ class DisseminatorImpl final : public Disseminator {
 
   std::uint32_t self_;
   Options options_;
-  std::unique_ptr<transport::MemoryRegion> board_;
-  internal::WindowPuts puts_;
-  load::BoardReader reader_;
+  internal::BoardIo io_;
   load::LoadView view_;
   std::mt19937_64 rng_;
   std::vector<const BoardPeer*> candidates_;
@@ -116,16 +112,12 @@ class DisseminatorImpl final : public Disseminator {
 
 Result<std::unique_ptr<Disseminator>> Disseminator::Create(transport::Fabric& fabric,
                                                            std::uint32_t self, Options options) {
-  ROAM_TRY(options.shape.Check());
   if (options.fanout == 0) {
     return MakeError(Errc::kInvalidArgument, "gossip: a fanout of 0 spreads nothing");
   }
-  // Zero-filled: every slot reads as empty until a peer writes it.
-  ROAM_ASSIGN_OR_RETURN(auto board, fabric.Allocate(options.shape.bytes()));
-  ROAM_ASSIGN_OR_RETURN(auto puts,
-                        internal::WindowPuts::Create(fabric, options.shape, kBuffers, self));
+  ROAM_ASSIGN_OR_RETURN(auto io, internal::BoardIo::Create(fabric, options.shape, kBuffers, self));
   return std::unique_ptr<Disseminator>(
-      std::make_unique<DisseminatorImpl>(self, options, std::move(board), std::move(puts)));
+      std::make_unique<DisseminatorImpl>(self, options, std::move(io)));
 }
 
 }  // namespace roam::gossip

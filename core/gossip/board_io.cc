@@ -1,23 +1,32 @@
-#include "window_puts.h"
+#include "board_io.h"
 
 #include <algorithm>
 #include <utility>
 
 namespace roam::gossip::internal {
 
-WindowPuts::WindowPuts(load::BoardShape shape, std::uint32_t writer,
-                       std::unique_ptr<transport::MemoryRegion> out, std::size_t buffers)
-    : shape_(shape), writer_(writer), out_(std::move(out)), shared_(std::make_shared<Shared>()) {
+BoardIo::BoardIo(load::BoardShape shape, std::uint32_t writer,
+                 std::unique_ptr<transport::MemoryRegion> board,
+                 std::unique_ptr<transport::MemoryRegion> out, std::size_t buffers)
+    : shape_(shape),
+      writer_(writer),
+      board_(std::move(board)),
+      reader_(shape),
+      out_(std::move(out)),
+      shared_(std::make_shared<Shared>()) {
   shared_->in_flight.assign(buffers, 0);
 }
 
-Result<WindowPuts> WindowPuts::Create(transport::Fabric& fabric, load::BoardShape shape,
-                                      std::size_t buffers, std::uint32_t writer) {
+Result<BoardIo> BoardIo::Create(transport::Fabric& fabric, load::BoardShape shape,
+                                std::size_t buffers, std::uint32_t writer) {
+  ROAM_TRY(shape.Check());
+  // Zero-filled: every slot reads as empty until a peer writes it.
+  ROAM_ASSIGN_OR_RETURN(auto board, fabric.Allocate(shape.bytes()));
   ROAM_ASSIGN_OR_RETURN(auto out, fabric.Allocate(buffers * shape.slot_bytes()));
-  return WindowPuts(shape, writer, std::move(out), buffers);
+  return BoardIo(shape, writer, std::move(board), std::move(out), buffers);
 }
 
-Result<std::optional<std::size_t>> WindowPuts::Seal(std::span<const load::LoadVector> window) {
+Result<std::optional<std::size_t>> BoardIo::Seal(std::span<const load::LoadVector> window) {
   const auto free = std::find(shared_->in_flight.begin(), shared_->in_flight.end(), 0);
   if (free == shared_->in_flight.end()) return std::optional<std::size_t>();
   const auto buffer = static_cast<std::size_t>(free - shared_->in_flight.begin());
@@ -26,7 +35,7 @@ Result<std::optional<std::size_t>> WindowPuts::Seal(std::span<const load::LoadVe
   return std::optional<std::size_t>(buffer);
 }
 
-Status WindowPuts::Put(std::size_t buffer, const BoardPeer& peer) {
+Status BoardIo::Put(std::size_t buffer, const BoardPeer& peer) {
   const std::span<const std::byte> slot(out_->data() + buffer * shape_.slot_bytes(),
                                         shape_.slot_bytes());
   auto done = [shared = shared_, buffer](Status status) {
