@@ -42,6 +42,7 @@ json SummaryJson(const roam::sim::Options& o, const roam::sim::Summary& s) {
       {"worst_in_view_ticks", QuantilesJson(s.worst_in_view)},
       {"puts_per_node_second", s.puts_per_node_second},
       {"put_failures", s.put_failures},
+      {"pulls", s.pulls},
       {"wall_s", s.wall.count()},
   };
 }
@@ -54,7 +55,8 @@ int main(int argc, char** argv) {
   std::string strategy = "mosix";
   bool compare = false;
   double max_info_age = 10, half_life = 2, min_residence = 5;
-  app.add_option("--strategy", strategy, "random, exec, mosix or central")->capture_default_str();
+  app.add_option("--strategy", strategy, "random, exec, mosix, antitask or central")
+      ->capture_default_str();
   app.add_flag("--compare", compare, "run every strategy on the same workload");
   app.add_option("--nodes", o.nodes, "simulated nodes")->capture_default_str();
   app.add_option("--capacity", o.capacity_cpus, "CPUs per node")->capture_default_str();
@@ -96,7 +98,8 @@ int main(int argc, char** argv) {
   std::vector<roam::sim::Strategy> strategies;
   if (compare) {
     strategies = {roam::sim::Strategy::kRandom, roam::sim::Strategy::kExec,
-                  roam::sim::Strategy::kMosix, roam::sim::Strategy::kCentral};
+                  roam::sim::Strategy::kMosix, roam::sim::Strategy::kAntiTask,
+                  roam::sim::Strategy::kCentral};
   } else {
     auto s = roam::sim::ParseStrategy(strategy);
     if (!s) {

@@ -11,6 +11,7 @@
 #include <set>
 #include <utility>
 
+#include "roam/gossip/anti_tasks.h"
 #include "roam/gossip/dissemination.h"
 #include "roam/load/sampler.h"
 #include "roam/policy/load_ledger.h"
@@ -63,9 +64,10 @@ struct Process {
 // A node that one endpoint of its fabric reaches, and the key of that
 // peer's board unpacked on it.
 struct Link {
-  std::uint32_t peer = 0;
   std::unique_ptr<transport::Endpoint> endpoint;
   std::unique_ptr<transport::RemoteKey> board;
+  gossip::BoardPeer peer;  // the two above, for the node's gossip
+  std::uint64_t used = 0;  // the last tick it was handed out in (1 on)
 };
 
 struct Node {
@@ -80,7 +82,10 @@ struct Node {
   std::optional<load::LoadSampler> sampler;
   std::optional<load::LoadVector> own;  // its latest sample
   std::unique_ptr<transport::Fabric> fabric;
+  // One of the two, by strategy: anti-tasks (antitask) or MOSIX
+  // dissemination (the others).
   std::unique_ptr<gossip::Disseminator> gossip;
+  std::unique_ptr<gossip::AntiTasks> anti;
   transport::Bytes address;
   transport::Bytes board_key;
   std::vector<Link> links;  // a few endpoints kept from earlier ticks
@@ -183,6 +188,7 @@ class Simulation {
     for (Node& n : nodes_) {
       n.links.clear();
       n.gossip.reset();
+      n.anti.reset();
       n.fabric.reset();
     }
   }
@@ -198,15 +204,27 @@ class Simulation {
       n.ledger.emplace(options_.policy.load_half_life);
       n.rng.seed(Mix(options_.seed * 0x100000001b3ULL + i));
       ROAM_ASSIGN_OR_RETURN(n.fabric, network_.AddNode({.name = fmt::format("n{}", i)}));
-      ROAM_ASSIGN_OR_RETURN(n.gossip,
-                            gossip::Disseminator::Create(
-                                *n.fabric, i,
-                                {.shape = {.window = options_.window, .slots = options_.slots},
-                                 .fanout = options_.fanout,
-                                 .view_capacity = options_.view_capacity,
-                                 .seed = Mix(options_.seed ^ (std::uint64_t{i} << 20))}));
+      const load::BoardShape shape{.window = options_.window, .slots = options_.slots};
+      const std::uint64_t seed = Mix(options_.seed ^ (std::uint64_t{i} << 20));
+      if (options_.strategy == Strategy::kAntiTask) {
+        ROAM_ASSIGN_OR_RETURN(
+            n.anti, gossip::AntiTasks::Create(*n.fabric, i,
+                                              {.shape = shape,
+                                               .thresholds = {},
+                                               .view_capacity = options_.view_capacity,
+                                               .max_info_age = options_.policy.max_info_age,
+                                               .seed = seed}));
+        ROAM_ASSIGN_OR_RETURN(n.board_key, n.anti->PackBoardKey());
+      } else {
+        ROAM_ASSIGN_OR_RETURN(n.gossip,
+                              gossip::Disseminator::Create(*n.fabric, i,
+                                                           {.shape = shape,
+                                                            .fanout = options_.fanout,
+                                                            .view_capacity = options_.view_capacity,
+                                                            .seed = seed}));
+        ROAM_ASSIGN_OR_RETURN(n.board_key, n.gossip->PackBoardKey());
+      }
       ROAM_ASSIGN_OR_RETURN(n.address, n.fabric->Address());
-      ROAM_ASSIGN_OR_RETURN(n.board_key, n.gossip->PackBoardKey());
     }
     if (options_.strategy == Strategy::kCentral) {
       for (std::uint32_t i = 0; i < options_.nodes; ++i) by_load_.insert({0, i});
@@ -267,9 +285,16 @@ class Simulation {
     const double node_seconds = seconds * options_.nodes;
     std::uint64_t puts = 0;
     for (const Node& n : nodes_) {
-      const gossip::DisseminationCounts c = n.gossip->counts();
-      puts += c.puts;
-      summary_.put_failures += c.put_failures;
+      if (n.anti) {
+        const gossip::AntiTaskCounts c = n.anti->counts();
+        puts += c.puts;
+        summary_.put_failures += c.put_failures;
+        summary_.pulls += c.pulled;
+      } else {
+        const gossip::DisseminationCounts c = n.gossip->counts();
+        puts += c.puts;
+        summary_.put_failures += c.put_failures;
+      }
     }
     if (node_seconds > 0) {
       summary_.migrations_per_node_second = static_cast<double>(summary_.migrations) / node_seconds;
@@ -284,7 +309,11 @@ class Simulation {
   static constexpr double kNever = std::numeric_limits<double>::infinity();
 
   bool UsesViews() const {
-    return options_.strategy == Strategy::kExec || options_.strategy == Strategy::kMosix;
+    return options_.strategy != Strategy::kRandom && options_.strategy != Strategy::kCentral;
+  }
+
+  static const load::LoadView& ViewOf(const Node& n) {
+    return n.anti ? n.anti->view() : n.gossip->view();
   }
 
   double NextArrivalTime() const {
@@ -438,6 +467,7 @@ class Simulation {
       }
       case Strategy::kExec:
       case Strategy::kMosix:
+      case Strategy::kAntiTask:
         return PlaceByPolicy(origin);
     }
     return origin;
@@ -447,7 +477,7 @@ class Simulation {
     Node& n = nodes_[origin];
     if (!n.own) return origin;  // before the first sample
     const std::uint64_t now_ns = Ns(now_);
-    const auto peers = n.gossip->view().peers();
+    const auto peers = ViewOf(n).peers();
     NoteAges(peers, now_ns);
     const policy::PlacementChoice choice =
         policy::ChoosePlacement(*n.own, peers, *n.ledger, now_ns, options_.policy, n.rng);
@@ -502,18 +532,62 @@ class Simulation {
       if (n.ledger->size() != 0) n.ledger->Expire(oldest);
     }
     for (std::uint32_t i = 0; i < options_.nodes; ++i) {
+      Node& n = nodes_[i];
+      if (n.anti) {
+        NodeLinks links(*this, i);
+        ROAM_TRY(n.anti->Tick(*n.own, links));
+        ROAM_TRY(links.status());
+        if (!n.anti->origins().empty()) Rebalance(i, now_ns, n.anti->origins());
+        continue;
+      }
       ROAM_TRY(ChooseLinks(i, peers_));
-      ROAM_TRY(nodes_[i].gossip->Tick(*nodes_[i].own, peers_));
-      if (options_.strategy == Strategy::kMosix) Rebalance(i, now_ns);
+      ROAM_TRY(n.gossip->Tick(*n.own, peers_));
+      if (options_.strategy == Strategy::kMosix) Rebalance(i, now_ns, ViewOf(n).peers());
     }
     for (Node& n : nodes_) n.fabric->Progress();
     return Ok();
   }
 
+  // A link from node `i` to `peer` for this tick: kept in a small cache
+  // of the node's, connected now if it is not there. A pool of 100,000
+  // nodes cannot hold an endpoint from every node to every other. A link
+  // handed out this tick is not dropped before the tick's puts complete
+  // (in the Progress that ends it): while every cached one was, the cache
+  // grows.
+  Result<Link*> LinkTo(std::uint32_t i, std::uint32_t peer) {
+    Node& n = nodes_[i];
+    const std::uint64_t tick = summary_.ticks;
+    auto it = std::find_if(n.links.begin(), n.links.end(),
+                           [&](const Link& l) { return l.peer.node == peer; });
+    if (it == n.links.end()) {
+      Link link;
+      ROAM_ASSIGN_OR_RETURN(link.endpoint, n.fabric->Connect(nodes_[peer].address));
+      ROAM_ASSIGN_OR_RETURN(link.board, link.endpoint->UnpackKey(nodes_[peer].board_key));
+      link.peer = {peer, link.endpoint.get(), link.board.get()};
+      const std::size_t cache = 2 * std::size_t{options_.fanout};
+      std::size_t victim = n.links.size();
+      for (std::size_t k = 0; k < n.links.size() && n.links.size() >= cache; ++k) {
+        const std::size_t at = n.next_evict++ % n.links.size();
+        if (n.links[at].used != tick) {
+          victim = at;
+          break;
+        }
+      }
+      // What is dropped with an old link is at most the acks of its puts
+      // of earlier ticks (they completed in their Progress).
+      if (victim == n.links.size()) {
+        n.links.push_back(std::move(link));
+      } else {
+        n.links[victim] = std::move(link);
+      }
+      it = n.links.begin() + static_cast<std::ptrdiff_t>(victim);
+    }
+    it->used = tick;
+    return &*it;
+  }
+
   // The node's gossip peers this tick: `fanout` distinct others drawn at
-  // random (the disseminator's own draw then takes them all), connected
-  // only now and kept in a small cache. A pool of 100,000 nodes cannot hold
-  // an endpoint from every node to every other.
+  // random (the disseminator's own draw then takes them all).
   Status ChooseLinks(std::uint32_t i, std::vector<gossip::BoardPeer>& out) {
     out.clear();
     Node& n = nodes_[i];
@@ -526,36 +600,48 @@ class Simulation {
       if (peer >= i) ++peer;
       if (std::find(chosen.begin(), chosen.end(), peer) == chosen.end()) chosen.push_back(peer);
     }
-    const std::size_t cache = 2 * std::size_t{options_.fanout};
-    for (std::uint32_t peer : chosen) {
-      auto it = std::find_if(n.links.begin(), n.links.end(),
-                             [&](const Link& l) { return l.peer == peer; });
-      if (it == n.links.end()) {
-        Link link;
-        link.peer = peer;
-        ROAM_ASSIGN_OR_RETURN(link.endpoint, n.fabric->Connect(nodes_[peer].address));
-        ROAM_ASSIGN_OR_RETURN(link.board, link.endpoint->UnpackKey(nodes_[peer].board_key));
-        if (n.links.size() < cache) {
-          n.links.push_back(std::move(link));
-          it = n.links.end() - 1;
-        } else {
-          // Its puts of earlier ticks completed in their Progress; what is
-          // dropped with it is at most their acks.
-          std::size_t victim = n.next_evict++ % cache;
-          while (std::find(chosen.begin(), chosen.end(), n.links[victim].peer) != chosen.end() &&
-                 n.links[victim].peer != peer) {
-            victim = n.next_evict++ % cache;
-          }
-          n.links[victim] = std::move(link);
-          it = n.links.begin() + static_cast<std::ptrdiff_t>(victim);
-        }
+    // The chosen that are cached stay for this tick.
+    for (Link& l : n.links) {
+      if (std::find(chosen.begin(), chosen.end(), l.peer.node) != chosen.end()) {
+        l.used = summary_.ticks;
       }
-      out.push_back({peer, it->endpoint.get(), it->board.get()});
+    }
+    for (std::uint32_t peer : chosen) {
+      ROAM_ASSIGN_OR_RETURN(Link * link, LinkTo(i, peer));
+      out.push_back(link->peer);
     }
     return Ok();
   }
 
-  void Rebalance(std::uint32_t i, std::uint64_t now_ns) {
+  // Every other node, for node `i`'s anti-tasks: connected as they go.
+  class NodeLinks final : public gossip::AntiTaskPeers {
+   public:
+    NodeLinks(Simulation& sim, std::uint32_t self) : sim_(sim), self_(self) {}
+    std::size_t size() const override { return sim_.options_.nodes; }
+    const gossip::BoardPeer* At(std::size_t index) override {
+      return Find(static_cast<std::uint32_t>(index));
+    }
+    const gossip::BoardPeer* Find(std::uint32_t node) override {
+      if (node == self_ || node >= sim_.options_.nodes || !status_) return nullptr;
+      Result<Link*> link = sim_.LinkTo(self_, node);
+      if (!link) {
+        status_ = std::move(link).error();
+        return nullptr;
+      }
+      return &(*link)->peer;
+    }
+    // A connect that failed: the simulation stops with it.
+    Status status() const { return status_; }
+
+   private:
+    Simulation& sim_;
+    std::uint32_t self_;
+    Status status_ = Ok();
+  };
+
+  // Preemptive moves from node `i` to the nodes of `peers` (its view, or
+  // under anti-tasks the origins of those it kept).
+  void Rebalance(std::uint32_t i, std::uint64_t now_ns, std::span<const load::LoadVector> peers) {
     Node& n = nodes_[i];
     if (n.running.empty()) return;
     Advance(n);
@@ -569,7 +655,6 @@ class Simulation {
                              .arrived_ns = Ns(p.arrived),
                              .movable = true});
     }
-    const auto peers = n.gossip->view().peers();
     NoteAges(peers, now_ns);
     const std::vector<policy::Move> moves =
         policy::ChooseMoves(*n.own, peers, candidates_, *n.ledger, now_ns, options_.policy, n.rng);
@@ -633,17 +718,19 @@ std::string_view StrategyName(Strategy s) {
       return "mosix";
     case Strategy::kCentral:
       return "central";
+    case Strategy::kAntiTask:
+      return "antitask";
   }
   return "?";
 }
 
 Result<Strategy> ParseStrategy(std::string_view name) {
-  for (Strategy s : {Strategy::kRandom, Strategy::kExec, Strategy::kMosix, Strategy::kCentral}) {
+  for (Strategy s : {Strategy::kRandom, Strategy::kExec, Strategy::kMosix, Strategy::kAntiTask,
+                     Strategy::kCentral}) {
     if (StrategyName(s) == name) return s;
   }
   return MakeError(Errc::kInvalidArgument,
-                   "unknown strategy '{}' (random, exec, mosix, central; anti-tasks: not yet)",
-                   name);
+                   "unknown strategy '{}' (random, exec, mosix, antitask or central)", name);
 }
 
 Result<Summary> Run(const Options& options) {

@@ -1,6 +1,7 @@
 #include "roam/gossip/anti_tasks.h"
 
 #include <algorithm>
+#include <functional>
 #include <optional>
 #include <random>
 #include <utility>
@@ -9,6 +10,13 @@
 #include "board_io.h"
 
 namespace roam::gossip {
+
+const BoardPeer* AntiTaskPeerList::Find(std::uint32_t node) {
+  for (const BoardPeer& p : peers_) {
+    if (p.node == node) return &p;
+  }
+  return nullptr;
+}
 
 LoadState StateOf(const load::LoadVector& v, const AntiTaskThresholds& thresholds) {
   const double per_cpu = load::LoadPerCpu(v);
@@ -36,7 +44,7 @@ class AntiTasksImpl final : public AntiTasks {
 
   Result<transport::Bytes> PackBoardKey() const override { return io_.PackBoardKey(); }
 
-  Status Tick(const load::LoadVector& own, std::span<const BoardPeer> peers) override {
+  Status Tick(const load::LoadVector& own, AntiTaskPeers& peers) override {
     ++counts_.ticks;
     pulls_.clear();
     arrived_.clear();
@@ -60,7 +68,9 @@ class AntiTasksImpl final : public AntiTasks {
         pulls_.push_back({origin, static_cast<std::uint32_t>(trajectory.size() - 1)});
         ++counts_.pulled;
         // The origin learns where work is, for its next anti-tasks.
-        if (const BoardPeer* back = Usable(peers, origin.node())) Put(*back, {&own, 1});
+        if (const BoardPeer* back = Writable(peers.Find(origin.node()))) {
+          if (Put(*back, {&own, 1})) ++counts_.answered;
+        }
         continue;
       }
       if (trajectory.size() >= options_.shape.window) {
@@ -79,10 +89,21 @@ class AntiTasksImpl final : public AntiTasks {
         if (Put(*next, {&own, 1})) ++counts_.launched;
       }
     }
+    origins_.clear();
+    for (const Pull& pull : pulls_) {
+      const std::optional<load::LoadVector> known = view_.Find(pull.origin.node());
+      const load::LoadVector& v =
+          known && known->sampled_ns() > pull.origin.sampled_ns() ? *known : pull.origin;
+      if (std::none_of(origins_.begin(), origins_.end(),
+                       [&](const load::LoadVector& o) { return o.node() == v.node(); })) {
+        origins_.push_back(v);
+      }
+    }
     return Ok();
   }
 
   std::span<const Pull> pulls() const override { return pulls_; }
+  std::span<const load::LoadVector> origins() const override { return origins_; }
   const load::LoadView& view() const override { return view_; }
   AntiTaskCounts counts() const override {
     AntiTaskCounts c = counts_;
@@ -92,55 +113,49 @@ class AntiTasksImpl final : public AntiTasks {
   }
 
  private:
-  static bool Writable(const BoardPeer& p) { return p.endpoint != nullptr && p.board != nullptr; }
-
-  // The peer `node` of `peers`, if this node can write to it.
-  static const BoardPeer* Usable(std::span<const BoardPeer> peers, std::uint32_t node) {
-    for (const BoardPeer& p : peers) {
-      if (p.node == node && Writable(p)) return &p;
-    }
-    return nullptr;
+  static const BoardPeer* Writable(const BoardPeer* p) {
+    return p != nullptr && p->endpoint != nullptr && p->board != nullptr ? p : nullptr;
   }
 
   // Where an anti-task with this trajectory goes next: the peer this
   // node's view knows (freshly) as the most heavily loaded of the heavy
   // ones it has not visited, else a random peer it has not visited; none
   // when every peer was visited.
-  const BoardPeer* NextHop(std::span<const load::LoadVector> trajectory,
-                           std::span<const BoardPeer> peers) {
+  const BoardPeer* NextHop(std::span<const load::LoadVector> trajectory, AntiTaskPeers& peers) {
     auto visited = [&](std::uint32_t node) {
       return node == self_ ||
              std::any_of(trajectory.begin(), trajectory.end(),
                          [node](const load::LoadVector& v) { return v.node() == node; });
     };
-    const BoardPeer* best = nullptr;
-    double best_load = 0;
+    // The heavy ones, heaviest first, until one is writable.
+    heavy_.clear();
     const std::uint64_t now = view_.own()->sampled_ns();
     const auto max_age = static_cast<std::uint64_t>(options_.max_info_age.count());
     for (const load::LoadVector& v : view_.peers()) {
       if (StateOf(v, options_.thresholds) != LoadState::kHeavy || visited(v.node())) continue;
       if (now > v.sampled_ns() && now - v.sampled_ns() > max_age) continue;
-      const double per_cpu = load::LoadPerCpu(v);
-      if (best != nullptr && per_cpu <= best_load) continue;
-      if (const BoardPeer* p = Usable(peers, v.node())) {
-        best = p;
-        best_load = per_cpu;
-      }
+      heavy_.push_back({load::LoadPerCpu(v), v.node()});
     }
-    if (best != nullptr) return best;
+    std::sort(heavy_.begin(), heavy_.end(), std::greater<>());
+    for (const auto& [load, node] : heavy_) {
+      if (const BoardPeer* p = Writable(peers.Find(node))) return p;
+    }
     // At random: a few draws, then a scan of the unvisited rest.
-    if (peers.empty()) return nullptr;
-    std::uniform_int_distribution<std::size_t> any(0, peers.size() - 1);
+    const std::size_t n = peers.size();
+    if (n == 0) return nullptr;
+    std::uniform_int_distribution<std::size_t> any(0, n - 1);
     for (int tries = 0; tries < 16; ++tries) {
-      const BoardPeer& p = peers[any(rng_)];
-      if (Writable(p) && !visited(p.node)) return &p;
+      const BoardPeer* p = Writable(peers.At(any(rng_)));
+      if (p != nullptr && !visited(p->node)) return p;
     }
     unvisited_.clear();
-    for (const BoardPeer& p : peers) {
-      if (Writable(p) && !visited(p.node)) unvisited_.push_back(&p);
+    for (std::size_t i = 0; i < n; ++i) {
+      const BoardPeer* p = Writable(peers.At(i));
+      if (p != nullptr && !visited(p->node)) unvisited_.push_back(i);
     }
     if (unvisited_.empty()) return nullptr;
-    return unvisited_[std::uniform_int_distribution<std::size_t>(0, unvisited_.size() - 1)(rng_)];
+    return peers.At(
+        unvisited_[std::uniform_int_distribution<std::size_t>(0, unvisited_.size() - 1)(rng_)]);
   }
 
   // Seals `window` into a free buffer and puts it into `peer`'s board at
@@ -155,6 +170,7 @@ class AntiTasksImpl final : public AntiTasks {
       ++counts_.put_failures;
       return false;
     }
+    ++counts_.puts;
     return true;
   }
 
@@ -165,7 +181,9 @@ class AntiTasksImpl final : public AntiTasks {
   std::mt19937_64 rng_;
   std::vector<std::vector<load::LoadVector>> arrived_;  // this tick's anti-tasks
   std::vector<Pull> pulls_;
-  std::vector<const BoardPeer*> unvisited_;
+  std::vector<load::LoadVector> origins_;
+  std::vector<std::pair<double, std::uint32_t>> heavy_;  // NextHop's (load per CPU, node)
+  std::vector<std::size_t> unvisited_;
   AntiTaskCounts counts_;
 };
 

@@ -109,6 +109,13 @@ TEST_F(AntiTasksTest, AnAntiTaskFindsTheHeavyNodeAndTheNextGoesStraightThere) {
       if (first == 0) first = t;
       hops.push_back(p.hops);
     }
+    // Where the heavy node may move processes: the light node, once.
+    const auto origins = nodes_[7]->origins();
+    ASSERT_EQ(origins.size(), pulls[7].empty() ? 0u : 1u);
+    if (!origins.empty()) {
+      EXPECT_EQ(origins[0].node(), 0u);
+      EXPECT_EQ(origins[0].sampled_ns(), nodes_[7]->view().Find(0)->sampled_ns());
+    }
   }
   ASSERT_GT(first, 0) << "no anti-task reached the heavy node";
   EXPECT_LE(first, 20);

@@ -96,26 +96,53 @@ TEST(SimulationTest, ABurstSpreadsUnderMosixAndNotUnderRandom) {
   EXPECT_LT(mosix->slowdown.mean, random->slowdown.mean);
 }
 
+// Under anti-tasks the three idle nodes send requests for work; node 0,
+// heavy, keeps them and moves processes to their senders only.
+TEST(SimulationTest, ABurstSpreadsUnderAntiTasks) {
+  Options o = Quiet(Strategy::kAntiTask, 4);
+  o.burst = 16;
+  o.seed = 5;
+  auto anti = sim::Run(o);
+  ASSERT_TRUE(anti.has_value()) << anti.error().ToString();
+  o.strategy = Strategy::kExec;
+  auto exec = sim::Run(o);
+  ASSERT_TRUE(exec.has_value()) << exec.error().ToString();
+  ASSERT_EQ(anti->processes, 16u);
+  EXPECT_GT(anti->pulls, 0u);
+  EXPECT_GE(FinishedAway(*anti), 8u);
+  EXPECT_GE(anti->migrations, FinishedAway(*anti));
+  EXPECT_EQ(FinishedAway(*exec), 0u);  // a burst is not placed
+  EXPECT_LT(anti->makespan, exec->makespan);
+  // Nothing travels once no node is light: fewer puts than ticks x nodes.
+  EXPECT_GT(anti->puts_per_node_second, 0);
+  EXPECT_LT(anti->puts_per_node_second, 4);
+}
+
 TEST(SimulationTest, TheSameSeedRepeatsExactly) {
-  Options o;
-  o.strategy = Strategy::kMosix;
-  o.nodes = 40;
-  o.load = 0.8;
-  o.duration = 200;
-  o.seed = 11;
-  auto a = sim::Run(o);
-  auto b = sim::Run(o);
-  ASSERT_TRUE(a.has_value() && b.has_value());
-  EXPECT_GT(a->processes, 100u);
-  EXPECT_EQ(a->processes, b->processes);
-  EXPECT_EQ(a->migrations, b->migrations);
-  EXPECT_EQ(a->remote_placements, b->remote_placements);
-  EXPECT_EQ(a->slowdown.mean, b->slowdown.mean);
-  EXPECT_EQ(a->makespan, b->makespan);
-  o.seed = 12;
-  auto c = sim::Run(o);
-  ASSERT_TRUE(c.has_value());
-  EXPECT_NE(a->slowdown.mean, c->slowdown.mean);
+  for (Strategy strategy : {Strategy::kMosix, Strategy::kAntiTask}) {
+    SCOPED_TRACE(StrategyName(strategy));
+    Options o;
+    o.strategy = strategy;
+    o.nodes = 40;
+    o.load = 0.8;
+    o.duration = 200;
+    o.seed = 11;
+    auto a = sim::Run(o);
+    auto b = sim::Run(o);
+    ASSERT_TRUE(a.has_value() && b.has_value());
+    EXPECT_GT(a->processes, 100u);
+    EXPECT_GT(a->migrations, 0u);
+    EXPECT_EQ(a->processes, b->processes);
+    EXPECT_EQ(a->migrations, b->migrations);
+    EXPECT_EQ(a->remote_placements, b->remote_placements);
+    EXPECT_EQ(a->pulls, b->pulls);
+    EXPECT_EQ(a->slowdown.mean, b->slowdown.mean);
+    EXPECT_EQ(a->makespan, b->makespan);
+    o.seed = 12;
+    auto c = sim::Run(o);
+    ASSERT_TRUE(c.has_value());
+    EXPECT_NE(a->slowdown.mean, c->slowdown.mean);
+  }
 }
 
 TEST(SimulationTest, BadOptionsAreRefused) {
@@ -125,6 +152,7 @@ TEST(SimulationTest, BadOptionsAreRefused) {
   o.jobs = {{.time = 0, .node = 2, .demand = 1, .resident_bytes = kMiB}};
   EXPECT_FALSE(sim::Run(o).has_value());
   EXPECT_FALSE(ParseStrategy("anti-tasks").has_value());
+  EXPECT_EQ(*ParseStrategy("antitask"), Strategy::kAntiTask);
   EXPECT_EQ(*ParseStrategy("central"), Strategy::kCentral);
 }
 

@@ -13,11 +13,17 @@
 //   exec     exec-time placement only (ChoosePlacement, Admit at the target)
 //   mosix    exec-time placement, and each tick MOSIX preemptive moves
 //            (ChooseMoves, Admit at the target)
+//   antitask exec-time placement, with Lau et al.'s anti-tasks instead of
+//            MOSIX dissemination (gossip::AntiTasks): light nodes send
+//            requests for work toward heavy ones, and a heavy node that
+//            keeps some moves processes to their origins only
+//            (ChooseMoves over those, Admit at the target)
 //   central  Sprite-like reference: a central server that knows every
 //            node's exact, current load places each new process on the
 //            least-loaded node; no moves
 // random and central read no view: their nodes neither sample nor gossip
-// (no puts). Not yet: Lau et al.'s anti-tasks.
+// (no puts). antitask's nodes connect to a peer when an anti-task goes
+// there; the others' to `fanout` random peers a tick.
 //
 // Starting a process elsewhere (every strategy but random's own node)
 // costs the fixed part of a migration (an exec has no memory to copy).
@@ -42,7 +48,7 @@
 
 namespace roam::sim {
 
-enum class Strategy { kRandom, kExec, kMosix, kCentral };
+enum class Strategy { kRandom, kExec, kMosix, kAntiTask, kCentral };
 
 std::string_view StrategyName(Strategy s);
 Result<Strategy> ParseStrategy(std::string_view name);
@@ -62,7 +68,7 @@ struct Options {
   // Stop after this many ticks even if processes remain (0: run to the end).
   std::uint64_t max_ticks = 0;
 
-  // Gossip: roamd's defaults.
+  // Gossip: roamd's defaults (fanout: MOSIX dissemination's only).
   std::uint32_t fanout = gossip::Disseminator::Options{}.fanout;
   std::uint32_t view_capacity =
       static_cast<std::uint32_t>(gossip::Disseminator::Options{}.view_capacity);
@@ -111,6 +117,7 @@ struct Summary {
   Quantiles worst_in_view;
   double puts_per_node_second = 0;
   std::uint64_t put_failures = 0;
+  std::uint64_t pulls = 0;  // anti-tasks kept by heavy nodes (antitask)
   std::chrono::duration<double> wall{0};
   std::vector<ProcessRecord> records;  // with Options::record_processes
 };

@@ -61,10 +61,38 @@ struct AntiTaskCounts {
   std::uint64_t launched = 0;   // sent out by this node, light
   std::uint64_t forwarded = 0;  // passed on
   std::uint64_t pulled = 0;     // kept here, heavy
+  std::uint64_t answered = 0;   // the origins of those told where work is
   std::uint64_t ended = 0;      // trajectory full, or no unvisited peer
+  std::uint64_t puts = 0;       // launched + forwarded + answered
   std::uint64_t put_failures = 0;
   std::uint64_t busy = 0;  // not sent: every buffer still read by a put
   load::BoardCounts board;
+};
+
+// The nodes anti-tasks may go to, resolved one at a time as they are
+// needed: a pool of 100,000 (roam-sim) need not hold an endpoint to every
+// node. A pointer returned is used before the next call and not kept.
+class AntiTaskPeers {
+ public:
+  virtual ~AntiTaskPeers() = default;
+  // The candidates for a random hop are At(0) to At(size() - 1).
+  virtual std::size_t size() const = 0;
+  virtual const BoardPeer* At(std::size_t index) = 0;
+  // The peer that is node `node`; nullptr when there is none.
+  virtual const BoardPeer* Find(std::uint32_t node) = 0;
+};
+
+// A pool small enough to hold an endpoint to every member (roamd): the
+// peers as a list.
+class AntiTaskPeerList final : public AntiTaskPeers {
+ public:
+  explicit AntiTaskPeerList(std::span<const BoardPeer> peers) : peers_(peers) {}
+  std::size_t size() const override { return peers_.size(); }
+  const BoardPeer* At(std::size_t index) override { return &peers_[index]; }
+  const BoardPeer* Find(std::uint32_t node) override;
+
+ private:
+  std::span<const BoardPeer> peers_;
 };
 
 class AntiTasks {
@@ -90,11 +118,19 @@ class AntiTasks {
 
   // One tick: reads the anti-tasks peers put into this node's board, sets
   // `own` as this node's vector, keeps (heavy) or passes on each, and sends
-  // a new one when this node is light. `peers`: the nodes it may send to.
-  virtual Status Tick(const load::LoadVector& own, std::span<const BoardPeer> peers) = 0;
+  // a new one when this node is light. `peers`: the nodes it may send to
+  // (a peer without an endpoint or board is passed over).
+  virtual Status Tick(const load::LoadVector& own, AntiTaskPeers& peers) = 0;
+  Status Tick(const load::LoadVector& own, std::span<const BoardPeer> peers) {
+    AntiTaskPeerList list(peers);
+    return Tick(own, list);
+  }
 
   // The anti-tasks this node kept in its last tick.
   virtual std::span<const Pull> pulls() const = 0;
+  // Their origins, each once, as freshly as this node knows them: where
+  // the caller may move processes.
+  virtual std::span<const load::LoadVector> origins() const = 0;
   virtual const load::LoadView& view() const = 0;
   virtual AntiTaskCounts counts() const = 0;
 };
