@@ -158,10 +158,16 @@ std::string Clock() {
   return buf;
 }
 
+// "mosix", or "mosix/at" for a node whose information travels by
+// anti-tasks.
+std::string BalanceColumn(const control::NodeInfo& n) {
+  return n.gossip() == "antitask" ? n.balance() + "/at" : n.balance();
+}
+
 std::string RenderTop(const control::NodesReply& nodes, const std::map<std::string, Rates>& rates) {
   std::string out =
       fmt::format("roam top  {}  every {:.1f} s  (Ctrl-C ends)\n", Clock(), g_flags.interval);
-  out += fmt::format("{:<8} {:<11} {:<7} {:>5} {:>6} {:<10} {:>5} {:>5} {:>6} {:>6} {:>6}\n",
+  out += fmt::format("{:<8} {:<11} {:<8} {:>5} {:>6} {:<10} {:>5} {:>5} {:>6} {:>6} {:>6}\n",
                      "NODE", "STATE", "BALANCE", "CPUS", "RUNQ", "", "USED", "PROCS", "GUESTS",
                      "IN/s", "OUT/s");
   double cpus = 0;
@@ -190,9 +196,9 @@ std::string RenderTop(const control::NodesReply& nodes, const std::map<std::stri
       away = fmt::format("{:.1f}", r->second.out);
     }
     out += fmt::format(
-        "{:<8} {:<11} {:<7} {:>5.2f} {:>6.2f} {:<10} {:>5.2f} {:>5} {:>6} {:>6} {:>6}\n", n.name(),
-        n.state(), n.balance(), n.cpus(), n.runnable(), LoadBar(n.runnable(), n.cpus()), n.load(),
-        n.processes(), n.guests(), in, away);
+        "{:<8} {:<11} {:<8} {:>5.2f} {:>6.2f} {:<10} {:>5.2f} {:>5} {:>6} {:>6} {:>6}\n", n.name(),
+        n.state(), BalanceColumn(n), n.cpus(), n.runnable(), LoadBar(n.runnable(), n.cpus()),
+        n.load(), n.processes(), n.guests(), in, away);
   }
   out +=
       fmt::format("pool: {} of {} nodes up, {} processes ({} guests), {:.2f} of {:.2f} CPUs used",
@@ -210,6 +216,7 @@ nlohmann::json TopJson(const control::NodesReply& nodes,
     list.push_back({{"name", n.name()},
                     {"state", n.state()},
                     {"balance", n.balance()},
+                    {"gossip", n.gossip()},
                     {"cpus", n.cpus()},
                     {"runnable", n.runnable()},
                     {"used_cpus", n.load()},

@@ -292,6 +292,7 @@ Result<pid_t> Keeper::SpawnRoamd(int i) {
     argv.insert(argv.end(), {"--staging", std::to_string(*args_.options.staging_mib)});
   }
   if (!args_.options.balance.empty()) argv.insert(argv.end(), {"--balance", args_.options.balance});
+  if (!args_.options.gossip.empty()) argv.insert(argv.end(), {"--gossip", args_.options.gossip});
   const UniqueFd log(open(NodeLog(i).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
   if (!log.valid()) return ErrnoError(errno, "create {}", NodeLog(i).string());
   return nodes_->Spawn(i, argv, {{"UCX_TLS", "tcp"}, {"UCX_NET_DEVICES", "eth0"}}, log.get());

@@ -54,6 +54,9 @@ struct LocalPoolOptions {
   // Each roamd's load sharing (roamd --balance: off, exec, mosix); empty:
   // roamd's default.
   std::string balance;
+  // How load information travels (roamd --gossip: mosix, antitask); empty:
+  // roamd's default.
+  std::string gossip;
   // The roamd program; empty: $ROAM_ROAMD, else roamd next to this program
   // (/proc/self/exe's directory).
   std::string roamd;

@@ -59,6 +59,10 @@ void AddPoolCommands(CLI::App& app) {
                  "Load sharing on every node (roamd --balance): off, exec or mosix; default "
                  "roamd's (mosix)")
       ->check(CLI::IsMember({"off", "exec", "mosix"}));
+  up->add_option("--gossip", g_pool.gossip,
+                 "How load information travels on every node (roamd --gossip): mosix or "
+                 "antitask; default roamd's (mosix)")
+      ->check(CLI::IsMember({"mosix", "antitask"}));
   up->add_option("--name", g_pool.name, "The pool's name, [A-Za-z0-9_-]{1,16}")
       ->capture_default_str();
   CLI::App* down = pool->add_subcommand("down", "Stop a local pool and remove what it left");

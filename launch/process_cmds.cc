@@ -257,6 +257,7 @@ int RunNodes() {
                       {"dropped_messages", n.dropped()},
                       {"guests", n.guests()},
                       {"balance", n.balance()},
+                      {"gossip", n.gossip()},
                       {"free_cores", n.free_cores()}});
     }
     std::printf("%s\n", list.dump(2).c_str());

@@ -38,6 +38,7 @@ struct Flags {
   double cpus = 0;
   std::int64_t staging_mib = roam::daemon::kDefaultStagingBytes >> 20;
   std::string balance = "mosix";
+  std::string gossip = "mosix";
   bool owner_mode = false;
   std::vector<std::string> owner_inputs;
   double owner_idle_after = 30;
@@ -69,6 +70,7 @@ roam::Status Serve(const Flags& flags) {
   daemon::Balancer::Options balance_options;
   balance_options.self = static_cast<std::uint32_t>(flags.rank);
   balance_options.mode = mode;
+  ROAM_ASSIGN_OR_RETURN(balance_options.gossip_kind, daemon::ParseGossipKind(flags.gossip));
   balance_options.gossip.seed =
       static_cast<std::uint64_t>(getpid()) ^ static_cast<std::uint64_t>(time(nullptr));
   std::unique_ptr<daemon::Balancer> balancer;
@@ -76,6 +78,7 @@ roam::Status Serve(const Flags& flags) {
   if (mode != daemon::BalanceMode::kOff) {
     ROAM_ASSIGN_OR_RETURN(balancer, daemon::Balancer::Create(*control, balance_options));
     ROAM_ASSIGN_OR_RETURN(pool_options.board_key, balancer->PackBoardKey());
+    pool_options.gossip = daemon::GossipKindName(balance_options.gossip_kind);
   }
   pool_options.name = flags.name;
   pool_options.rank = flags.rank;
@@ -172,6 +175,13 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
                  "nodes to lighter ones)")
       ->capture_default_str()
       ->check(CLI::IsMember({"off", "exec", "mosix"}));
+  app.add_option("--gossip", flags.gossip,
+                 "How load information travels, the same on every node of a pool: mosix (each "
+                 "node writes what it knows into a few random peers every second) or antitask "
+                 "(light nodes send requests for work toward heavy ones, which move processes "
+                 "to them; Lau et al.)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"mosix", "antitask"}));
   app.add_option("--bind", flags.bind,
                  "numa: bind each guest to the NUMA node with the most free cores (its CPUs "
                  "and memory); off: leave guests where the scheduler puts them")

@@ -32,6 +32,16 @@ std::string_view BalanceModeName(BalanceMode mode) {
   return "?";
 }
 
+Result<GossipKind> ParseGossipKind(std::string_view text) {
+  if (text == "mosix") return GossipKind::kMosix;
+  if (text == "antitask") return GossipKind::kAntiTask;
+  return MakeError(Errc::kInvalidArgument, "unknown gossip '{}' (mosix or antitask)", text);
+}
+
+std::string_view GossipKindName(GossipKind kind) {
+  return kind == GossipKind::kAntiTask ? "antitask" : "mosix";
+}
+
 int RunnableTasks(pid_t pid) {
   const Result<std::vector<pid_t>> threads = ckpt::procfs::ListThreads(pid);
   if (!threads) return 0;
@@ -57,14 +67,33 @@ Result<std::unique_ptr<Balancer>> Balancer::Create(transport::Fabric& control, O
     return MakeError(Errc::kInvalidArgument, "balance mode off needs no balancer");
   }
   ROAM_TRY(policy::Validate(options.policy));
-  ROAM_ASSIGN_OR_RETURN(auto gossip,
-                        gossip::Disseminator::Create(control, options.self, options.gossip));
-  return std::unique_ptr<Balancer>(new Balancer(std::move(options), std::move(gossip)));
+  std::unique_ptr<gossip::Disseminator> gossip;
+  std::unique_ptr<gossip::AntiTasks> anti;
+  if (options.gossip_kind == GossipKind::kAntiTask) {
+    ROAM_ASSIGN_OR_RETURN(anti,
+                          gossip::AntiTasks::Create(control, options.self,
+                                                    {.shape = options.gossip.shape,
+                                                     .thresholds = options.thresholds,
+                                                     .view_capacity = options.gossip.view_capacity,
+                                                     .max_info_age = options.policy.max_info_age,
+                                                     .seed = options.gossip.seed}));
+  } else {
+    ROAM_ASSIGN_OR_RETURN(gossip,
+                          gossip::Disseminator::Create(control, options.self, options.gossip));
+  }
+  return std::unique_ptr<Balancer>(
+      new Balancer(std::move(options), std::move(gossip), std::move(anti)));
 }
 
-Balancer::Balancer(Options options, std::unique_ptr<gossip::Disseminator> gossip)
+Result<transport::Bytes> Balancer::PackBoardKey() const {
+  return gossip_ ? gossip_->PackBoardKey() : anti_->PackBoardKey();
+}
+
+Balancer::Balancer(Options options, std::unique_ptr<gossip::Disseminator> gossip,
+                   std::unique_ptr<gossip::AntiTasks> anti)
     : options_(std::move(options)),
       gossip_(std::move(gossip)),
+      anti_(std::move(anti)),
       // The epoch tells this daemon's vectors from an earlier one's.
       sampler_(options_.self, static_cast<std::uint32_t>(time(nullptr)), options_.sampler),
       ledger_(options_.policy.load_half_life),
@@ -99,9 +128,13 @@ void Balancer::Tick(const load::NodeReadings& readings, std::uint64_t now_ns) {
   ledger_.Expire(now_ns -
                  std::min<std::uint64_t>(
                      now_ns, static_cast<std::uint64_t>(options_.policy.max_info_age.count())));
-  // A put that cannot be issued is counted by the disseminator; the next
-  // tick tries other peers.
-  (void)gossip_->Tick(own_, board_peers_);
+  // A put that cannot be issued is counted by the gossip; the next tick
+  // tries again.
+  if (gossip_) {
+    (void)gossip_->Tick(own_, board_peers_);
+  } else {
+    (void)anti_->Tick(own_, board_peers_);
+  }
 }
 
 std::optional<std::uint32_t> Balancer::RankOf(std::string_view name) const {
@@ -129,8 +162,10 @@ std::vector<Balancer::NamedMove> Balancer::Moves(std::span<const policy::Candida
                                                  std::uint64_t now_ns) {
   std::vector<NamedMove> named;
   if (pool_ == nullptr || options_.mode != BalanceMode::kMosix || !sampled_) return named;
+  // Under anti-tasks, only to the senders of those kept this tick.
+  const std::span<const load::LoadVector> targets = anti_ ? anti_->origins() : peers();
   for (const policy::Move& m :
-       policy::ChooseMoves(own_, peers(), candidates, ledger_, now_ns, options_.policy, rng_)) {
+       policy::ChooseMoves(own_, targets, candidates, ledger_, now_ns, options_.policy, rng_)) {
     named.push_back({m.id, NameOf(m.target), m.source_load_per_cpu});
   }
   return named;

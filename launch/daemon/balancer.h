@@ -1,9 +1,10 @@
 // roamd's part in load sharing: it samples this node's load (the runnable
 // tasks of the processes roam runs here, against the CPUs the node offers),
-// spreads it through the pool with MOSIX dissemination (roam::gossip: a
-// load board peers write with one-sided puts on the control fabric), and
-// asks the policy (roam::policy) where a new process should start, which
-// processes should move away, and whether to take one a peer offers.
+// spreads it through the pool (roam::gossip: a load board peers write with
+// one-sided puts on the control fabric) by MOSIX dissemination or by Lau et
+// al.'s anti-tasks, and asks the policy (roam::policy) where a new process
+// should start, which processes should move away, and whether to take one
+// a peer offers.
 //
 // Node ids in load vectors are pool ranks.
 //
@@ -23,6 +24,7 @@
 
 #include "launch/daemon/pool_peers.h"
 #include "roam/base/error.h"
+#include "roam/gossip/anti_tasks.h"
 #include "roam/gossip/dissemination.h"
 #include "roam/load/sampler.h"
 #include "roam/policy/config.h"
@@ -41,6 +43,16 @@ enum class BalanceMode {
 Result<BalanceMode> ParseBalanceMode(std::string_view text);
 std::string_view BalanceModeName(BalanceMode mode);
 
+// How load information travels (roamd --gossip); every node of a pool
+// runs the same.
+enum class GossipKind {
+  kMosix,     // each node writes its window into `fanout` random peers a tick
+  kAntiTask,  // light nodes send requests for work toward heavy ones; a
+              // heavy node moves processes to the senders of those it keeps
+};
+Result<GossipKind> ParseGossipKind(std::string_view text);
+std::string_view GossipKindName(GossipKind kind);
+
 // The runnable tasks (state R) among the threads of `pid`; 0 when it is gone.
 int RunnableTasks(pid_t pid);
 // Its resident memory in bytes (/proc/PID/statm); 0 when it is gone.
@@ -53,7 +65,10 @@ class Balancer final {
     BalanceMode mode = BalanceMode::kMosix;
     policy::PolicyConfig policy;
     load::LoadSampler::Options sampler;
+    GossipKind gossip_kind = GossipKind::kMosix;
+    // The board's shape, the view's capacity and the seed serve both kinds.
     gossip::Disseminator::Options gossip;
+    gossip::AntiTaskThresholds thresholds;  // kAntiTask
   };
 
   // The board is allocated on `control` now, so that its key is published
@@ -62,7 +77,7 @@ class Balancer final {
   // a one-line error.
   static Result<std::unique_ptr<Balancer>> Create(transport::Fabric& control, Options options);
 
-  Result<transport::Bytes> PackBoardKey() const { return gossip_->PackBoardKey(); }
+  Result<transport::Bytes> PackBoardKey() const;
   // Once the pool is known: a board to write to at every member that
   // published one (unpacked on first use).
   Status Attach(PoolPeers& peers);
@@ -79,7 +94,9 @@ class Balancer final {
     double here_load_per_cpu = 0;
   };
   Placement Place(std::uint64_t now_ns);
-  // Moves to make now (kMosix only), targets as member names.
+  // Moves to make now (kMosix only), targets as member names: to lighter
+  // peers it knows of, or under anti-tasks to the senders of those this
+  // tick kept.
   struct NamedMove {
     std::uint64_t id = 0;  // the candidate's
     std::string target;
@@ -111,16 +128,20 @@ class Balancer final {
   BalanceMode mode() const { return options_.mode; }
   // This node's latest vector, and what it knows of the others.
   const load::LoadVector& own() const { return own_; }
-  std::span<const load::LoadVector> peers() const { return gossip_->view().peers(); }
-  gossip::DisseminationCounts counts() const { return gossip_->counts(); }
+  std::span<const load::LoadVector> peers() const { return view().peers(); }
+  GossipKind gossip_kind() const { return options_.gossip_kind; }
 
  private:
-  Balancer(Options options, std::unique_ptr<gossip::Disseminator> gossip);
+  Balancer(Options options, std::unique_ptr<gossip::Disseminator> gossip,
+           std::unique_ptr<gossip::AntiTasks> anti);
+  const load::LoadView& view() const { return gossip_ ? gossip_->view() : anti_->view(); }
   std::optional<std::uint32_t> RankOf(std::string_view name) const;
   std::string NameOf(std::uint32_t rank) const;
 
   Options options_;
+  // One of the two, by gossip_kind.
   std::unique_ptr<gossip::Disseminator> gossip_;
+  std::unique_ptr<gossip::AntiTasks> anti_;
   PoolPeers* pool_ = nullptr;
   load::LoadSampler sampler_;
   load::LoadVector own_{};

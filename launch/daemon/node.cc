@@ -784,6 +784,7 @@ void Node::HandleNodes(std::uint64_t sid) {
         entry->set_migrations_in(st.migrations_in());
         entry->set_migrations_out(st.migrations_out());
         entry->set_balance(st.balance());
+        entry->set_gossip(st.gossip());
         *entry->mutable_free_cores() = st.free_cores();
         entry->set_state(st.draining() ? "draining" : st.owner_active() ? "owner-active" : "up");
       } else {
@@ -1830,6 +1831,10 @@ Result<peer::Reply> Node::OnPeerMessage(const std::string& sender, const peer::M
       reply.mutable_node_status()->set_migrations_out(migrations_out_);
       reply.mutable_node_status()->set_balance(std::string(BalanceModeName(
           options_.balancer != nullptr ? options_.balancer->mode() : BalanceMode::kOff)));
+      if (options_.balancer != nullptr) {
+        reply.mutable_node_status()->set_gossip(
+            std::string(GossipKindName(options_.balancer->gossip_kind())));
+      }
       reply.mutable_node_status()->set_draining((refusing_->load() & load::kDraining) != 0);
       reply.mutable_node_status()->set_owner_active((refusing_->load() & load::kOwnerActive) != 0);
       if (options_.topology != nullptr) {

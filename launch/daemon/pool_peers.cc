@@ -90,6 +90,7 @@ Result<std::unique_ptr<PoolPeers>> PoolPeers::Join(EventLoop& loop, transport::F
   ROAM_TRY(boot->Put("roamd.control", control_address));
   ROAM_TRY(boot->Put("roamd.data", data_address));
   ROAM_TRY(boot->Put("roamd.board", options.board_key));
+  ROAM_TRY(boot->Put("roamd.gossip", View(options.gossip)));
   ROAM_TRY(boot->Fence(options.join_timeout));
 
   std::unique_ptr<PoolPeers> peers(
@@ -104,8 +105,18 @@ Result<std::unique_ptr<PoolPeers>> PoolPeers::Join(EventLoop& loop, transport::F
     ROAM_ASSIGN_OR_RETURN(m.control, boot->Get(rank, "roamd.control"));
     ROAM_ASSIGN_OR_RETURN(m.data, boot->Get(rank, "roamd.data"));
     ROAM_ASSIGN_OR_RETURN(m.board, boot->Get(rank, "roamd.board"));
+    ROAM_ASSIGN_OR_RETURN(const auto gossip, boot->Get(rank, "roamd.gossip"));
+    m.gossip.assign(reinterpret_cast<const char*>(gossip.data()), gossip.size());
     if (peers->Find(m.name) != nullptr) {
       return MakeError(Errc::kInvalidArgument, "two nodes of the pool are named '{}'", m.name);
+    }
+    // The boards of one pool are read one way: windows of another gossip
+    // would be misread.
+    if (!options.gossip.empty() && !m.gossip.empty() && m.gossip != options.gossip) {
+      return MakeError(Errc::kInvalidArgument,
+                       "{} shares load by {} gossip and {} by {}: every node of a pool runs the "
+                       "same roamd --gossip",
+                       m.name, m.gossip, options.name, options.gossip);
     }
     peers->members_.push_back(std::move(m));
   }

@@ -39,6 +39,7 @@ struct Member {
   transport::Bytes control;  // control fabric address
   transport::Bytes data;     // migration fabric address
   transport::Bytes board;    // its load board's key on the control fabric; empty: none
+  std::string gossip;        // how its board is written (roamd --gossip); empty: none
 };
 
 struct PoolOptions {
@@ -48,8 +49,11 @@ struct PoolOptions {
   int size = 1;
   std::chrono::milliseconds join_timeout{30'000};
   std::chrono::milliseconds request_timeout{5'000};
-  // This node's load board key (Balancer::PackBoardKey); empty: no board.
+  // This node's load board key (Balancer::PackBoardKey) and its gossip
+  // (GossipKindName); empty: no board. Every member with a board must run
+  // the same gossip, or Join refuses.
   transport::Bytes board_key;
+  std::string gossip;
 };
 
 class PoolPeers final {

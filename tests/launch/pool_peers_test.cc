@@ -9,6 +9,8 @@
 #include <chrono>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <utility>
 
 #include "launch/daemon/event_loop.h"
 #include "launch/pool/envelope.h"
@@ -129,6 +131,59 @@ TEST_F(PoolPeersTest, AnswersSealedMessagesAndDropsTheRest) {
   // And a fresh sequence is served again.
   EXPECT_TRUE(Send(ToBytes(Status(13, key))));
   EXPECT_EQ(handled_, 2);
+}
+
+// A pool's load boards are read one way: two nodes whose boards are
+// written by different gossip refuse to form a pool, each saying why; a
+// node without a board (balance off) joins either.
+TEST(PoolPeersGossipTest, NodesWithDifferentGossipRefuseToFormAPool) {
+  testing::TempDir dir;
+  // Each node joins on a thread of its own, with a network of its own
+  // (Join only publishes addresses; nothing connects).
+  auto join = [&](const std::string& name, int rank, int size, const std::string& gossip,
+                  const std::string& boot) -> Status {
+    transport::FakeNetwork network;
+    auto fabric = network.AddNode({.name = name});
+    if (!fabric) return fabric.error();
+    ROAM_ASSIGN_OR_RETURN(auto loop, EventLoop::Create());
+    ROAM_ASSIGN_OR_RETURN(auto key, pool::PoolKey::FromBytes(kKey));
+    PoolOptions pool;
+    pool.name = name;
+    pool.rank = rank;
+    pool.size = size;
+    pool.bootstrap = "dir:" + (dir.path() / boot).string();
+    pool.join_timeout = std::chrono::seconds(10);
+    if (!gossip.empty()) {
+      pool.board_key = Bytes{std::byte{7}};
+      pool.gossip = gossip;
+    }
+    ROAM_ASSIGN_OR_RETURN(
+        auto peers,
+        PoolPeers::Join(
+            *loop, **fabric, Bytes{std::byte{1}}, std::move(key), pool,
+            [](const std::string&, const peer::Message&) -> Result<peer::Reply> { return {}; }));
+    return Ok();
+  };
+  auto pair = [&](const std::string& a, const std::string& b, const std::string& boot) {
+    Status second = Ok();
+    std::thread t([&] { second = join("n2", 1, 2, b, boot); });
+    Status first = join("n1", 0, 2, a, boot);
+    t.join();
+    return std::pair{first, second};
+  };
+  auto [mosix, anti] = pair("mosix", "antitask", "mixed");
+  ASSERT_FALSE(mosix.has_value());
+  ASSERT_FALSE(anti.has_value());
+  EXPECT_EQ(mosix.error().message(),
+            "n2 shares load by antitask gossip and n1 by mosix: every node of a pool runs the "
+            "same roamd --gossip");
+  EXPECT_NE(anti.error().message().find("n1 shares load by mosix gossip"), std::string::npos);
+  auto [same1, same2] = pair("antitask", "antitask", "same");
+  EXPECT_TRUE(same1.has_value()) << same1.error().ToString();
+  EXPECT_TRUE(same2.has_value()) << same2.error().ToString();
+  auto [off, with] = pair("", "antitask", "off");
+  EXPECT_TRUE(off.has_value()) << off.error().ToString();
+  EXPECT_TRUE(with.has_value()) << with.error().ToString();
 }
 
 }  // namespace

@@ -751,38 +751,61 @@ namespace {
 class PoolTestBalancing : public PoolTest {
  protected:
   PoolTestBalancing() { balance_ = "mosix"; }
+
+  // Six CPU-bound processes started on one node of three spread over the
+  // pool by themselves (no roam migrate), and each prints what it would
+  // have printed undisturbed.
+  void ABurstSpreadsAndEveryOutputIsCorrect() {
+    constexpr int kJobs = 6;
+    const std::string job =
+        "python3 -c 'import sys\n"
+        "s = 0\n"
+        "for i in range(12000000): s += i * i % 7\n"
+        "print(sys.argv[1], s)' ";
+    std::vector<pid_t> runs;
+    for (int j = 0; j < kJobs; ++j) {
+      runs.push_back(RoamInBackground(0, "run --node n1 -- " + job + std::to_string(j),
+                                      "job" + std::to_string(j)));
+    }
+    std::set<std::string> seen_on;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (seen_on.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+      const auto ps = Ps(0);
+      for (const auto& p : ps) {
+        if (p["node"] != "n1") seen_on.insert(p["node"].get<std::string>());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    EXPECT_EQ(seen_on, (std::set<std::string>{"n2", "n3"})) << "the burst did not spread";
+    for (int j = 0; j < kJobs; ++j) {
+      EXPECT_EQ(Wait(runs[j], std::chrono::seconds(120)), 0) << "job " << j;
+      EXPECT_EQ(ReadFile(dir_.path() / ("job" + std::to_string(j) + ".out")),
+                std::to_string(j) + " 23999999\n");
+    }
+  }
 };
 
-// The end-to-end check: six CPU-bound processes started on one node
-// of three spread over the pool by themselves (no roam migrate), and each
-// prints what it would have printed undisturbed.
+// The end-to-end check, with MOSIX dissemination.
 TEST_F(PoolTestBalancing, AnOverloadedNodeShedsProcessesByItselfAndEveryOutputIsCorrect) {
-  constexpr int kJobs = 6;
-  const std::string job =
-      "python3 -c 'import sys\n"
-      "s = 0\n"
-      "for i in range(12000000): s += i * i % 7\n"
-      "print(sys.argv[1], s)' ";
-  std::vector<pid_t> runs;
-  for (int j = 0; j < kJobs; ++j) {
-    runs.push_back(RoamInBackground(0, "run --node n1 -- " + job + std::to_string(j),
-                                    "job" + std::to_string(j)));
+  ABurstSpreadsAndEveryOutputIsCorrect();
+}
+
+// The same with anti-tasks: the two idle nodes ask for work, and the
+// overloaded one moves processes to them.
+class PoolTestAntiTasks : public PoolTestBalancing {
+ protected:
+  PoolTestAntiTasks() {
+    for (auto& args : node_args_) args = {"--gossip", "antitask"};
   }
-  std::set<std::string> seen_on;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (seen_on.size() < 2 && std::chrono::steady_clock::now() < deadline) {
-    const auto ps = Ps(0);
-    for (const auto& p : ps) {
-      if (p["node"] != "n1") seen_on.insert(p["node"].get<std::string>());
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+};
+
+TEST_F(PoolTestAntiTasks, AnOverloadedNodeShedsProcessesToNodesThatAskForWork) {
+  const auto nodes = Roam(0, "nodes --json");
+  ASSERT_EQ(nodes.exit_code, 0) << nodes.err;
+  for (const auto& n : nlohmann::json::parse(nodes.out)) {
+    EXPECT_EQ(n["gossip"], "antitask") << n["name"];
   }
-  EXPECT_EQ(seen_on, (std::set<std::string>{"n2", "n3"})) << "the burst did not spread";
-  for (int j = 0; j < kJobs; ++j) {
-    EXPECT_EQ(Wait(runs[j], std::chrono::seconds(120)), 0) << "job " << j;
-    EXPECT_EQ(ReadFile(dir_.path() / ("job" + std::to_string(j) + ".out")),
-              std::to_string(j) + " 23999999\n");
-  }
+  ABurstSpreadsAndEveryOutputIsCorrect();
 }
 
 // With load sharing a drained node's guests go to the nodes that accept
