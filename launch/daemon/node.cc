@@ -1373,14 +1373,18 @@ void Node::Rebalance(Guest& guest, const Balancer::NamedMove& move, bool evict) 
     std::fprintf(stderr, "roamd %s: not moving %s now: %.*s\n", peers_.self().c_str(), id.c_str(),
                  static_cast<int>(why.size()), why.data());
   };
-  auto migrate = [this, id, target = move.target, give_up] {
+  // The ledger counts the move from now until the vectors show it, or
+  // until it is refused or fails (`processes` -1 takes it back).
+  auto record = [this, target = move.target](int processes) {
+    if (options_.balancer == nullptr) return;
+    const std::uint64_t now = PoolNow();
+    options_.balancer->Record(peers_.self(), now, -processes);
+    options_.balancer->Record(target, now, processes);
+  };
+  auto migrate = [this, id, target = move.target, give_up, record] {
     Guest* g = FindGuest(id);
     if (g == nullptr || g->exited) return;
-    if (options_.balancer != nullptr) {
-      const std::uint64_t now = PoolNow();
-      options_.balancer->Record(peers_.self(), now, -1);
-      options_.balancer->Record(target, now, 1);
-    }
+    record(1);
     // Decided at its home, like `roam migrate` (the node's own authority).
     peer::Message m;
     m.mutable_forward()->set_uid(0);
@@ -1388,8 +1392,11 @@ void Node::Rebalance(Guest& guest, const Balancer::NamedMove& move, bool evict) 
     request->set_version(kControlVersion);
     request->mutable_migrate()->set_id(id);
     request->mutable_migrate()->set_to(target);
-    peers_.Send(g->home, m, [give_up](Result<peer::Reply> r) {
-      if (!r) give_up(r.error().message());
+    peers_.Send(g->home, m, [give_up, record](Result<peer::Reply> r) {
+      if (!r) {
+        record(-1);
+        give_up(r.error().message());
+      }
       // Otherwise under way: OnMigrationOutcome ends it here.
     });
   };
@@ -1614,6 +1621,12 @@ void Node::OnMigrationOutcome(MigrationOutcome outcome) {
     if (outcome.report) {
       g->rebalancing = false;
     } else {
+      // It stays: the ledger takes back the move Rebalance recorded.
+      if (options_.balancer != nullptr) {
+        const std::uint64_t now = PoolNow();
+        options_.balancer->Record(peers_.self(), now, 1);
+        options_.balancer->Record(g->done.node(), now, -1);
+      }
       PostponeMove(*g);
     }
   }
