@@ -477,6 +477,9 @@ class Simulation {
     Node& n = nodes_[origin];
     if (!n.own) return origin;  // before the first sample
     const std::uint64_t now_ns = Ns(now_);
+    // What peers put since the node's last tick (at the end of that tick,
+    // here) counts with its age now.
+    if (n.gossip) n.gossip->Refresh();
     const auto peers = ViewOf(n).peers();
     NoteAges(peers, now_ns);
     const policy::PlacementChoice choice =

@@ -27,9 +27,7 @@ class DisseminatorImpl final : public Disseminator {
 
   Status Tick(const load::LoadVector& own, std::span<const BoardPeer> peers) override {
     ++counts_.ticks;
-    io_.Scan([this](std::uint32_t, std::span<const load::LoadVector> window) {
-      for (const load::LoadVector& v : window) view_.Merge(v);
-    });
+    Refresh();
     view_.SetOwn(own);
     const std::span<const BoardPeer* const> chosen = ChoosePeers(peers);
     if (chosen.empty()) return Ok();
@@ -47,6 +45,12 @@ class DisseminatorImpl final : public Disseminator {
       }
     }
     return Ok();
+  }
+
+  void Refresh() override {
+    io_.Scan([this](std::uint32_t, std::span<const load::LoadVector> window) {
+      for (const load::LoadVector& v : window) view_.Merge(v);
+    });
   }
 
   const load::LoadView& view() const override { return view_; }

@@ -153,6 +153,8 @@ std::string Balancer::NameOf(std::uint32_t rank) const {
 
 Balancer::Placement Balancer::Place(std::uint64_t now_ns) {
   if (pool_ == nullptr || !sampled_) return {pool_ == nullptr ? "" : pool_->self(), 0};
+  // The board as it is now: peers' puts since this node's last tick.
+  if (gossip_) gossip_->Refresh();
   const policy::PlacementChoice choice =
       policy::ChoosePlacement(own_, peers(), ledger_, now_ns, options_.policy, rng_);
   return {NameOf(choice.node), choice.here_load_per_cpu};

@@ -68,6 +68,26 @@ class DisseminationTest : public ::testing::Test {
   std::uint64_t tick_ = 0;
 };
 
+// Between ticks a reader merges what landed since its own tick: two nodes,
+// each writing to the other.
+TEST_F(DisseminationTest, RefreshMergesWhatLandedSinceTheLastTick) {
+  Start(2, {.shape = {.window = 4, .slots = 8}, .fanout = 1, .view_capacity = 4, .seed = 1});
+  // A tick scans first, then writes; its puts land after it. So at its
+  // second tick node 1 reads node 0's first vector, and node 0's second
+  // lands after.
+  Tick();
+  Tick();
+  ASSERT_TRUE(nodes_[1]->view().Find(0).has_value());
+  EXPECT_EQ(nodes_[1]->view().Find(0)->sequence(), 1u);
+  nodes_[1]->Refresh();
+  ASSERT_TRUE(nodes_[1]->view().Find(0).has_value());
+  EXPECT_EQ(nodes_[1]->view().Find(0)->sequence(), 2u);
+  EXPECT_EQ(nodes_[1]->counts().puts, 2u);  // Refresh writes nothing
+  nodes_[1]->Refresh();                     // nothing new
+  EXPECT_EQ(nodes_[1]->view().Find(0)->sequence(), 2u);
+  EXPECT_EQ(nodes_[1]->counts().board.torn, 0u);
+}
+
 TEST_F(DisseminationTest, ALoadChangeReachesEveryNodeWithinAFewTicks) {
   Start(40, {.shape = {.window = 8, .slots = 32}, .fanout = 2, .view_capacity = 64, .seed = 1});
   for (int t = 0; t < 10; ++t) Tick();

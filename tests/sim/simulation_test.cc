@@ -53,6 +53,9 @@ TEST(SimulationTest, AJobAloneRunsAtOneCpuWhateverTheCapacity) {
 // for 0.1 s plus its resident size at 1 GB/s, then runs alone there.
 TEST(SimulationTest, AMoveDelaysTheProcessByItsCost) {
   Options o = Quiet(Strategy::kMosix, 2);
+  // No placement beats staying: both start on node 0 (at t = 0 node 0
+  // already knows node 1 is idle) and only a move spreads them.
+  o.policy.placement_margin = 100;
   o.jobs = {{.time = 0, .node = 0, .demand = 20, .resident_bytes = 100 * kMiB},
             {.time = 0, .node = 0, .demand = 20, .resident_bytes = 400 * kMiB}};
   auto s = sim::Run(o);

@@ -71,6 +71,12 @@ class Disseminator {
   // writes nothing (counted as busy).
   virtual Status Tick(const load::LoadVector& own, std::span<const BoardPeer> peers) = 0;
 
+  // Scans the board now, between ticks, and merges what peers put since
+  // the last scan into the view; writes nothing. Peers' puts land whenever
+  // they come, so a reader between ticks (a placement) reads the board as
+  // it is rather than as it was at this node's last tick.
+  virtual void Refresh() = 0;
+
   virtual const load::LoadView& view() const = 0;
   virtual DisseminationCounts counts() const = 0;
 };
