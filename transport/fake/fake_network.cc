@@ -355,6 +355,82 @@ struct LaterFirst {
   }
 };
 
+// The messages to one node, taken in delivery order: by (due time,
+// network-wide sequence number). Most come in that order (a link without a
+// delay is due at once, on a clock that does not go back, and sequence
+// numbers only grow), and those queue in a FIFO: no sifting through a heap,
+// no look at an older message. One due before the last in the FIFO (sent on
+// a delayed link, say) goes to a heap; the front is the earlier of the two
+// fronts. Neither allocates per message once grown.
+class Inbox {
+ public:
+  bool empty() const { return head_ == fifo_.size() && late_.empty(); }
+  std::size_t size() const { return fifo_.size() - head_ + late_.size(); }
+
+  void Push(Queued q) {
+    if (head_ == fifo_.size() || q.at >= last_at_) {
+      if (head_ == fifo_.size()) {
+        fifo_.clear();
+        head_ = 0;
+      }
+      last_at_ = q.at;
+      fifo_.push_back(std::move(q));
+    } else {
+      late_.push_back(std::move(q));
+      std::push_heap(late_.begin(), late_.end(), LaterFirst{});
+    }
+  }
+
+  // The next message; the inbox must not be empty.
+  const Queued& Front() const { return *FrontPlace(); }
+
+  Event PopFront() {
+    const Queued* front = FrontPlace();
+    if (head_ != fifo_.size() && front == &fifo_[head_]) {
+      Event ev = std::move(fifo_[head_].ev);
+      ++head_;
+      if (head_ == fifo_.size()) {
+        fifo_.clear();
+        head_ = 0;
+      } else if (head_ >= 1024 && head_ * 2 >= fifo_.size()) {
+        fifo_.erase(fifo_.begin(), fifo_.begin() + static_cast<std::ptrdiff_t>(head_));
+        head_ = 0;
+      }
+      return ev;
+    }
+    std::pop_heap(late_.begin(), late_.end(), LaterFirst{});
+    Event ev = std::move(late_.back().ev);
+    late_.pop_back();
+    return ev;
+  }
+
+  // Drops the messages `lost` says; returns how many.
+  template <typename Pred>
+  std::size_t EraseIf(Pred lost) {
+    fifo_.erase(fifo_.begin(), fifo_.begin() + static_cast<std::ptrdiff_t>(head_));
+    head_ = 0;
+    std::size_t n = std::erase_if(fifo_, lost);
+    if (const std::size_t m = std::erase_if(late_, lost); m != 0) {
+      std::make_heap(late_.begin(), late_.end(), LaterFirst{});
+      n += m;
+    }
+    return n;
+  }
+
+ private:
+  const Queued* FrontPlace() const {
+    const Queued* fifo = head_ != fifo_.size() ? &fifo_[head_] : nullptr;
+    if (late_.empty()) return fifo;
+    if (fifo == nullptr || LaterFirst{}(*fifo, late_.front())) return &late_.front();
+    return fifo;
+  }
+
+  std::vector<Queued> fifo_;  // [head_, end) in delivery order
+  std::size_t head_ = 0;
+  TimePoint last_at_{};       // due time of fifo_.back()
+  std::vector<Queued> late_;  // a heap by LaterFirst
+};
+
 // A node's endpoint, with what its Progress needs to know without touching
 // the endpoint's state (one cache miss per endpoint per Progress, in a pool
 // of 100,000 nodes that keeps 8 endpoints each).
@@ -383,9 +459,6 @@ struct Node {
   // gossip peer.
   std::vector<EndpointSlot> endpoints;
   std::deque<ReadyWork> ready;
-  // Messages to this node, a heap by (delivery time, network-wide sequence
-  // number): no allocation per message once it has grown.
-  std::vector<Queued> inbox;
   // The network's fault epoch this node's endpoints were last checked at.
   std::uint64_t fault_epoch_seen = 0;
 };
@@ -660,7 +733,10 @@ class FakeNetwork::Impl {
   std::map<std::string, NodeId, std::less<>> names_;  // nodes whose fabric is open
   std::map<std::pair<NodeId, NodeId>, Link> links_;
   std::set<std::pair<NodeId, NodeId>> disconnected_;  // (lower id, higher id)
-  std::size_t queued_ = 0;                            // messages in all inboxes
+  // Messages to each node, by id (as nodes_): apart from the nodes, so that
+  // a send touches the target's inbox and not its node too.
+  std::vector<Inbox> inboxes_ = std::vector<Inbox>(1);
+  std::size_t queued_ = 0;  // messages in all inboxes
   // By node id: killed or closed (BreakReason's common case without
   // touching either node).
   std::vector<std::uint8_t> down_ = std::vector<std::uint8_t>(1, 0);
@@ -947,6 +1023,7 @@ Result<std::unique_ptr<Fabric>> FakeNetwork::Impl::AddNode(const FabricOptions& 
   n->peer_timeout = options.peer_timeout;
   n->fault_epoch_seen = fault_epoch_;
   nodes_.push_back(std::move(n));
+  inboxes_.emplace_back();
   down_.push_back(0);
   names_.emplace(options.name, id);
   return std::make_unique<FakeFabric>(*this, id, options.name);
@@ -997,18 +1074,16 @@ void FakeNetwork::Impl::FaultsChanged() {
   // there is nothing to look at: closing every fabric of a large network
   // after a quiet moment stays linear in its size.
   if (queued_ == 0) return;
-  for (auto& n : nodes_) {
-    if (!n) continue;
-    const std::size_t lost = std::erase_if(
-        n->inbox, [this](const Queued& q) { return BreakReason(q.ev.from, q.ev.to).has_value(); });
-    if (lost != 0) std::make_heap(n->inbox.begin(), n->inbox.end(), LaterFirst{});
-    queued_ -= lost;
+  for (Inbox& inbox : inboxes_) {
+    if (inbox.empty()) continue;
+    queued_ -= inbox.EraseIf(
+        [this](const Queued& q) { return BreakReason(q.ev.from, q.ev.to).has_value(); });
   }
 }
 
 std::size_t FakeNetwork::Impl::in_flight() const {
   std::size_t total = 0;
-  for (const auto& n : nodes_) total += n ? n->inbox.size() : 0;
+  for (const Inbox& inbox : inboxes_) total += inbox.size();
   return total;
 }
 
@@ -1178,9 +1253,8 @@ void FakeNetwork::Impl::Send(Event ev) {
     at = std::max<TimePoint>(at + link.faults.delay, link.last_delivery);
     link.last_delivery = at;
   }
-  std::vector<Queued>& inbox = node(ev.to).inbox;
-  inbox.push_back({at, next_seq_++, std::move(ev)});
-  std::push_heap(inbox.begin(), inbox.end(), LaterFirst{});
+  Inbox& inbox = inboxes_.at(ev.to);
+  inbox.Push({at, next_seq_++, std::move(ev)});
   ++queued_;
 }
 
@@ -1203,12 +1277,11 @@ unsigned FakeNetwork::Impl::Progress(NodeId id) {
   }
   // Messages due by now and sent before this call (the same reasoning).
   const std::uint64_t limit = next_seq_;
-  while (!n.inbox.empty() && !n.closed) {
-    const Queued& first = n.inbox.front();
+  Inbox& inbox = inboxes_[id];
+  while (!inbox.empty() && !n.closed) {
+    const Queued& first = inbox.Front();
     if (first.at > t || first.seq >= limit) break;
-    std::pop_heap(n.inbox.begin(), n.inbox.end(), LaterFirst{});
-    Event ev = std::move(n.inbox.back().ev);
-    n.inbox.pop_back();
+    Event ev = inbox.PopFront();
     --queued_;
     Deliver(n, std::move(ev));
     ++handled;
@@ -1245,7 +1318,7 @@ bool FakeNetwork::Impl::Arm(NodeId id) {
   if (n.closed) return true;
   if (!n.ready.empty()) return false;
   const TimePoint t = now();
-  if (!n.inbox.empty() && n.inbox.front().at <= t) return false;
+  if (const Inbox& inbox = inboxes_[id]; !inbox.empty() && inbox.Front().at <= t) return false;
   // Or an endpoint about to fail, or a request past its deadline.
   return std::ranges::none_of(n.endpoints, [&](const EndpointSlot& slot) {
     const EndpointState& ep = *slot.ep;
