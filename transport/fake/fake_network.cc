@@ -367,16 +367,16 @@ class Inbox {
   bool empty() const { return head_ == fifo_.size() && late_.empty(); }
   std::size_t size() const { return fifo_.size() - head_ + late_.size(); }
 
-  void Push(Queued q) {
-    if (head_ == fifo_.size() || q.at >= last_at_) {
+  void Push(TimePoint at, std::uint64_t seq, Event&& ev) {
+    if (head_ == fifo_.size() || at >= last_at_) {
       if (head_ == fifo_.size()) {
         fifo_.clear();
         head_ = 0;
       }
-      last_at_ = q.at;
-      fifo_.push_back(std::move(q));
+      last_at_ = at;
+      fifo_.push_back({at, seq, std::move(ev)});
     } else {
-      late_.push_back(std::move(q));
+      late_.push_back({at, seq, std::move(ev)});
       std::push_heap(late_.begin(), late_.end(), LaterFirst{});
     }
   }
@@ -600,7 +600,7 @@ unsigned RunReady(Node& n, const ReadyWork& work) {
 }
 
 // A put's ack or a get's data is back at the initiator.
-void OpDone(Node& n, Event ev) {
+void OpDone(Node& n, const Event& ev) {
   const EndpointRef* found = FindEndpoint(n, ev.endpoint);
   if (found == nullptr) return;  // the initiator is gone
   const EndpointRef ep = *found;
@@ -705,7 +705,7 @@ class FakeNetwork::Impl {
   // Why `self` and `peer` cannot talk, or nullopt while they can.
   std::optional<std::string> BreakReason(NodeId self, NodeId peer) const;
   // Puts `ev` on the wire (or loses it: a broken link, a drop).
-  void Send(Event ev);
+  void Send(Event&& ev);
   void QueueReady(NodeId node_id, ReadyWork work) { node(node_id).ready.push_back(work); }
   unsigned Progress(NodeId id);
   bool Arm(NodeId id);
@@ -715,7 +715,7 @@ class FakeNetwork::Impl {
   double Draw() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
   void FaultsChanged();
   unsigned FailBrokenEndpoints(Node& n) const;
-  void Deliver(Node& n, Event ev);
+  void Deliver(Node& n, Event& ev);
 
   const std::uint64_t network_id_;
   const std::function<TimePoint()> now_;
@@ -1240,7 +1240,7 @@ void FakeNetwork::Impl::CloseNode(NodeId id) {
   FaultsChanged();
 }
 
-void FakeNetwork::Impl::Send(Event ev) {
+void FakeNetwork::Impl::Send(Event&& ev) {
   if (BreakReason(ev.from, ev.to)) return;  // the endpoint fails at its next Progress
   // Only links that were given faults are kept: a link without is due at
   // once, in issue order, and a pool that talks along many links (the
@@ -1254,7 +1254,7 @@ void FakeNetwork::Impl::Send(Event ev) {
     link.last_delivery = at;
   }
   Inbox& inbox = inboxes_.at(ev.to);
-  inbox.Push({at, next_seq_++, std::move(ev)});
+  inbox.Push(at, next_seq_++, std::move(ev));
   ++queued_;
 }
 
@@ -1283,7 +1283,7 @@ unsigned FakeNetwork::Impl::Progress(NodeId id) {
     if (first.at > t || first.seq >= limit) break;
     Event ev = inbox.PopFront();
     --queued_;
-    Deliver(n, std::move(ev));
+    Deliver(n, ev);
     ++handled;
   }
   // Deadlines last: a reply that is due wins over its deadline. The ids of
@@ -1342,7 +1342,7 @@ unsigned FakeNetwork::Impl::FailBrokenEndpoints(Node& n) const {
   return handled;
 }
 
-void FakeNetwork::Impl::Deliver(Node& n, Event ev) {
+void FakeNetwork::Impl::Deliver(Node& n, Event& ev) {
   if (BreakReason(ev.from, ev.to)) return;  // lost with the link
   Event answer;
   answer.from = ev.to;
@@ -1378,7 +1378,7 @@ void FakeNetwork::Impl::Deliver(Node& n, Event ev) {
     }
     case Event::Kind::kPutAck:
     case Event::Kind::kGetReply:
-      OpDone(n, std::move(ev));
+      OpDone(n, ev);
       return;
     case Event::Kind::kReply: {
       const EndpointRef* found = FindEndpoint(n, ev.endpoint);
