@@ -19,7 +19,6 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <limits>
 #include <map>
 #include <optional>
@@ -341,6 +340,34 @@ struct ReadyWork {
   std::uint64_t op = 0;
 };
 
+// A node's ReadyWork, in the order queued: a vector and the index of the
+// first not yet taken (a deque allocates when it is made, and a simulated
+// pool has a node's worth of them for each of its 100,000 nodes).
+class ReadyQueue {
+ public:
+  bool empty() const { return head_ == items_.size(); }
+  std::size_t size() const { return items_.size() - head_; }
+  void push_back(const ReadyWork& work) { items_.push_back(work); }
+  ReadyWork pop_front() {
+    const ReadyWork work = items_[head_++];
+    if (head_ == items_.size()) {
+      clear();
+    } else if (head_ >= 64 && head_ * 2 >= items_.size()) {
+      items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
+    }
+    return work;
+  }
+  void clear() {
+    items_.clear();
+    head_ = 0;
+  }
+
+ private:
+  std::vector<ReadyWork> items_;
+  std::size_t head_ = 0;
+};
+
 // A message on the wire to a node, due at `at`; ties in send order.
 struct Queued {
   TimePoint at{};
@@ -458,7 +485,7 @@ struct Node {
   // node keeps few endpoints and a simulated pool makes and drops one per
   // gossip peer.
   std::vector<EndpointSlot> endpoints;
-  std::deque<ReadyWork> ready;
+  ReadyQueue ready;
   // The network's fault epoch this node's endpoints were last checked at.
   std::uint64_t fault_epoch_seen = 0;
 };
@@ -1271,8 +1298,7 @@ unsigned FakeNetwork::Impl::Progress(NodeId id) {
   // waits for the next one, so a completion that issues an operation cannot
   // keep this call busy forever.
   for (std::size_t count = n.ready.size(); count > 0 && !n.ready.empty(); --count) {
-    const ReadyWork work = n.ready.front();
-    n.ready.pop_front();
+    const ReadyWork work = n.ready.pop_front();
     handled += RunReady(n, work);
   }
   // Messages due by now and sent before this call (the same reasoning).
