@@ -549,6 +549,46 @@ TEST_F(FakeNetworkTest, TheSameScheduleDeliversInTheSameOrder) {
   EXPECT_EQ(ServiceOrder(), order);
 }
 
+// A receiver's messages come from a delayed link and an undelayed one; most
+// are due in the order sent, some before one sent earlier. Each Progress
+// takes those due, by due time and then in send order.
+TEST_F(FakeNetworkTest, MessagesDueOutOfSendOrderAreTakenByDueTimeThenSendOrder) {
+  auto slow = AddNode("slow");
+  auto fast = AddNode("fast");
+  auto d = AddNode("d");
+  std::vector<std::string> order;
+  d->Handle(1, [&order](const Message& m) -> Result<Bytes> {
+    order.push_back(ToString(m.payload));
+    return Bytes{};
+  });
+  auto from_slow = Connect(*slow, *d);
+  auto from_fast = Connect(*fast, *d);
+  ASSERT_TRUE(net_.SetFaults("slow", "d", {.drop = 0.0, .delay = 2ms}).has_value());
+  auto send = [](Endpoint& ep, std::string_view payload) {
+    EXPECT_TRUE(ep.Request(1, ToBytes(payload), 1s, {}).has_value());
+  };
+
+  send(*from_slow, "s0");  // due at 2 ms
+  send(*from_fast, "f0");  // due at 0 ms, before s0
+  now_ += 1ms;
+  send(*from_fast, "f1");  // due at 1 ms
+  send(*from_slow, "s1");  // due at 3 ms
+  EXPECT_EQ(d->Progress(), 2u);
+  EXPECT_EQ(order, (std::vector<std::string>{"f0", "f1"}));
+
+  now_ += 1ms;
+  send(*from_fast, "f2");  // due at 2 ms like s0, sent after it
+  EXPECT_EQ(d->Progress(), 2u);
+  EXPECT_EQ(order, (std::vector<std::string>{"f0", "f1", "s0", "f2"}));
+
+  now_ += 1ms;
+  EXPECT_EQ(d->Progress(), 1u);
+  EXPECT_EQ(order, (std::vector<std::string>{"f0", "f1", "s0", "f2", "s1"}));
+  EXPECT_EQ(net_.in_flight(), 5u);  // the replies
+  from_slow.reset();
+  from_fast.reset();
+}
+
 // Puts, a get, a flush and a request, none answered yet.
 struct PendingOps {
   Slot<Status> put = NewSlot<Status>();

@@ -19,7 +19,6 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <limits>
 #include <map>
 #include <optional>
@@ -74,11 +73,14 @@ std::size_t PageSize() {
   return page;
 }
 
-// A hash of bytes, for the caches of decoded addresses and keys (whose
-// hits compare the bytes in full).
-std::uint64_t HashBytes(ByteView bytes) {
-  return std::hash<std::string_view>{}(
-      std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+// The last eight bytes, little-endian: where the caches of decoded addresses
+// and keys look first. The ids are the last field of a fake address and key,
+// so an address this network encoded ends with its node id and a key with
+// its region id, and the caches are vectors indexed by those ids: no hash of
+// the bytes, no bucket to miss. Any bytes may come here; a hit still compares
+// them in full.
+std::uint64_t TailId(ByteView bytes) {
+  return bytes.size() < 8 ? 0 : ReadU64(bytes, bytes.size() - 8);
 }
 
 // An address or key kept in a cache entry itself (one cache miss fewer
@@ -194,13 +196,106 @@ struct Event {
 // updated and run afterwards, so that a completion never sees half an update.
 using PendingCall = std::pair<Completion, Status>;
 
+// An endpoint's puts and gets, by op number. Numbers are handed out in
+// order and an op leaves only from the front, once its completion ran and
+// the peer answered: an op is found by subtraction, and an endpoint made for
+// a single put (a simulated pool makes one per gossip peer) allocates once,
+// not a map and a set node per put.
+class OpLog {
+ public:
+  struct Op {
+    std::uint64_t id = 0;
+    bool is_get = false;
+    bool pending = false;  // its completion (a put's: the local one) has not run
+    bool unacked = false;  // not yet complete at the peer
+    Completion done;
+    std::span<std::byte> dst;  // a get's
+  };
+
+  void Add(std::uint64_t id, bool is_get, Completion done, std::span<std::byte> dst = {}) {
+    if (head_ == ops_.size()) {
+      ops_.clear();
+      head_ = 0;
+    }
+    ops_.push_back({id, is_get, true, true, std::move(done), dst});
+    ++pending_;
+    ++unacked_;
+  }
+
+  // The live op numbered `id`, or null.
+  Op* Find(std::uint64_t id) {
+    if (head_ == ops_.size() || id < ops_[head_].id) return nullptr;
+    const std::uint64_t at = head_ + (id - ops_[head_].id);
+    return at < ops_.size() ? &ops_[at] : nullptr;
+  }
+
+  // Takes the completion of pending op `op` (the caller runs it).
+  Completion TakeDone(Op& op) {
+    op.pending = false;
+    --pending_;
+    Completion done = std::move(op.done);
+    op.done = nullptr;
+    Trim();
+    return done;
+  }
+  // Leaves `op` in place (Trim drops it once finished).
+  void Ack(Op& op) {
+    op.unacked = false;
+    --unacked_;
+  }
+
+  // The lowest op number not yet complete at the peer.
+  std::optional<std::uint64_t> FirstUnacked() const {
+    if (unacked_ == 0) return std::nullopt;
+    for (std::size_t i = head_; i < ops_.size(); ++i) {
+      if (ops_[i].unacked) return ops_[i].id;
+    }
+    return std::nullopt;
+  }
+
+  // Every pending completion, the puts' before the gets' (each in issue
+  // order); the log is left empty.
+  void TakeAll(std::vector<Completion>& out) {
+    for (bool gets : {false, true}) {
+      for (std::size_t i = head_; i < ops_.size(); ++i) {
+        if (ops_[i].pending && ops_[i].is_get == gets) out.push_back(std::move(ops_[i].done));
+      }
+    }
+    Clear();
+  }
+  void Clear() {
+    ops_.clear();
+    head_ = 0;
+    pending_ = 0;
+    unacked_ = 0;
+  }
+
+  std::size_t pending() const { return pending_; }
+  std::size_t unacked() const { return unacked_; }
+
+  // Drops finished ops from the front; moves the rest down once the dead
+  // front is most of the vector.
+  void Trim() {
+    while (head_ < ops_.size() && !ops_[head_].pending && !ops_[head_].unacked) ++head_;
+    if (head_ == ops_.size()) {
+      ops_.clear();
+      head_ = 0;
+    } else if (head_ >= 64 && head_ * 2 >= ops_.size()) {
+      ops_.erase(ops_.begin(), ops_.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
+    }
+  }
+
+ private:
+  std::vector<Op> ops_;
+  std::size_t head_ = 0;     // ops_[0, head_) are finished
+  std::size_t pending_ = 0;  // ops whose completion has not run
+  std::size_t unacked_ = 0;  // ops the peer has not answered
+};
+
 // One endpoint's operations, shared by the Endpoint object and the progress
 // loop that completes them.
 struct EndpointState {
-  struct PendingGet {
-    std::span<std::byte> dst;
-    Completion done;
-  };
   struct PendingFlush {
     std::uint64_t before = 0;  // waits for every op numbered below this
     Completion done;
@@ -211,13 +306,12 @@ struct EndpointState {
   NodeId node = 0;
   NodeId peer = 0;
   std::string peer_name;
-  bool closed = false;  // the Endpoint was destroyed: run nothing more
+  bool closed = false;   // the Endpoint was destroyed: run nothing more
+  bool watched = false;  // its EndpointSlot's flag
   std::optional<Error> failure;
 
   std::uint64_t next_op = 1;
-  std::map<std::uint64_t, Completion> puts;  // local completion not yet run
-  std::map<std::uint64_t, PendingGet> gets;
-  std::set<std::uint64_t> unacked;  // puts and gets not yet complete at the peer
+  OpLog ops;
   // Few and short-lived: a vector (a deque allocates when it is made, and
   // an endpoint is made for every gossip peer of a large simulated pool).
   std::vector<PendingFlush> flushes;
@@ -229,10 +323,10 @@ struct EndpointState {
   std::uint64_t answers_seen = 0;
   bool was_waiting = false;
   TimePoint silent_since{};
-  bool waiting() const { return !unacked.empty() || requests.size() != 0; }
+  bool waiting() const { return ops.unacked() != 0 || requests.size() != 0; }
 
   // What max_outstanding limits: operations whose completion has not run.
-  std::size_t outstanding() const { return puts.size() + gets.size() + requests.size(); }
+  std::size_t outstanding() const { return ops.pending() + requests.size(); }
 };
 
 using EndpointRef = std::shared_ptr<EndpointState>;
@@ -244,6 +338,34 @@ struct ReadyWork {
   Kind kind = Kind::kPutDone;
   std::uint64_t endpoint = 0;
   std::uint64_t op = 0;
+};
+
+// A node's ReadyWork, in the order queued: a vector and the index of the
+// first not yet taken (a deque allocates when it is made, and a simulated
+// pool has a node's worth of them for each of its 100,000 nodes).
+class ReadyQueue {
+ public:
+  bool empty() const { return head_ == items_.size(); }
+  std::size_t size() const { return items_.size() - head_; }
+  void push_back(const ReadyWork& work) { items_.push_back(work); }
+  ReadyWork pop_front() {
+    const ReadyWork work = items_[head_++];
+    if (head_ == items_.size()) {
+      clear();
+    } else if (head_ >= 64 && head_ * 2 >= items_.size()) {
+      items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
+    }
+    return work;
+  }
+  void clear() {
+    items_.clear();
+    head_ = 0;
+  }
+
+ private:
+  std::vector<ReadyWork> items_;
+  std::size_t head_ = 0;
 };
 
 // A message on the wire to a node, due at `at`; ties in send order.
@@ -260,6 +382,94 @@ struct LaterFirst {
   }
 };
 
+// The messages to one node, taken in delivery order: by (due time,
+// network-wide sequence number). Most come in that order (a link without a
+// delay is due at once, on a clock that does not go back, and sequence
+// numbers only grow), and those queue in a FIFO: no sifting through a heap,
+// no look at an older message. One due before the last in the FIFO (sent on
+// a delayed link, say) goes to a heap; the front is the earlier of the two
+// fronts. Neither allocates per message once grown.
+class Inbox {
+ public:
+  bool empty() const { return head_ == fifo_.size() && late_.empty(); }
+  std::size_t size() const { return fifo_.size() - head_ + late_.size(); }
+
+  void Push(TimePoint at, std::uint64_t seq, Event&& ev) {
+    if (head_ == fifo_.size() || at >= last_at_) {
+      if (head_ == fifo_.size()) {
+        fifo_.clear();
+        head_ = 0;
+      }
+      last_at_ = at;
+      fifo_.push_back({at, seq, std::move(ev)});
+    } else {
+      late_.push_back({at, seq, std::move(ev)});
+      std::push_heap(late_.begin(), late_.end(), LaterFirst{});
+    }
+  }
+
+  // The next message; the inbox must not be empty.
+  const Queued& Front() const { return *FrontPlace(); }
+
+  Event PopFront() {
+    const Queued* front = FrontPlace();
+    if (head_ != fifo_.size() && front == &fifo_[head_]) {
+      Event ev = std::move(fifo_[head_].ev);
+      ++head_;
+      if (head_ == fifo_.size()) {
+        fifo_.clear();
+        head_ = 0;
+      } else if (head_ >= 1024 && head_ * 2 >= fifo_.size()) {
+        fifo_.erase(fifo_.begin(), fifo_.begin() + static_cast<std::ptrdiff_t>(head_));
+        head_ = 0;
+      }
+      return ev;
+    }
+    std::pop_heap(late_.begin(), late_.end(), LaterFirst{});
+    Event ev = std::move(late_.back().ev);
+    late_.pop_back();
+    return ev;
+  }
+
+  // Drops the messages `lost` says; returns how many.
+  template <typename Pred>
+  std::size_t EraseIf(Pred lost) {
+    fifo_.erase(fifo_.begin(), fifo_.begin() + static_cast<std::ptrdiff_t>(head_));
+    head_ = 0;
+    std::size_t n = std::erase_if(fifo_, lost);
+    if (const std::size_t m = std::erase_if(late_, lost); m != 0) {
+      std::make_heap(late_.begin(), late_.end(), LaterFirst{});
+      n += m;
+    }
+    return n;
+  }
+
+ private:
+  const Queued* FrontPlace() const {
+    const Queued* fifo = head_ != fifo_.size() ? &fifo_[head_] : nullptr;
+    if (late_.empty()) return fifo;
+    if (fifo == nullptr || LaterFirst{}(*fifo, late_.front())) return &late_.front();
+    return fifo;
+  }
+
+  std::vector<Queued> fifo_;  // [head_, end) in delivery order
+  std::size_t head_ = 0;
+  TimePoint last_at_{};       // due time of fifo_.back()
+  std::vector<Queued> late_;  // a heap by LaterFirst
+};
+
+// A node's endpoint, with what its Progress needs to know without touching
+// the endpoint's state (one cache miss per endpoint per Progress, in a pool
+// of 100,000 nodes that keeps 8 endpoints each).
+struct EndpointSlot {
+  std::uint64_t id = 0;
+  EndpointRef ep;
+  // The endpoint may wait on its peer or on a request deadline: Progress
+  // checks its liveness. Clear only while !was_waiting, !waiting() and no
+  // request is pending (EndpointState::watched mirrors it).
+  bool watched = false;
+};
+
 struct Node {
   NodeId id = 0;
   std::string name;
@@ -269,15 +479,13 @@ struct Node {
   bool closed = false;  // its Fabric was destroyed
 
   RequestRouter router;
-  std::map<std::uint64_t, std::span<std::byte>> regions;
+  // By id, ascending (ids are handed out in order): a node has a few.
+  std::vector<std::pair<std::uint64_t, std::span<std::byte>>> regions;
   // By id, ascending (ids are handed out in order): a flat map, since a
   // node keeps few endpoints and a simulated pool makes and drops one per
   // gossip peer.
-  std::vector<std::pair<std::uint64_t, EndpointRef>> endpoints;
-  std::deque<ReadyWork> ready;
-  // Messages to this node, a heap by (delivery time, network-wide sequence
-  // number): no allocation per message once it has grown.
-  std::vector<Queued> inbox;
+  std::vector<EndpointSlot> endpoints;
+  ReadyQueue ready;
   // The network's fault epoch this node's endpoints were last checked at.
   std::uint64_t fault_epoch_seen = 0;
 };
@@ -289,11 +497,25 @@ struct Link {
   TimePoint last_delivery{};
 };
 
-EndpointRef* FindEndpoint(Node& n, std::uint64_t id) {
+EndpointSlot* FindSlot(Node& n, std::uint64_t id) {
   auto it =
       std::lower_bound(n.endpoints.begin(), n.endpoints.end(), id,
-                       [](const auto& entry, std::uint64_t key) { return entry.first < key; });
-  return it != n.endpoints.end() && it->first == id ? &it->second : nullptr;
+                       [](const EndpointSlot& slot, std::uint64_t key) { return slot.id < key; });
+  return it != n.endpoints.end() && it->id == id ? &*it : nullptr;
+}
+
+EndpointRef* FindEndpoint(Node& n, std::uint64_t id) {
+  EndpointSlot* slot = FindSlot(n, id);
+  return slot != nullptr ? &slot->ep : nullptr;
+}
+
+// Marks `ep` for Progress's liveness checks: it has just started to wait.
+void Watch(Node& n, EndpointState& ep) {
+  if (ep.watched) return;
+  if (EndpointSlot* slot = FindSlot(n, ep.id)) {
+    slot->watched = true;
+    ep.watched = true;
+  }
 }
 
 void RunCalls(const EndpointState& ep, std::vector<PendingCall>& calls) {
@@ -306,15 +528,17 @@ void RunCalls(const EndpointState& ep, std::vector<PendingCall>& calls) {
 std::vector<EndpointRef> EndpointsOf(const Node& node) {
   std::vector<EndpointRef> out;
   out.reserve(node.endpoints.size());
-  for (const auto& [id, ep] : node.endpoints) out.push_back(ep);
+  for (const EndpointSlot& slot : node.endpoints) out.push_back(slot.ep);
   return out;
 }
 
 // The bytes `ev` addresses in one of `n`'s regions. Checked again here: the
 // key's bounds came from the peer, the region's are the truth.
 Result<std::span<std::byte>> RegionRange(const Node& n, const Event& ev, std::uint64_t length) {
-  auto it = n.regions.find(ev.region);
-  if (it == n.regions.end()) {
+  auto it =
+      std::lower_bound(n.regions.begin(), n.regions.end(), ev.region,
+                       [](const auto& entry, std::uint64_t key) { return entry.first < key; });
+  if (it == n.regions.end() || it->first != ev.region) {
     return MakeError(Errc::kInvalidArgument,
                      "region {} of node {} is gone (destroyed before the operation arrived)",
                      ev.region, n.name);
@@ -343,9 +567,10 @@ Result<Bytes> ReadRegion(const Node& n, const Event& ev) {
 // Runs the flushes that no earlier put or get holds up any more, in order.
 unsigned CompleteFlushes(const EndpointRef& ep) {
   std::vector<PendingCall> calls;
+  const std::optional<std::uint64_t> first_unacked = ep->ops.FirstUnacked();
   while (!ep->flushes.empty()) {
     EndpointState::PendingFlush& flush = ep->flushes.front();
-    if (!ep->unacked.empty() && *ep->unacked.begin() < flush.before) break;
+    if (first_unacked && *first_unacked < flush.before) break;
     Status status = Ok();
     if (flush.error) status = *flush.error;
     calls.emplace_back(std::move(flush.done), std::move(status));
@@ -358,14 +583,12 @@ unsigned CompleteFlushes(const EndpointRef& ep) {
 // Breaks `ep` for good: everything pending on it completes with `error`.
 unsigned Fail(const EndpointRef& ep, const Error& error) {
   ep->failure = error;
+  std::vector<Completion> ops;
+  ep->ops.TakeAll(ops);
   std::vector<PendingCall> calls;
-  for (auto& [op, done] : ep->puts) calls.emplace_back(std::move(done), error);
-  for (auto& [op, get] : ep->gets) calls.emplace_back(std::move(get.done), error);
+  for (Completion& done : ops) calls.emplace_back(std::move(done), error);
   for (auto& flush : ep->flushes) calls.emplace_back(std::move(flush.done), error);
-  ep->puts.clear();
-  ep->gets.clear();
   ep->flushes.clear();
-  ep->unacked.clear();
   RunCalls(*ep, calls);
   auto handled = static_cast<unsigned>(calls.size());
   if (!ep->closed) handled += ep->requests.FailAll(error);
@@ -396,45 +619,48 @@ unsigned RunReady(Node& n, const ReadyWork& work) {
   if (found == nullptr) return 0;
   const EndpointRef ep = *found;  // a completion may destroy the Endpoint
   if (work.kind == ReadyWork::Kind::kFlushCheck) return CompleteFlushes(ep);
-  auto put = ep->puts.find(work.op);
-  if (put == ep->puts.end()) return 0;  // failed meanwhile
-  Completion done = std::move(put->second);
-  ep->puts.erase(put);
+  OpLog::Op* put = ep->ops.Find(work.op);
+  if (put == nullptr || !put->pending) return 0;  // failed meanwhile
+  Completion done = ep->ops.TakeDone(*put);
   if (done) done(Ok());
   return 1;
 }
 
 // A put's ack or a get's data is back at the initiator.
-void OpDone(Node& n, Event ev) {
+void OpDone(Node& n, const Event& ev) {
   const EndpointRef* found = FindEndpoint(n, ev.endpoint);
   if (found == nullptr) return;  // the initiator is gone
   const EndpointRef ep = *found;
-  if (ep->failure || !ep->unacked.contains(ev.op)) return;  // already failed
-  ep->unacked.erase(ev.op);
+  OpLog::Op* op = ep->failure ? nullptr : ep->ops.Find(ev.op);
+  if (op == nullptr || !op->unacked) return;  // already failed
+  const bool is_get = op->is_get;
+  std::span<std::byte> dst = op->dst;
+  // A get keeps its entry until its completion is taken below.
+  if (!is_get) {
+    ep->ops.Ack(*op);
+    ep->ops.Trim();
+  }
   ++ep->answers;
   if (ev.error) {
     for (EndpointState::PendingFlush& flush : ep->flushes) {
       if (flush.before > ev.op && !flush.error) flush.error = ev.error;
     }
   }
-  if (ev.kind == Event::Kind::kGetReply) {
-    auto get = ep->gets.find(ev.op);
-    if (get != ep->gets.end()) {
-      Status status = Ok();
-      if (ev.error) {
-        status = *ev.error;
-      } else if (ev.data.size() != get->second.dst.size()) {
-        status = MakeError(Errc::kInternal, "get answered {} bytes for {}", ev.data.size(),
-                           get->second.dst.size());
-      } else if (!ev.data.empty()) {
-        std::memcpy(get->second.dst.data(), ev.data.data(), ev.data.size());
-      }
-      std::vector<PendingCall> calls;
-      calls.emplace_back(std::move(get->second.done), std::move(status));
-      ep->gets.erase(get);
-      RunCalls(*ep, calls);
-      if (ep->closed) return;
+  if (is_get) {
+    Status status = Ok();
+    if (ev.error) {
+      status = *ev.error;
+    } else if (ev.data.size() != dst.size()) {
+      status =
+          MakeError(Errc::kInternal, "get answered {} bytes for {}", ev.data.size(), dst.size());
+    } else if (!ev.data.empty()) {
+      std::memcpy(dst.data(), ev.data.data(), ev.data.size());
     }
+    std::vector<PendingCall> calls;
+    ep->ops.Ack(*op);
+    calls.emplace_back(ep->ops.TakeDone(*op), std::move(status));
+    RunCalls(*ep, calls);
+    if (ep->closed) return;
   }
   CompleteFlushes(ep);
 }
@@ -506,7 +732,7 @@ class FakeNetwork::Impl {
   // Why `self` and `peer` cannot talk, or nullopt while they can.
   std::optional<std::string> BreakReason(NodeId self, NodeId peer) const;
   // Puts `ev` on the wire (or loses it: a broken link, a drop).
-  void Send(Event ev);
+  void Send(Event&& ev);
   void QueueReady(NodeId node_id, ReadyWork work) { node(node_id).ready.push_back(work); }
   unsigned Progress(NodeId id);
   bool Arm(NodeId id);
@@ -516,7 +742,7 @@ class FakeNetwork::Impl {
   double Draw() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
   void FaultsChanged();
   unsigned FailBrokenEndpoints(Node& n) const;
-  void Deliver(Node& n, Event ev);
+  void Deliver(Node& n, Event& ev);
 
   const std::uint64_t network_id_;
   const std::function<TimePoint()> now_;
@@ -534,16 +760,21 @@ class FakeNetwork::Impl {
   std::map<std::string, NodeId, std::less<>> names_;  // nodes whose fabric is open
   std::map<std::pair<NodeId, NodeId>, Link> links_;
   std::set<std::pair<NodeId, NodeId>> disconnected_;  // (lower id, higher id)
-  std::size_t queued_ = 0;                            // messages in all inboxes
+  // Messages to each node, by id (as nodes_): apart from the nodes, so that
+  // a send touches the target's inbox and not its node too.
+  std::vector<Inbox> inboxes_ = std::vector<Inbox>(1);
+  std::size_t queued_ = 0;  // messages in all inboxes
   // By node id: killed or closed (BreakReason's common case without
   // touching either node).
   std::vector<std::uint8_t> down_ = std::vector<std::uint8_t>(1, 0);
-  std::unordered_map<std::uint64_t, KnownAddress> known_addresses_;  // by HashBytes
-  std::unordered_map<std::uint64_t, KnownKey> known_keys_;
-  static constexpr std::size_t kSpareBuffers = 4096;
+  std::vector<KnownAddress> known_addresses_;  // by node id (TailId)
+  std::vector<KnownKey> known_keys_;           // by region id (TailId)
+  // As many as a tick of a simulated pool of 100,000 nodes has in flight
+  // (400,000 puts), so that its puts allocate nothing in steady state.
+  static constexpr std::size_t kSpareBuffers = std::size_t{1} << 20;
   std::vector<Bytes> spare_buffers_;
   std::vector<std::uint64_t> endpoint_ids_;  // Progress's scratch
-  std::optional<KnownKey> decoded_key_;      // DecodeKey's answer on a collision
+  std::optional<KnownKey> decoded_key_;      // DecodeKey's answer for a key not kept
   RegionArena arena_;
 };
 
@@ -634,8 +865,8 @@ class FakeEndpoint final : public Endpoint {
     }
     ROAM_ASSIGN_OR_RETURN(const FakeRemoteKey* fake_key, CheckOp(key, remote_addr, src.size()));
     const std::uint64_t op = state_->next_op++;
-    state_->puts.emplace(op, std::move(done));
-    state_->unacked.insert(op);
+    state_->ops.Add(op, /*is_get=*/false, std::move(done));
+    Watch(net_.node(state_->node), *state_);
     Event ev = NewEvent(Event::Kind::kPut, op);
     ev.region = fake_key->region();
     ev.addr = remote_addr;
@@ -655,8 +886,8 @@ class FakeEndpoint final : public Endpoint {
     }
     ROAM_ASSIGN_OR_RETURN(const FakeRemoteKey* fake_key, CheckOp(key, remote_addr, dst.size()));
     const std::uint64_t op = state_->next_op++;
-    state_->gets.emplace(op, EndpointState::PendingGet{dst, std::move(done)});
-    state_->unacked.insert(op);
+    state_->ops.Add(op, /*is_get=*/true, std::move(done), dst);
+    Watch(net_.node(state_->node), *state_);
     Event ev = NewEvent(Event::Kind::kGet, op);
     ev.region = fake_key->region();
     ev.addr = remote_addr;
@@ -690,6 +921,7 @@ class FakeEndpoint final : public Endpoint {
                              [state, on_reply = std::move(on_reply)](Result<Bytes> reply) {
                                if (!state->closed && on_reply) on_reply(std::move(reply));
                              });
+    Watch(net_.node(state_->node), *state_);
     Event ev = NewEvent(Event::Kind::kRequest, 0);
     ev.header = {wire::MessageKind::kRequest, tag, id};
     ev.data.assign(payload.begin(), payload.end());
@@ -818,6 +1050,7 @@ Result<std::unique_ptr<Fabric>> FakeNetwork::Impl::AddNode(const FabricOptions& 
   n->peer_timeout = options.peer_timeout;
   n->fault_epoch_seen = fault_epoch_;
   nodes_.push_back(std::move(n));
+  inboxes_.emplace_back();
   down_.push_back(0);
   names_.emplace(options.name, id);
   return std::make_unique<FakeFabric>(*this, id, options.name);
@@ -868,18 +1101,16 @@ void FakeNetwork::Impl::FaultsChanged() {
   // there is nothing to look at: closing every fabric of a large network
   // after a quiet moment stays linear in its size.
   if (queued_ == 0) return;
-  for (auto& n : nodes_) {
-    if (!n) continue;
-    const std::size_t lost = std::erase_if(
-        n->inbox, [this](const Queued& q) { return BreakReason(q.ev.from, q.ev.to).has_value(); });
-    if (lost != 0) std::make_heap(n->inbox.begin(), n->inbox.end(), LaterFirst{});
-    queued_ -= lost;
+  for (Inbox& inbox : inboxes_) {
+    if (inbox.empty()) continue;
+    queued_ -= inbox.EraseIf(
+        [this](const Queued& q) { return BreakReason(q.ev.from, q.ev.to).has_value(); });
   }
 }
 
 std::size_t FakeNetwork::Impl::in_flight() const {
   std::size_t total = 0;
-  for (const auto& n : nodes_) total += n ? n->inbox.size() : 0;
+  for (const Inbox& inbox : inboxes_) total += inbox.size();
   return total;
 }
 
@@ -911,10 +1142,9 @@ std::optional<std::string> FakeNetwork::Impl::BreakReason(NodeId self, NodeId pe
 }
 
 Result<std::unique_ptr<Endpoint>> FakeNetwork::Impl::Connect(NodeId self, ByteView address) {
-  const std::uint64_t hash = HashBytes(address);
-  if (auto it = known_addresses_.find(hash);
-      it != known_addresses_.end() && it->second.bytes == address) {
-    const KnownAddress& known = it->second;
+  const std::uint64_t tail = TailId(address);
+  if (tail != 0 && tail < known_addresses_.size() && known_addresses_[tail].bytes == address) {
+    const KnownAddress& known = known_addresses_[tail];
     if (auto reason = BreakReason(self, known.peer)) {
       return MakeError(Errc::kUnavailable, "node {} is unreachable: {}", known.name, *reason);
     }
@@ -938,10 +1168,14 @@ Result<std::unique_ptr<Endpoint>> FakeNetwork::Impl::Connect(NodeId self, ByteVi
     return MakeError(Errc::kCorrupt, "fake address names {}, but node id {} is {}", decoded.name,
                      peer, found->name);
   }
-  // Checked: later Connects to it skip the decoding (a collision of
-  // hashes keeps the first).
-  if (InlineBytes::Fits(address)) {
-    known_addresses_.try_emplace(hash, KnownAddress{InlineBytes(address), peer, decoded.name});
+  // Checked: later Connects to it skip the decoding (an address that does
+  // not end with its id, as one this network encoded does, is not kept;
+  // nor is another encoding of a node already kept).
+  if (InlineBytes::Fits(address) && tail == peer) {
+    if (known_addresses_.size() <= peer) known_addresses_.resize(nodes_.size());
+    if (known_addresses_[peer].bytes.size == 0) {
+      known_addresses_[peer] = KnownAddress{InlineBytes(address), peer, decoded.name};
+    }
   }
   if (auto reason = BreakReason(self, peer)) {
     return MakeError(Errc::kUnavailable, "node {} is unreachable: {}", decoded.name, *reason);
@@ -956,14 +1190,15 @@ std::unique_ptr<Endpoint> FakeNetwork::Impl::NewEndpoint(NodeId self, NodeId pee
   state->node = self;
   state->peer = peer;
   state->peer_name = name;
-  node(self).endpoints.emplace_back(state->id, state);
+  node(self).endpoints.push_back({state->id, state, false});
   return std::make_unique<FakeEndpoint>(*this, std::move(state));
 }
 
 Result<const FakeNetwork::Impl::KnownKey*> FakeNetwork::Impl::DecodeKey(ByteView packed) {
-  const std::uint64_t hash = HashBytes(packed);
-  auto it = known_keys_.find(hash);
-  if (it != known_keys_.end() && it->second.bytes == packed) return &it->second;
+  const std::uint64_t tail = TailId(packed);
+  if (tail != 0 && tail < known_keys_.size() && known_keys_[tail].bytes == packed) {
+    return &known_keys_[tail];
+  }
   ROAM_ASSIGN_OR_RETURN(wire::DecodedKey key, wire::DecodeKey(packed, kBackend));
   if (key.backend_key.size() != kKeyIdBytes) {
     return MakeError(Errc::kCorrupt, "fake memory key holds {} bytes of ids, not {}",
@@ -976,23 +1211,34 @@ Result<const FakeNetwork::Impl::KnownKey*> FakeNetwork::Impl::DecodeKey(ByteView
                  ReadU64(key.backend_key, 0),
                  ReadU64(key.backend_key, 8),
                  ReadU64(key.backend_key, 16)};
-  if (!fits || it != known_keys_.end()) {  // too long, or a collision: not kept
-    decoded_key_ = std::move(known);
-    return &*decoded_key_;
+  // Kept: a key of this network's regions that ends with its region id (as
+  // PackKey's do), the first encoding seen of it.
+  const std::uint64_t region = known.region;
+  if (fits && known.network == network_id_ && region == tail && region < next_region_id_) {
+    if (known_keys_.size() <= region) known_keys_.resize(next_region_id_);
+    if (known_keys_[region].bytes.size == 0) {
+      known_keys_[region] = std::move(known);
+      return &known_keys_[region];
+    }
   }
-  return &known_keys_.emplace(hash, std::move(known)).first->second;
+  decoded_key_ = std::move(known);
+  return &*decoded_key_;
 }
 
 Result<std::unique_ptr<MemoryRegion>> FakeNetwork::Impl::AddRegion(NodeId node_id,
                                                                    std::span<std::byte> memory,
                                                                    bool owned) {
   const std::uint64_t id = next_region_id_++;
-  node(node_id).regions.emplace(id, memory);
+  node(node_id).regions.emplace_back(id, memory);
   return std::make_unique<FakeRegion>(*this, node_id, id, memory, owned);
 }
 
 void FakeNetwork::Impl::RemoveRegion(NodeId node_id, std::uint64_t region) {
-  node(node_id).regions.erase(region);
+  auto& regions = node(node_id).regions;
+  auto it =
+      std::lower_bound(regions.begin(), regions.end(), region,
+                       [](const auto& entry, std::uint64_t key) { return entry.first < key; });
+  if (it != regions.end() && it->first == region) regions.erase(it);
 }
 
 void FakeNetwork::Impl::CloseEndpoint(EndpointState& ep) {
@@ -1000,15 +1246,13 @@ void FakeNetwork::Impl::CloseEndpoint(EndpointState& ep) {
   Node& n = node(ep.node);
   auto it =
       std::lower_bound(n.endpoints.begin(), n.endpoints.end(), ep.id,
-                       [](const auto& entry, std::uint64_t key) { return entry.first < key; });
-  if (it != n.endpoints.end() && it->first == ep.id) n.endpoints.erase(it);
+                       [](const EndpointSlot& slot, std::uint64_t key) { return slot.id < key; });
+  if (it != n.endpoints.end() && it->id == ep.id) n.endpoints.erase(it);
   // The caller's completions are dropped, never run; answers still on the
   // wire find no endpoint and are dropped too. Pending requests keep their
   // (now silent) handlers until the state goes.
-  ep.puts.clear();
-  ep.gets.clear();
+  ep.ops.Clear();
   ep.flushes.clear();
-  ep.unacked.clear();
 }
 
 void FakeNetwork::Impl::CloseNode(NodeId id) {
@@ -1023,7 +1267,7 @@ void FakeNetwork::Impl::CloseNode(NodeId id) {
   FaultsChanged();
 }
 
-void FakeNetwork::Impl::Send(Event ev) {
+void FakeNetwork::Impl::Send(Event&& ev) {
   if (BreakReason(ev.from, ev.to)) return;  // the endpoint fails at its next Progress
   // Only links that were given faults are kept: a link without is due at
   // once, in issue order, and a pool that talks along many links (the
@@ -1036,9 +1280,8 @@ void FakeNetwork::Impl::Send(Event ev) {
     at = std::max<TimePoint>(at + link.faults.delay, link.last_delivery);
     link.last_delivery = at;
   }
-  std::vector<Queued>& inbox = node(ev.to).inbox;
-  inbox.push_back({at, next_seq_++, std::move(ev)});
-  std::push_heap(inbox.begin(), inbox.end(), LaterFirst{});
+  Inbox& inbox = inboxes_.at(ev.to);
+  inbox.Push(at, next_seq_++, std::move(ev));
   ++queued_;
 }
 
@@ -1055,20 +1298,18 @@ unsigned FakeNetwork::Impl::Progress(NodeId id) {
   // waits for the next one, so a completion that issues an operation cannot
   // keep this call busy forever.
   for (std::size_t count = n.ready.size(); count > 0 && !n.ready.empty(); --count) {
-    const ReadyWork work = n.ready.front();
-    n.ready.pop_front();
+    const ReadyWork work = n.ready.pop_front();
     handled += RunReady(n, work);
   }
   // Messages due by now and sent before this call (the same reasoning).
   const std::uint64_t limit = next_seq_;
-  while (!n.inbox.empty() && !n.closed) {
-    const Queued& first = n.inbox.front();
+  Inbox& inbox = inboxes_[id];
+  while (!inbox.empty() && !n.closed) {
+    const Queued& first = inbox.Front();
     if (first.at > t || first.seq >= limit) break;
-    std::pop_heap(n.inbox.begin(), n.inbox.end(), LaterFirst{});
-    Event ev = std::move(n.inbox.back().ev);
-    n.inbox.pop_back();
+    Event ev = inbox.PopFront();
     --queued_;
-    Deliver(n, std::move(ev));
+    Deliver(n, ev);
     ++handled;
   }
   // Deadlines last: a reply that is due wins over its deadline. The ids of
@@ -1078,13 +1319,19 @@ unsigned FakeNetwork::Impl::Progress(NodeId id) {
   std::vector<std::uint64_t> ids;
   ids.swap(endpoint_ids_);  // a Progress inside a completion makes its own
   ids.clear();
-  for (const auto& [ep_id, ep] : n.endpoints) ids.push_back(ep_id);
+  for (const EndpointSlot& slot : n.endpoints) {
+    if (slot.watched) ids.push_back(slot.id);
+  }
   for (const std::uint64_t ep_id : ids) {
-    const EndpointRef* found = FindEndpoint(n, ep_id);
-    if (found == nullptr) continue;
-    const EndpointState& state = **found;
-    if (!state.was_waiting && !state.waiting() && state.requests.size() == 0) continue;
-    const EndpointRef ep = *found;
+    EndpointSlot* slot = FindSlot(n, ep_id);
+    if (slot == nullptr) continue;
+    EndpointState& state = *slot->ep;
+    if (!state.was_waiting && !state.waiting() && state.requests.size() == 0) {
+      slot->watched = false;
+      state.watched = false;
+      continue;
+    }
+    const EndpointRef ep = slot->ep;
     handled += CheckLiveness(ep, n.peer_timeout, t);
     if (!ep->closed) handled += ep->requests.Expire(t, ep->peer_name);
   }
@@ -1097,10 +1344,10 @@ bool FakeNetwork::Impl::Arm(NodeId id) {
   if (n.closed) return true;
   if (!n.ready.empty()) return false;
   const TimePoint t = now();
-  if (!n.inbox.empty() && n.inbox.front().at <= t) return false;
+  if (const Inbox& inbox = inboxes_[id]; !inbox.empty() && inbox.Front().at <= t) return false;
   // Or an endpoint about to fail, or a request past its deadline.
-  return std::ranges::none_of(n.endpoints, [&](const auto& entry) {
-    const EndpointState& ep = *entry.second;
+  return std::ranges::none_of(n.endpoints, [&](const EndpointSlot& slot) {
+    const EndpointState& ep = *slot.ep;
     const auto deadline = ep.requests.next_deadline();
     const bool silent_too_long =
         !ep.failure && ep.was_waiting && ep.waiting() && t - ep.silent_since >= n.peer_timeout;
@@ -1121,7 +1368,7 @@ unsigned FakeNetwork::Impl::FailBrokenEndpoints(Node& n) const {
   return handled;
 }
 
-void FakeNetwork::Impl::Deliver(Node& n, Event ev) {
+void FakeNetwork::Impl::Deliver(Node& n, Event& ev) {
   if (BreakReason(ev.from, ev.to)) return;  // lost with the link
   Event answer;
   answer.from = ev.to;
@@ -1157,7 +1404,7 @@ void FakeNetwork::Impl::Deliver(Node& n, Event ev) {
     }
     case Event::Kind::kPutAck:
     case Event::Kind::kGetReply:
-      OpDone(n, std::move(ev));
+      OpDone(n, ev);
       return;
     case Event::Kind::kReply: {
       const EndpointRef* found = FindEndpoint(n, ev.endpoint);
