@@ -67,7 +67,7 @@ struct Link {
   std::unique_ptr<transport::Endpoint> endpoint;
   std::unique_ptr<transport::RemoteKey> board;
   gossip::BoardPeer peer;  // the two above, for the node's gossip
-  std::uint64_t used = 0;  // the last tick it was handed out in (1 on)
+  std::uint64_t used = 0;  // the last tick it was handed out in (ticks count from 1)
 };
 
 struct Node {
