@@ -24,7 +24,6 @@
 #include "roam/base/file.h"
 #include "roam/base/unique_fd.h"
 #include "roam/transport/bootstrap.h"
-#include "transport/bootstrap/bootstrap.pb.h"
 #include "transport/bootstrap/entries.h"
 
 namespace roam::transport {
@@ -33,9 +32,6 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-constexpr std::uint32_t kFileVersion = 1;
-// One rank's entries; a larger file is not one of ours.
-constexpr std::size_t kMaxFileBytes = std::size_t{256} << 20;
 constexpr auto kFirstPoll = std::chrono::milliseconds(1);
 constexpr auto kMaxPoll = std::chrono::milliseconds(50);
 
@@ -90,7 +86,7 @@ Result<std::vector<std::string>> ListDirectory(const fs::path& dir) {
 class DirectoryBootstrap final : public Bootstrap {
  public:
   DirectoryBootstrap(fs::path dir, int rank, int size)
-      : dir_(std::move(dir)), rank_(rank), size_(size), cache_(size) {}
+      : dir_(std::move(dir)), rank_(rank), size_(size), rounds_(rank, size) {}
 
   // Refuses a directory that already holds files of this rank: the earlier
   // run's files of the other ranks would complete our rounds with old data.
@@ -114,7 +110,7 @@ class DirectoryBootstrap final : public Bootstrap {
   Status Put(std::string_view key, std::span<const std::byte> value) override {
     if (failed_) return tl::unexpected(*failed_);
     ROAM_TRY(CheckEntry(key, value));
-    mine_.insert_or_assign(std::string(key), std::vector<std::byte>(value.begin(), value.end()));
+    rounds_.Put(key, value);
     return Ok();
   }
 
@@ -126,33 +122,14 @@ class DirectoryBootstrap final : public Bootstrap {
   }
 
   Result<std::vector<std::byte>> Get(int rank, std::string_view key) const override {
-    ROAM_TRY(CheckPeerRank(rank, size_));
-    if (round_ == 0 || rank == rank_) return FindEntry(published_, rank, key, round_);
-    if (!cache_[rank]) {
-      ROAM_ASSIGN_OR_RETURN(cache_[rank], Load(rank, round_ - 1));
-    }
-    return FindEntry(*cache_[rank], rank, key, round_);
+    return rounds_.Get(rank, key, [this](int r, std::uint64_t round) { return Load(r, round); });
   }
 
  private:
   Status RunFence(Clock::time_point deadline, std::chrono::milliseconds timeout) {
-    const std::uint64_t round = round_;
-    bootstrap::RankFile file;
-    file.set_version(kFileVersion);
-    file.mutable_entries()->set_rank(static_cast<std::uint32_t>(rank_));
-    file.mutable_entries()->set_round(round);
-    for (const auto& [key, value] : mine_) {
-      bootstrap::Entry* e = file.mutable_entries()->add_entries();
-      e->set_key(key);
-      e->set_value(std::string(AsText(value)));
-    }
+    const std::uint64_t round = rounds_.completed();
     const std::string name = RankFileName(round, rank_);
-    const std::string bytes = file.SerializeAsString();
-    // Refused here rather than by every reader as a corrupt file.
-    if (bytes.size() > kMaxFileBytes) {
-      return MakeError(Errc::kResourceExhausted, "rank {} would publish {} bytes (at most {})",
-                       rank_, bytes.size(), kMaxFileBytes);
-    }
+    ROAM_ASSIGN_OR_RETURN(const std::string bytes, EncodeRankFile(rank_, round, rounds_.mine()));
     const fs::path temp = dir_ / fmt::format(".{}.{}", name, ::getpid());
     ROAM_TRY(WriteFileAtomically(temp, dir_ / name, bytes));
 
@@ -184,9 +161,7 @@ class DirectoryBootstrap final : public Bootstrap {
       pause = std::min<Clock::duration>(pause * 2, kMaxPoll);
     }
 
-    round_ = round + 1;
-    published_ = mine_;
-    for (auto& cached : cache_) cached.reset();
+    rounds_.Complete();
     if (round >= 2) {
       // Nobody reads it again (see the top of this file); a failure to
       // remove it only leaves a file behind.
@@ -197,41 +172,15 @@ class DirectoryBootstrap final : public Bootstrap {
 
   Result<EntryMap> Load(int rank, std::uint64_t round) const {
     const fs::path path = dir_ / RankFileName(round, rank);
-    ROAM_ASSIGN_OR_RETURN(const std::string bytes, ReadFile(path, kMaxFileBytes));
-    bootstrap::RankFile file;
-    if (!file.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-      return MakeError(Errc::kCorrupt, "{}: not a bootstrap rank file ({} bytes)", path.string(),
-                       bytes.size());
-    }
-    if (file.version() != kFileVersion) {
-      return MakeError(Errc::kIncompatible, "{}: bootstrap file version {}, this build reads {}",
-                       path.string(), file.version(), kFileVersion);
-    }
-    if (file.entries().rank() != static_cast<std::uint32_t>(rank) ||
-        file.entries().round() != round) {
-      return MakeError(Errc::kCorrupt, "{}: holds rank {} round {}", path.string(),
-                       file.entries().rank(), file.entries().round());
-    }
-    EntryMap out;
-    for (const bootstrap::Entry& e : file.entries().entries()) {
-      const auto value = std::as_bytes(std::span(e.value()));
-      if (auto ok = CheckEntry(e.key(), value); !ok) {
-        return ok.error().WithContext(path.string()).WithContext("corrupt bootstrap file");
-      }
-      out.insert_or_assign(e.key(), std::vector<std::byte>(value.begin(), value.end()));
-    }
-    return out;
+    ROAM_ASSIGN_OR_RETURN(const std::string bytes, ReadFile(path, kMaxRankFileBytes));
+    return DecodeRankFile(bytes, rank, round, path.string());
   }
 
   const fs::path dir_;
   const int rank_;
   const int size_;
-  EntryMap mine_;            // every put of this rank, including those since the last round
-  EntryMap published_;       // this rank's entries as of the last completed round
-  std::uint64_t round_ = 0;  // rounds completed, the number of the next
+  RankRounds rounds_;
   std::optional<Error> failed_;
-  // Other ranks' entries of the last completed round, read on first Get.
-  mutable std::vector<std::optional<EntryMap>> cache_;
 };
 
 }  // namespace

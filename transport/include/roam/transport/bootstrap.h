@@ -1,10 +1,12 @@
 // Bootstrap: how the ranks of a roam job learn each other's transport
 // addresses and keys before any transport connection exists. A small
 // collective key-value exchange with PMIx semantics (PMIx_Put, PMIx_Fence
-// with data collection, PMIx_Get), so that a PMIx implementation can take the
-// place of the two here, which need no resource manager:
+// with data collection, PMIx_Get), in three implementations, the first two
+// needing no resource manager:
 //   - a shared directory (OpenDirectoryBootstrap), which may be on NFS;
-//   - a TCP rendezvous at rank 0 (OpenTcpBootstrap).
+//   - a TCP rendezvous at rank 0 (OpenTcpBootstrap);
+//   - the launcher's PMIx, under srun --mpi=pmix or mpirun
+//     (OpenPmixBootstrap).
 //
 //   ROAM_TRY(boot->Put("ucx.addr", address));
 //   ROAM_TRY(boot->Fence(std::chrono::seconds(30)));
@@ -37,6 +39,7 @@
 #include <filesystem>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -44,8 +47,8 @@
 
 namespace roam::transport {
 
-// Keys are 1 to 511 bytes without NUL (PMIx's PMIX_MAX_KEYLEN, so that the
-// same keys work under PMIx); values any bytes up to 1 MiB.
+// Keys are 1 to 511 bytes without NUL (PMIx's PMIX_MAX_KEYLEN); values any
+// bytes up to 1 MiB.
 inline constexpr std::size_t kMaxBootstrapKeyBytes = 511;
 inline constexpr std::size_t kMaxBootstrapValueBytes = std::size_t{1} << 20;
 
@@ -114,6 +117,26 @@ class TcpBootstrap : public Bootstrap {
 Result<std::unique_ptr<TcpBootstrap>> OpenTcpBootstrap(std::string_view rendezvous, int rank,
                                                        int size,
                                                        std::chrono::milliseconds connect_timeout);
+
+// The launcher's PMIx: rank and size are the job's (one rank per process;
+// PMIx_Init when opened, PMIx_Finalize when destroyed). Each Fence is a
+// PMIx_Fence of the whole job with data collection (its timeout in whole
+// seconds, rounded up); Get asks the local PMIx server only. A failed Fence
+// names the round and the job's size but not the missing ranks: PMIx does
+// not say (the launcher's log does).
+class PmixBootstrap : public Bootstrap {
+ public:
+  // Where the launcher placed this rank: the node's name as it knows it
+  // (PMIX_HOSTNAME; empty if it gives none), and this rank's index among the
+  // job's ranks on that node and their count (0 and 1 if it does not say).
+  virtual const std::string& hostname() const = 0;
+  virtual int local_rank() const = 0;
+  virtual int local_size() const = 0;
+};
+
+// kUnavailable, saying how to start it, for a process no PMIx launcher
+// started (no PMIX_NAMESPACE in its environment); the PMIx error otherwise.
+Result<std::unique_ptr<PmixBootstrap>> OpenPmixBootstrap();
 
 // A bootstrap from a spec, for command-line flags: "dir:/shared/path" or
 // "tcp:host:port". `connect_timeout` applies to "tcp:" only.
