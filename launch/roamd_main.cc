@@ -1,5 +1,6 @@
 // roamd: the per-node daemon. Joins its pool (a bootstrap: a shared
-// directory for the local pool, a TCP rendezvous for a host list), serves the
+// directory for the local pool, a TCP rendezvous for a host list, the
+// launcher's PMIx under srun --mpi=pmix or mpirun), serves the
 // node's control socket for `roam`, runs guests, keeps deputies, and talks
 // to the other daemons over the transport with authenticated messages.
 #include <pthread.h>
@@ -17,12 +18,15 @@
 #include <CLI/CLI.hpp>
 
 #include "launch/cli.h"
+#include "launch/daemon/control_socket.h"
 #include "launch/daemon/event_loop.h"
+#include "launch/daemon/launcher.h"
 #include "launch/daemon/node.h"
 #include "launch/daemon/pool_peers.h"
 #include "launch/pool/pool_key.h"
 #include "roam/base/version.h"
 #include "roam/numa/topology.h"
+#include "roam/transport/bootstrap.h"
 #include "roam/transport/transport.h"
 
 namespace {
@@ -32,8 +36,9 @@ struct Flags {
   int rank = 0;
   int size = 1;
   std::string bootstrap;
+  bool pmix = false;  // the bootstrap is the launcher's PMIx
   std::string socket = std::string(roam::daemon::kSystemSocket);
-  std::string pool_key = "/etc/roam/pool.key";
+  std::string pool_key;  // a path, or "job" (launcher.h); empty until parsed
   std::string guest_cgroup;
   double cpus = 0;
   std::int64_t staging_mib = roam::daemon::kDefaultStagingBytes >> 20;
@@ -45,9 +50,37 @@ struct Flags {
   std::string bind = "numa";
 };
 
-roam::Status Serve(const Flags& flags) {
+constexpr std::string_view kPoolKeyFile = "/etc/roam/pool.key";
+constexpr std::chrono::seconds kJoinTimeout{30};
+
+// The bootstrap this node joins its pool by: the launcher's PMIx (its
+// rank, size and, unless --name, its node name, which this fills in), or
+// the spec, by default a directory under /run/roam.
+roam::Result<std::unique_ptr<roam::transport::Bootstrap>> OpenNodeBootstrap(Flags& flags) {
   using namespace roam;  // NOLINT(google-build-using-namespace)
-  ROAM_ASSIGN_OR_RETURN(auto key, pool::PoolKey::Load(flags.pool_key));
+  if (flags.pmix) {
+    ROAM_ASSIGN_OR_RETURN(auto boot, transport::OpenPmixBootstrap());
+    if (flags.name.empty()) flags.name = daemon::LauncherNodeName(daemon::PlaceOf(*boot));
+    return std::unique_ptr<transport::Bootstrap>(std::move(boot));
+  }
+  const std::string spec =
+      flags.bootstrap.empty() ? "dir:/run/roam/boot." + flags.name : flags.bootstrap;
+  return transport::OpenBootstrap(spec, flags.rank, flags.size, kJoinTimeout);
+}
+
+// The key file, or under PMIx by default the job's key (launcher.h).
+roam::Result<roam::pool::PoolKey> PoolKeyOf(const Flags& flags, roam::transport::Bootstrap& boot) {
+  if (flags.pool_key == "job") return roam::daemon::ShareJobKey(boot, kJoinTimeout);
+  return roam::pool::PoolKey::Load(flags.pool_key);
+}
+
+roam::Status Serve(Flags& flags) {
+  using namespace roam;  // NOLINT(google-build-using-namespace)
+  // Destroyed last: under PMIx, the launcher expects PMIx_Finalize before
+  // the process exits.
+  ROAM_ASSIGN_OR_RETURN(auto boot, OpenNodeBootstrap(flags));
+  ROAM_ASSIGN_OR_RETURN(auto key, PoolKeyOf(flags, *boot));
+  const std::string socket = daemon::ExpandNodeName(flags.socket, flags.name);
   ROAM_ASSIGN_OR_RETURN(auto loop, daemon::EventLoop::Create());
   transport::FabricOptions fabric_options;
   fabric_options.name = flags.name;
@@ -68,7 +101,7 @@ roam::Status Serve(const Flags& flags) {
   // progresses it) and its key is published with the node's addresses.
   ROAM_ASSIGN_OR_RETURN(const daemon::BalanceMode mode, daemon::ParseBalanceMode(flags.balance));
   daemon::Balancer::Options balance_options;
-  balance_options.self = static_cast<std::uint32_t>(flags.rank);
+  balance_options.self = static_cast<std::uint32_t>(boot->rank());
   balance_options.mode = mode;
   ROAM_ASSIGN_OR_RETURN(balance_options.gossip_kind, daemon::ParseGossipKind(flags.gossip));
   balance_options.gossip.seed =
@@ -81,14 +114,11 @@ roam::Status Serve(const Flags& flags) {
     pool_options.gossip = daemon::GossipKindName(balance_options.gossip_kind);
   }
   pool_options.name = flags.name;
-  pool_options.rank = flags.rank;
-  pool_options.size = flags.size;
-  pool_options.bootstrap =
-      flags.bootstrap.empty() ? "dir:/run/roam/boot." + flags.name : flags.bootstrap;
+  pool_options.join_timeout = kJoinTimeout;
   daemon::Node* node_ptr = nullptr;
   ROAM_ASSIGN_OR_RETURN(
       auto peers,
-      daemon::PoolPeers::Join(*loop, *control, data_address, std::move(key), pool_options,
+      daemon::PoolPeers::Join(*loop, *boot, *control, data_address, std::move(key), pool_options,
                               [&node_ptr](const std::string& sender,
                                           const peer::Message& message) -> Result<peer::Reply> {
                                 if (node_ptr == nullptr) {
@@ -100,7 +130,7 @@ roam::Status Serve(const Flags& flags) {
   if (balancer) ROAM_TRY(balancer->Attach(*peers));
 
   daemon::NodeOptions node_options;
-  node_options.socket = flags.socket;
+  node_options.socket = socket;
   node_options.guest_cgroup = flags.guest_cgroup;
   node_options.cpus =
       flags.cpus > 0 ? flags.cpus : static_cast<double>(sysconf(_SC_NPROCESSORS_ONLN));
@@ -133,14 +163,14 @@ roam::Status Serve(const Flags& flags) {
   };
   ROAM_TRY(loop->OnSignal(SIGTERM, stop).map([](daemon::SignalId) {}));
   ROAM_TRY(loop->OnSignal(SIGINT, stop).map([](daemon::SignalId) {}));
-  std::fprintf(stderr, "roamd %s: serving %s, pool of %zu\n", flags.name.c_str(),
-               flags.socket.c_str(), peers->members().size());
+  std::fprintf(stderr, "roamd %s: serving %s, pool of %zu\n", flags.name.c_str(), socket.c_str(),
+               peers->members().size());
   Status ran = loop->Run();
   node_ptr = nullptr;
   node.reset();
   // Its board keys were unpacked by the pool's endpoints: gone before them.
   balancer.reset();
-  unlink(flags.socket.c_str());
+  unlink(socket.c_str());
   (void)loop->RemoveFabric(*control);
   return ran;
 }
@@ -153,14 +183,25 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
   app.set_version_flag("--version", std::string("roamd ") + ROAM_VERSION_STRING + " (git " +
                                         ROAM_GIT_DESCRIBE + ")");
   Flags flags;
-  app.add_option("--name", flags.name, "This node's name in the pool")->required();
-  app.add_option("--rank", flags.rank, "This node's rank in the bootstrap (0..size-1)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--size", flags.size, "Nodes in the pool")->check(CLI::PositiveNumber);
+  app.add_option("--name", flags.name,
+                 "This node's name in the pool (under a PMIx launcher, by default Slurm's name "
+                 "for the node or the host name, with .<local rank> when ranks share a host)");
+  CLI::Option* rank =
+      app.add_option("--rank", flags.rank, "This node's rank in the bootstrap (0..size-1)")
+          ->check(CLI::NonNegativeNumber);
+  CLI::Option* size =
+      app.add_option("--size", flags.size, "Nodes in the pool")->check(CLI::PositiveNumber);
   app.add_option("--bootstrap", flags.bootstrap,
-                 "How the nodes find each other: dir:PATH (shared directory) or tcp:HOST:PORT");
-  app.add_option("--socket", flags.socket, "The control socket `roam` connects to");
-  app.add_option("--pool-key", flags.pool_key, "The pool key file (mode 0600, root's)");
+                 "How the nodes find each other: dir:PATH (shared directory), tcp:HOST:PORT "
+                 "(rendezvous at rank 0) or pmix (the launcher's; the default when srun "
+                 "--mpi=pmix or mpirun starts roamd)");
+  app.add_option("--socket", flags.socket,
+                 "The control socket `roam` connects to; %n stands for the node's name")
+      ->capture_default_str();
+  app.add_option("--pool-key", flags.pool_key,
+                 "The pool key file (mode 0600, the daemon user's), or job: a key rank 0 makes "
+                 "at start and hands out through PMIx (the default under PMIx; default "
+                 "elsewhere: /etc/roam/pool.key)");
   app.add_option("--guest-cgroup", flags.guest_cgroup,
                  "cgroup directory (v1 cpu) that guests run in");
   app.add_option("--cpus", flags.cpus, "The node's capacity in CPUs (default: online CPUs)");
@@ -199,9 +240,32 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   if (const auto exit_code = roam::launch::ParseCommandLine(app, argc, argv)) return *exit_code;
-  if (flags.rank >= flags.size) {
-    std::fprintf(stderr, "roamd: --rank %d is not below --size %d\n", flags.rank, flags.size);
+  flags.pmix = flags.bootstrap == "pmix" ||
+               (flags.bootstrap.empty() && roam::daemon::StartedByPmixLauncher());
+  const auto usage = [](const std::string& message) {
+    std::fprintf(stderr, "roamd: %s\n", message.c_str());
     return roam::launch::kUsageError;
+  };
+  if (flags.pmix) {
+    if (rank->count() > 0 || size->count() > 0) {
+      return usage("--rank and --size come from the launcher under PMIx; leave them out");
+    }
+    if (flags.pool_key.empty()) flags.pool_key = "job";
+  } else {
+    if (flags.name.empty()) {
+      return usage(
+          "--name is required unless a PMIx launcher (srun --mpi=pmix, mpirun) starts "
+          "roamd");
+    }
+    if (flags.rank >= flags.size) {
+      return usage(fmt::format("--rank {} is not below --size {}", flags.rank, flags.size));
+    }
+    if (flags.pool_key == "job") {
+      return usage(
+          "--pool-key job needs a PMIx launcher (elsewhere the key would travel "
+          "unprotected): give a key file");
+    }
+    if (flags.pool_key.empty()) flags.pool_key = std::string(kPoolKeyFile);
   }
   // The staging stays resident for the daemon's life: more than the node's
   // memory cannot be had (and would overflow as bytes).

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <system_error>
@@ -39,9 +40,35 @@ bool Exists(const std::filesystem::path& path) {
 
 }  // namespace
 
+std::string ExpandNodeName(std::string_view pattern, std::string_view node) {
+  std::string out;
+  for (std::size_t i = 0; i < pattern.size(); ++i) {
+    if (pattern[i] == '%' && i + 1 < pattern.size() &&
+        (pattern[i + 1] == 'n' || pattern[i + 1] == '%')) {
+      if (pattern[i + 1] == 'n') {
+        out += node;
+      } else {
+        out += '%';
+      }
+      ++i;
+    } else {
+      out += pattern[i];
+    }
+  }
+  return out;
+}
+
 Result<std::filesystem::path> ControlSocketPath() {
   if (const char* env = std::getenv("ROAM_SOCKET"); env != nullptr && env[0] != '\0') {
-    return std::filesystem::path(env);
+    // Under Slurm, the name of the node this task runs on; elsewhere the
+    // host's.
+    std::string node;
+    if (const char* slurm = std::getenv("SLURMD_NODENAME"); slurm != nullptr) node = slurm;
+    if (node.empty()) {
+      char host[HOST_NAME_MAX + 1] = {};
+      if (gethostname(host, sizeof(host) - 1) == 0) node = host;
+    }
+    return std::filesystem::path(ExpandNodeName(env, node));
   }
   if (Exists(kSystemSocket)) return std::filesystem::path(kSystemSocket);
   const std::filesystem::path local = std::filesystem::path(kLocalPoolRoot) / "local" / "n1.sock";

@@ -8,7 +8,9 @@
 // Slurm on one host), so every roamd is told its path (--socket) and roam
 // finds it (ControlSocketPath): $ROAM_SOCKET if set; else the system
 // daemon's /run/roam/roamd.sock if it exists; else node n1 of the local
-// pool named "local", if that pool is up.
+// pool named "local", if that pool is up. Both roamd's --socket and
+// $ROAM_SOCKET may hold "%n", the node's name, so that one setting serves
+// every node (roam reads the name from $SLURMD_NODENAME, else the host's).
 //
 // Thread-safety: free functions over descriptors; a descriptor is used by
 // one thread at a time.
@@ -35,6 +37,9 @@ inline constexpr std::size_t kMaxControlMessage = 192 * 1024;
 
 inline constexpr std::string_view kSystemSocket = "/run/roam/roamd.sock";
 inline constexpr std::string_view kLocalPoolRoot = "/run/roam/local";
+
+// `pattern` with each "%n" replaced by `node` and "%%" by "%".
+std::string ExpandNodeName(std::string_view pattern, std::string_view node);
 
 // The path roam should use (see above). kNotFound, with what to do, when
 // none applies.

@@ -77,35 +77,34 @@ PoolPeers::PoolPeers(EventLoop& loop, transport::Fabric& control, pool::PoolKey 
 
 PoolPeers::~PoolPeers() { control_.Handle(kTag, nullptr); }
 
-Result<std::unique_ptr<PoolPeers>> PoolPeers::Join(EventLoop& loop, transport::Fabric& control,
+Result<std::unique_ptr<PoolPeers>> PoolPeers::Join(EventLoop& loop, transport::Bootstrap& boot,
+                                                   transport::Fabric& control,
                                                    const transport::Bytes& data_address,
                                                    pool::PoolKey key, const PoolOptions& options,
                                                    Handler handler) {
   if (options.name.empty()) return MakeError(Errc::kInvalidArgument, "a node needs a name");
-  ROAM_ASSIGN_OR_RETURN(auto boot, transport::OpenBootstrap(options.bootstrap, options.rank,
-                                                            options.size, options.join_timeout));
   ROAM_ASSIGN_OR_RETURN(const transport::Bytes control_address, control.Address());
-  ROAM_TRY(boot->Put("roamd.name", View(options.name)));
-  ROAM_TRY(boot->Put("roamd.host", View(HostAddress())));
-  ROAM_TRY(boot->Put("roamd.control", control_address));
-  ROAM_TRY(boot->Put("roamd.data", data_address));
-  ROAM_TRY(boot->Put("roamd.board", options.board_key));
-  ROAM_TRY(boot->Put("roamd.gossip", View(options.gossip)));
-  ROAM_TRY(boot->Fence(options.join_timeout));
+  ROAM_TRY(boot.Put("roamd.name", View(options.name)));
+  ROAM_TRY(boot.Put("roamd.host", View(HostAddress())));
+  ROAM_TRY(boot.Put("roamd.control", control_address));
+  ROAM_TRY(boot.Put("roamd.data", data_address));
+  ROAM_TRY(boot.Put("roamd.board", options.board_key));
+  ROAM_TRY(boot.Put("roamd.gossip", View(options.gossip)));
+  ROAM_TRY(boot.Fence(options.join_timeout));
 
   std::unique_ptr<PoolPeers> peers(
       new PoolPeers(loop, control, std::move(key), options.name, options.request_timeout));
-  for (int rank = 0; rank < boot->size(); ++rank) {
+  for (int rank = 0; rank < boot.size(); ++rank) {
     Member m;
     m.rank = rank;
-    ROAM_ASSIGN_OR_RETURN(const auto name, boot->Get(rank, "roamd.name"));
+    ROAM_ASSIGN_OR_RETURN(const auto name, boot.Get(rank, "roamd.name"));
     m.name.assign(reinterpret_cast<const char*>(name.data()), name.size());
-    ROAM_ASSIGN_OR_RETURN(const auto host, boot->Get(rank, "roamd.host"));
+    ROAM_ASSIGN_OR_RETURN(const auto host, boot.Get(rank, "roamd.host"));
     m.host.assign(reinterpret_cast<const char*>(host.data()), host.size());
-    ROAM_ASSIGN_OR_RETURN(m.control, boot->Get(rank, "roamd.control"));
-    ROAM_ASSIGN_OR_RETURN(m.data, boot->Get(rank, "roamd.data"));
-    ROAM_ASSIGN_OR_RETURN(m.board, boot->Get(rank, "roamd.board"));
-    ROAM_ASSIGN_OR_RETURN(const auto gossip, boot->Get(rank, "roamd.gossip"));
+    ROAM_ASSIGN_OR_RETURN(m.control, boot.Get(rank, "roamd.control"));
+    ROAM_ASSIGN_OR_RETURN(m.data, boot.Get(rank, "roamd.data"));
+    ROAM_ASSIGN_OR_RETURN(m.board, boot.Get(rank, "roamd.board"));
+    ROAM_ASSIGN_OR_RETURN(const auto gossip, boot.Get(rank, "roamd.gossip"));
     m.gossip.assign(reinterpret_cast<const char*>(gossip.data()), gossip.size());
     if (peers->Find(m.name) != nullptr) {
       return MakeError(Errc::kInvalidArgument, "two nodes of the pool are named '{}'", m.name);

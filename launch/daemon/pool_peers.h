@@ -1,6 +1,7 @@
 // A roamd's view of its pool: who the members are (learned once, at start,
 // through a bootstrap: a shared directory for the local pool, a TCP
-// rendezvous for a host list, PMIx later), a control endpoint to each, and
+// rendezvous for a host list, the launcher's PMIx under srun or mpirun), a
+// control endpoint to each, and
 // the authenticated request/reply between daemons: every message and every
 // reply is a sealed envelope (launch/pool/envelope.h) under the pool key,
 // carried as a transport request on one tag. What fails authentication,
@@ -28,6 +29,7 @@
 #include "launch/pool/envelope.h"
 #include "launch/pool/pool_key.h"
 #include "roam/base/error.h"
+#include "roam/transport/bootstrap.h"
 #include "roam/transport/transport.h"
 
 namespace roam::daemon {
@@ -43,10 +45,7 @@ struct Member {
 };
 
 struct PoolOptions {
-  std::string name;       // this node's name (n1, ...)
-  std::string bootstrap;  // "dir:PATH" or "tcp:host:port"
-  int rank = 0;
-  int size = 1;
+  std::string name;  // this node's name (n1, ...)
   std::chrono::milliseconds join_timeout{30'000};
   std::chrono::milliseconds request_timeout{5'000};
   // This node's load board key (Balancer::PackBoardKey) and its gossip
@@ -65,10 +64,12 @@ class PoolPeers final {
       std::function<Result<peer::Reply>(const std::string& sender, const peer::Message& message)>;
   using ReplyCallback = std::function<void(Result<peer::Reply>)>;
 
-  // Publishes this node (name, host, the two fabric addresses), waits for
-  // every member (join_timeout) and starts serving `handler` on the control
-  // fabric. Blocks: call before the event loop runs.
-  static Result<std::unique_ptr<PoolPeers>> Join(EventLoop& loop, transport::Fabric& control,
+  // Publishes this node (name, host, the two fabric addresses) through
+  // `boot`, whose rank and size are this node's and the pool's, waits for
+  // every member (join_timeout: one fence round) and starts serving
+  // `handler` on the control fabric. Blocks: call before the event loop runs.
+  static Result<std::unique_ptr<PoolPeers>> Join(EventLoop& loop, transport::Bootstrap& boot,
+                                                 transport::Fabric& control,
                                                  const transport::Bytes& data_address,
                                                  pool::PoolKey key, const PoolOptions& options,
                                                  Handler handler);

@@ -96,6 +96,17 @@ Result<PoolKey> PoolKey::Generate(const std::filesystem::path& path) {
   if (::fchmod(fd.get(), 0600) != 0)
     return fail(ErrnoError(errno, "chmod pool key {}", path.string()));
 
+  auto made = Random();
+  if (!made) return fail(made.error().WithContext(fmt::format("pool key {}", path.string())));
+  PoolKey key = std::move(*made);
+  const auto bytes = std::as_bytes(std::span(key.secret_.data(), key.secret_.size()));
+  if (Status ok = WriteAll(fd.get(), bytes, path); !ok) return fail(std::move(ok).error());
+  if (::fsync(fd.get()) != 0) return fail(ErrnoError(errno, "fsync pool key {}", path.string()));
+  if (Status ok = fd.Close(path); !ok) return fail(std::move(ok).error());
+  return key;
+}
+
+Result<PoolKey> PoolKey::Random() {
   std::string secret(kMinBytes, '\0');
   std::size_t filled = 0;
   while (filled < secret.size()) {
@@ -105,16 +116,11 @@ Result<PoolKey> PoolKey::Generate(const std::filesystem::path& path) {
     if (n < 0) {
       const int err = errno;
       OPENSSL_cleanse(secret.data(), secret.size());
-      return fail(ErrnoError(err, "getrandom for pool key {}", path.string()));
+      return ErrnoError(err, "getrandom");
     }
     filled += static_cast<std::size_t>(n);
   }
-  PoolKey key(std::move(secret));
-  const auto bytes = std::as_bytes(std::span(key.secret_.data(), key.secret_.size()));
-  if (Status ok = WriteAll(fd.get(), bytes, path); !ok) return fail(std::move(ok).error());
-  if (::fsync(fd.get()) != 0) return fail(ErrnoError(errno, "fsync pool key {}", path.string()));
-  if (Status ok = fd.Close(path); !ok) return fail(std::move(ok).error());
-  return key;
+  return PoolKey(std::move(secret));
 }
 
 Result<PoolKey> PoolKey::FromBytes(std::string_view bytes) {

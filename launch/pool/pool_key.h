@@ -41,6 +41,10 @@ class PoolKey final {
   // anything is at `path` already: an existing key is never overwritten.
   static Result<PoolKey> Generate(const std::filesystem::path& path);
 
+  // A new key of kMinBytes from getrandom, in memory only (a pool whose
+  // members receive it some other way: through the launcher under PMIx).
+  static Result<PoolKey> Random();
+
   // A key from bytes in memory, for tests and fuzz targets; the same length
   // limits as Load (kInvalidArgument).
   static Result<PoolKey> FromBytes(std::string_view bytes);

@@ -45,9 +45,10 @@ class PoolPeersTest : public ::testing::Test {
     ASSERT_TRUE(key);
     PoolOptions pool;
     pool.name = "n1";
-    pool.bootstrap = "dir:" + (dir_.path() / "boot").string();
+    auto boot = transport::OpenDirectoryBootstrap(dir_.path() / "boot", 0, 1);
+    ASSERT_TRUE(boot) << boot.error().ToString();
     auto peers = PoolPeers::Join(
-        *loop_, *victim_fabric_, Bytes{std::byte{1}}, std::move(*key), pool,
+        *loop_, **boot, *victim_fabric_, Bytes{std::byte{1}}, std::move(*key), pool,
         [this](const std::string& sender, const peer::Message& m) -> Result<peer::Reply> {
           ++handled_;
           last_sender_ = sender;
@@ -147,11 +148,10 @@ TEST(PoolPeersGossipTest, NodesWithDifferentGossipRefuseToFormAPool) {
     if (!fabric) return fabric.error();
     ROAM_ASSIGN_OR_RETURN(auto loop, EventLoop::Create());
     ROAM_ASSIGN_OR_RETURN(auto key, pool::PoolKey::FromBytes(kKey));
+    ROAM_ASSIGN_OR_RETURN(auto bootstrap,
+                          transport::OpenDirectoryBootstrap(dir.path() / boot, rank, size));
     PoolOptions pool;
     pool.name = name;
-    pool.rank = rank;
-    pool.size = size;
-    pool.bootstrap = "dir:" + (dir.path() / boot).string();
     pool.join_timeout = std::chrono::seconds(10);
     if (!gossip.empty()) {
       pool.board_key = Bytes{std::byte{7}};
@@ -160,7 +160,7 @@ TEST(PoolPeersGossipTest, NodesWithDifferentGossipRefuseToFormAPool) {
     ROAM_ASSIGN_OR_RETURN(
         auto peers,
         PoolPeers::Join(
-            *loop, **fabric, Bytes{std::byte{1}}, std::move(key), pool,
+            *loop, *bootstrap, **fabric, Bytes{std::byte{1}}, std::move(key), pool,
             [](const std::string&, const peer::Message&) -> Result<peer::Reply> { return {}; }));
     return Ok();
   };
