@@ -108,8 +108,12 @@ endif()
 # --- Optional -----------------------------------------------------------
 # rdma-core verbs headers: only a future direct verbs backend would use them
 # (UCX reaches verbs on its own).
-pkg_check_modules(IBVERBS QUIET IMPORTED_TARGET libibverbs)
-set(ROAM_HAVE_VERBS ${IBVERBS_FOUND})
+# ROAM_VERBS=OFF does not look (Spack's ~verbs: no rdma-core from the host).
+set(ROAM_HAVE_VERBS OFF)
+if(ROAM_VERBS)
+  pkg_check_modules(IBVERBS QUIET IMPORTED_TARGET libibverbs)
+  set(ROAM_HAVE_VERBS ${IBVERBS_FOUND})
+endif()
 
 find_package(benchmark CONFIG QUIET)
 set(ROAM_HAVE_BENCHMARK ${benchmark_FOUND})

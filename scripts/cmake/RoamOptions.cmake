@@ -3,6 +3,7 @@
 option(ROAM_WERROR "Treat compiler warnings as errors (scripts/test and CI turn this on)" OFF)
 option(ROAM_BUILD_TESTS "Build the GoogleTest suites and register them with ctest" ON)
 option(ROAM_FUZZ "Build fuzz targets against libFuzzer (needs clang); otherwise they replay their seed corpus" OFF)
+option(ROAM_VERBS "Look for rdma-core verbs (libibverbs); roam info reports it, a direct verbs backend would use it (UCX reaches verbs on its own)" ON)
 set(ROAM_SANITIZE "" CACHE STRING "Sanitizers for every target, e.g. 'address,undefined' (empty: none)")
 
 set(CMAKE_CXX_STANDARD 20)
