@@ -360,6 +360,18 @@ void AddProcessCommands(CLI::App& app) {
       ->required();
   run->positionals_at_end();
 
+  // The task wrapper for launchers: `srun roam exec -- ./app` stays, as the
+  // task Slurm sees, the process's deputy on its home node (stdio, signals
+  // such as scancel's, the exit status), while the pool places and moves it.
+  CLI::App* exec = app.add_subcommand(
+      "exec",
+      "Hand a program to this node's roamd as a launcher's task: the pool places it "
+      "and may move it; this stays its deputy here");
+  exec->add_flag("-v,--verbose", g_flags.verbose, "Say where it runs");
+  exec->add_option("command", g_flags.command, "The program and its arguments (after --)")
+      ->required();
+  exec->positionals_at_end();
+
   CLI::App* ps = app.add_subcommand("ps", "List the processes whose home is this node");
   ps->add_flag("--json", g_flags.json, "Print JSON");
   ps->add_flag("--all", g_flags.all, "Every node's processes");
@@ -381,7 +393,7 @@ void AddProcessCommands(CLI::App& app) {
 }
 
 int RunProcessCommands(const CLI::App& app) {
-  if (app.get_subcommand("run")->parsed()) return RunRun();
+  if (app.get_subcommand("run")->parsed() || app.get_subcommand("exec")->parsed()) return RunRun();
   if (app.get_subcommand("ps")->parsed()) return RunPs();
   if (app.get_subcommand("kill")->parsed()) return RunKill();
   if (app.get_subcommand("migrate")->parsed()) return RunMigrate();
