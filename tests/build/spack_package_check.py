@@ -45,6 +45,7 @@ CMAKE_TO_SPACK = {
     "find_package:CLI11": "cli11",
     "find_package:nlohmann_json": "nlohmann-json",
     "find_package:GTest": "googletest",
+    "find_package:MPI": "mpi",
     "pkg_check_modules:libibverbs": "rdma-core",
     "find_package:benchmark": "benchmark",
 }
@@ -116,7 +117,8 @@ class CMakeFacts:
 def read_cmake(files):
     facts = CMakeFacts()
     for rel, text in files:
-        conditions = []
+        # The top CMakeLists.txt adds tests/ only if(ROAM_BUILD_TESTS).
+        conditions = ["ROAM_BUILD_TESTS"] if rel.startswith("tests/") else []
         for number, line in enumerate(strip_cmake_comments(text), 1):
             where = f"{rel}:{number}"
             stripped = line.strip()

@@ -52,6 +52,8 @@ class Roam(CMakePackage):
 
     # Only for `spack install --test=root roam` (ROAM_BUILD_TESTS).
     depends_on("googletest+gmock", type="test")
+    # The launcher tests run an MPI job under srun through `roam exec`.
+    depends_on("mpi", type="test")
 
     # C++20 (CMAKE_CXX_STANDARD 20).
     conflicts("%gcc@:9", msg="roam needs a C++20 compiler (GCC 10 or newer)")
