@@ -24,6 +24,7 @@
 #include "core/ckpt/procfs/procfs.h"
 #include "launch/daemon/owner.h"
 #include "roam/base/fault_injection.h"
+#include "roam/ckpt/refusal.h"
 #include "roam/policy/eviction.h"
 #include "roam/proc/guest_spawn.h"
 
@@ -728,6 +729,17 @@ void Node::ProcessInfoOf(const Deputy& deputy, control::ProcessInfo* out) const 
   out->set_migrations(deputy.migrations);
   out->set_pid(deputy.pid);
   out->set_note(deputy.note);
+  // A process here that capture would refuse (an MPI rank's sockets and
+  // eventfd, say) says why it stays, before anything tries to move it.
+  if (!deputy.note.empty() || deputy.node != peers_.self() || deputy.state != "running") return;
+  const auto guest = guests_.find(deputy.id);
+  if (guest == guests_.end()) return;
+  if (auto refusals = ckpt::FindRefusals(guest->second->pid); refusals && !refusals->empty()) {
+    const ckpt::Refusal& first = refusals->front();
+    out->set_note(fmt::format(
+        "cannot move: {} ({}{})", first.detail, ckpt::RefusalReasonName(first.reason),
+        refusals->size() > 1 ? fmt::format(", and {} more", refusals->size() - 1) : std::string()));
+  }
 }
 
 void Node::HandlePs(std::uint64_t sid, const control::Ps& ps) {

@@ -282,6 +282,8 @@ TEST_F(SlurmPoolTest, MpiRanksRunThroughRoamExecAndStayHomeSayingWhy) {
   const auto p = WaitForProcess("n1", "mpi_ranks");
   ASSERT_FALSE(p.is_null());
   const std::string id = p["id"];
+  // ps says why it stays before anything tries to move it.
+  EXPECT_NE(p["note"].get<std::string>().find("cannot move: fd "), std::string::npos) << p.dump();
   // Refused with the reason, in one line; the rank runs on untouched.
   const auto moved = Roam("n1", "migrate " + id + " --to n3");
   EXPECT_EQ(moved.exit_code, 1) << moved.out << moved.err;
