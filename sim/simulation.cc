@@ -11,6 +11,9 @@
 #include <set>
 #include <utility>
 
+#include <time.h>
+
+#include "roam/base/check.h"
 #include "roam/gossip/anti_tasks.h"
 #include "roam/gossip/dissemination.h"
 #include "roam/load/sampler.h"
@@ -34,6 +37,12 @@ constexpr std::size_t kAgeBins = std::size_t{1} << 17;
 
 std::uint64_t Ns(double seconds) {
   return static_cast<std::uint64_t>(std::llround(std::max(seconds, 0.0) * 1e9));
+}
+
+double ProcessCpuSeconds() {
+  timespec t{};
+  if (::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t) != 0) return 0;
+  return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
 }
 
 std::uint64_t Mix(std::uint64_t x) {
@@ -755,8 +764,14 @@ Result<Summary> Run(const Options& options) {
   const auto started = std::chrono::steady_clock::now();
   auto sim = std::make_unique<Simulation>(options);
   ROAM_TRY(sim->Start());
+  const auto looping = std::chrono::steady_clock::now();
+  const double cpu_before = ProcessCpuSeconds();
   ROAM_TRY(sim->Loop());
+  const double cpu_after = ProcessCpuSeconds();
+  const auto looped = std::chrono::steady_clock::now();
   Summary summary = sim->Finish();
+  summary.loop_wall = looped - looping;
+  summary.loop_cpu = std::chrono::duration<double>(cpu_after - cpu_before);
   sim.reset();
   summary.wall = std::chrono::steady_clock::now() - started;
   return summary;

@@ -160,6 +160,10 @@ class RegionArena {
     }
     // A fork must not inherit them (Fabric::Allocate).
     (void)::madvise(p, bytes, MADV_DONTFORK);
+    // Huge pages where the kernel gives them on request (THP `madvise`
+    // mode): a simulated pool puts into boards all over its chunks, and
+    // with 4 KiB pages nearly every put misses the TLB.
+    (void)::madvise(p, bytes, MADV_HUGEPAGE);
     return static_cast<std::byte*>(p);
   }
 
