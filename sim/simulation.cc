@@ -168,6 +168,17 @@ Quantiles Exact(std::vector<double>& values) {
   return q;
 }
 
+// Dissemination puts from 4 buffers, one window a tick, and its puts read
+// at landing (one copy, no completion of their own) complete in the next
+// tick's Progress at the latest: it never runs out of buffers either way.
+// Anti-tasks seal a buffer for each put, several in some ticks, and would
+// find them busy more often if each were held until its ack: their puts
+// are copied at issue.
+transport::FakeNetwork::PutSource PutSourceFor(Strategy strategy) {
+  return strategy == Strategy::kAntiTask ? transport::FakeNetwork::PutSource::kCopiedAtIssue
+                                         : transport::FakeNetwork::PutSource::kReadAtLanding;
+}
+
 class Simulation {
  public:
   explicit Simulation(const Options& options)
@@ -183,7 +194,8 @@ class Simulation {
                                                 [this] {
                                                   return transport::FakeNetwork::Clock::time_point(
                                                       std::chrono::nanoseconds(Ns(now_)));
-                                                }}),
+                                                },
+                                            .put_source = PutSourceFor(options.strategy)}),
         rng_(Mix(options.seed ^ 0x73696d)),
         tick_ns_(Ns(options.tick)) {}
 
@@ -563,9 +575,11 @@ class Simulation {
   // A link from node `i` to `peer` for this tick: kept in a small cache
   // of the node's, connected now if it is not there. A pool of 100,000
   // nodes cannot hold an endpoint from every node to every other. A link
-  // handed out this tick is not dropped before the tick's puts complete
-  // (in the Progress that ends it): while every cached one was, the cache
-  // grows.
+  // handed out in this tick or the one before is not dropped, since its
+  // puts may not have completed: a put completes with its ack (the fake
+  // transport reads it where it lands), which reaches a node that
+  // progressed before its target only in the next tick's Progress. While
+  // every cached link is that recent, the cache grows.
   Result<Link*> LinkTo(std::uint32_t i, std::uint32_t peer) {
     Node& n = nodes_[i];
     const std::uint64_t tick = summary_.ticks;
@@ -580,13 +594,13 @@ class Simulation {
       std::size_t victim = n.links.size();
       for (std::size_t k = 0; k < n.links.size() && n.links.size() >= cache; ++k) {
         const std::size_t at = n.next_evict++ % n.links.size();
-        if (n.links[at].used != tick) {
+        if (n.links[at].used + 1 < tick) {
           victim = at;
           break;
         }
       }
-      // What is dropped with an old link is at most the acks of its puts
-      // of earlier ticks (they completed in their Progress).
+      // An old link's puts have completed (in the Progress of the tick
+      // after theirs at the latest): nothing is dropped with it.
       if (victim == n.links.size()) {
         n.links.push_back(std::move(link));
       } else {

@@ -183,6 +183,14 @@ struct Event {
     kRequest,   // initiator -> target: `header` and `data`
     kReply,     // target -> initiator: `header` and `data`
   };
+  // What few messages carry (an error, a request's or reply's header):
+  // apart, so that the puts and acks that make most of the traffic stay
+  // small and allocate nothing.
+  struct Rare {
+    std::optional<Error> error;
+    wire::MessageHeader header;
+  };
+
   Kind kind = Kind::kPut;
   NodeId from = 0;
   NodeId to = 0;
@@ -190,10 +198,21 @@ struct Event {
   std::uint64_t op = 0;        // the put or get, in the endpoint's issue order
   std::uint64_t region = 0;
   std::uint64_t addr = 0;
-  std::uint64_t length = 0;
+  std::uint64_t length = 0;  // a get's, and a put's read at landing
+  // A put's source, read at landing (PutSource::kReadAtLanding); null
+  // when `data` holds it.
+  const std::byte* src = nullptr;
   Bytes data;
-  std::optional<Error> error;
-  wire::MessageHeader header;
+  std::unique_ptr<Rare> rare;
+
+  const std::optional<Error>& error() const {
+    static const std::optional<Error> kNone;
+    return rare ? rare->error : kNone;
+  }
+  Rare& MakeRare() {
+    if (!rare) rare = std::make_unique<Rare>();
+    return *rare;
+  }
 };
 
 // A completion and the outcome it is to run with, collected while state is
@@ -212,16 +231,20 @@ class OpLog {
     bool is_get = false;
     bool pending = false;  // its completion (a put's: the local one) has not run
     bool unacked = false;  // not yet complete at the peer
+    // Its completion runs when the peer's answer comes: a get's, and a put's
+    // read at landing.
+    bool completes_at_ack = false;
     Completion done;
     std::span<std::byte> dst;  // a get's
   };
 
-  void Add(std::uint64_t id, bool is_get, Completion done, std::span<std::byte> dst = {}) {
+  void Add(std::uint64_t id, bool is_get, bool completes_at_ack, Completion done,
+           std::span<std::byte> dst = {}) {
     if (head_ == ops_.size()) {
       ops_.clear();
       head_ = 0;
     }
-    ops_.push_back({id, is_get, true, true, std::move(done), dst});
+    ops_.push_back({id, is_get, true, true, completes_at_ack, std::move(done), dst});
     ++pending_;
     ++unacked_;
   }
@@ -435,6 +458,13 @@ class Inbox {
     return ev;
   }
 
+  // Calls `visit` on every message, in no particular order.
+  template <typename F>
+  void ForEach(F visit) {
+    for (std::size_t i = head_; i < fifo_.size(); ++i) visit(fifo_[i]);
+    for (Queued& q : late_) visit(q);
+  }
+
   // Drops the messages `lost` says; returns how many.
   template <typename Pred>
   std::size_t EraseIf(Pred lost) {
@@ -558,8 +588,10 @@ Result<std::span<std::byte>> RegionRange(const Node& n, const Event& ev, std::ui
 }
 
 Status WriteRegion(const Node& n, const Event& ev) {
-  ROAM_ASSIGN_OR_RETURN(std::span<std::byte> target, RegionRange(n, ev, ev.data.size()));
-  if (!ev.data.empty()) std::memcpy(target.data(), ev.data.data(), ev.data.size());
+  const std::byte* from = ev.src != nullptr ? ev.src : ev.data.data();
+  const std::size_t size = ev.src != nullptr ? ev.length : ev.data.size();
+  ROAM_ASSIGN_OR_RETURN(std::span<std::byte> target, RegionRange(n, ev, size));
+  if (size != 0) std::memcpy(target.data(), from, size);
   return Ok();
 }
 
@@ -584,8 +616,14 @@ unsigned CompleteFlushes(const EndpointRef& ep) {
   return static_cast<unsigned>(calls.size());
 }
 
+// Copies into their messages the sources of `ep`'s puts that are still on
+// the wire and read at landing, before their completions hand the sources
+// back: they land later as they would have (FakeNetwork::Impl).
+void KeepPutsOnWire(FakeNetwork::Impl& net, const EndpointState& ep);
+
 // Breaks `ep` for good: everything pending on it completes with `error`.
-unsigned Fail(const EndpointRef& ep, const Error& error) {
+unsigned Fail(FakeNetwork::Impl& net, const EndpointRef& ep, const Error& error) {
+  KeepPutsOnWire(net, *ep);
   ep->failure = error;
   std::vector<Completion> ops;
   ep->ops.TakeAll(ops);
@@ -600,7 +638,8 @@ unsigned Fail(const EndpointRef& ep, const Error& error) {
 }
 
 // Fails `ep` if it has waited on its peer for `timeout` without an answer.
-unsigned CheckLiveness(const EndpointRef& ep, std::chrono::milliseconds timeout, TimePoint now) {
+unsigned CheckLiveness(FakeNetwork::Impl& net, const EndpointRef& ep,
+                       std::chrono::milliseconds timeout, TimePoint now) {
   if (ep->closed || ep->failure || !ep->waiting()) {
     ep->was_waiting = false;
     return 0;
@@ -613,8 +652,9 @@ unsigned CheckLiveness(const EndpointRef& ep, std::chrono::milliseconds timeout,
   }
   const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - ep->silent_since);
   if (silent < timeout) return 0;
-  return Fail(ep, MakeError(Errc::kUnavailable, "lost peer {}: no answer for {} ms", ep->peer_name,
-                            silent.count()));
+  return Fail(net, ep,
+              MakeError(Errc::kUnavailable, "lost peer {}: no answer for {} ms", ep->peer_name,
+                        silent.count()));
 }
 
 // A put's local completion, or a flush that may have nothing to wait for.
@@ -638,22 +678,26 @@ void OpDone(Node& n, const Event& ev) {
   OpLog::Op* op = ep->failure ? nullptr : ep->ops.Find(ev.op);
   if (op == nullptr || !op->unacked) return;  // already failed
   const bool is_get = op->is_get;
+  const bool run_done = op->completes_at_ack && op->pending;
   std::span<std::byte> dst = op->dst;
-  // A get keeps its entry until its completion is taken below.
-  if (!is_get) {
+  // An op whose completion runs now keeps its entry until it is taken below.
+  if (!run_done) {
     ep->ops.Ack(*op);
     ep->ops.Trim();
   }
   ++ep->answers;
-  if (ev.error) {
+  const std::optional<Error>& error = ev.error();
+  if (error) {
     for (EndpointState::PendingFlush& flush : ep->flushes) {
-      if (flush.before > ev.op && !flush.error) flush.error = ev.error;
+      if (flush.before > ev.op && !flush.error) flush.error = error;
     }
   }
-  if (is_get) {
+  if (run_done) {
     Status status = Ok();
-    if (ev.error) {
-      status = *ev.error;
+    if (error) {
+      status = *error;
+    } else if (!is_get) {
+      // A put read at landing: done when it landed.
     } else if (ev.data.size() != dst.size()) {
       status =
           MakeError(Errc::kInternal, "get answered {} bytes for {}", ev.data.size(), dst.size());
@@ -676,6 +720,7 @@ class FakeNetwork::Impl {
   explicit Impl(Options options)
       : network_id_(g_next_network_id.fetch_add(1, std::memory_order_relaxed)),
         now_(options.now ? std::move(options.now) : [] { return Clock::now(); }),
+        put_source_(options.put_source),
         rng_(options.seed) {}
 
   // FakeNetwork's operations.
@@ -688,6 +733,8 @@ class FakeNetwork::Impl {
   // For the fabrics, endpoints and regions.
   TimePoint now() const { return now_(); }
   std::uint64_t network_id() const { return network_id_; }
+  PutSource put_source() const { return put_source_; }
+  void KeepPutsOnWire(const EndpointState& ep);
   Node& node(NodeId id) { return *nodes_.at(id); }
   // The node with `id`, or null for an id never handed out.
   const Node* Lookup(NodeId id) const { return id < nodes_.size() ? nodes_[id].get() : nullptr; }
@@ -745,11 +792,12 @@ class FakeNetwork::Impl {
   Result<NodeId> Find(std::string_view name) const;
   double Draw() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
   void FaultsChanged();
-  unsigned FailBrokenEndpoints(Node& n) const;
+  unsigned FailBrokenEndpoints(Node& n);
   void Deliver(Node& n, Event& ev);
 
   const std::uint64_t network_id_;
   const std::function<TimePoint()> now_;
+  const PutSource put_source_;
   std::mt19937_64 rng_;
   std::uint64_t next_node_id_ = 1;
   std::uint64_t next_endpoint_id_ = 1;
@@ -869,11 +917,19 @@ class FakeEndpoint final : public Endpoint {
     }
     ROAM_ASSIGN_OR_RETURN(const FakeRemoteKey* fake_key, CheckOp(key, remote_addr, src.size()));
     const std::uint64_t op = state_->next_op++;
-    state_->ops.Add(op, /*is_get=*/false, std::move(done));
+    const bool at_landing = net_.put_source() == FakeNetwork::PutSource::kReadAtLanding;
+    state_->ops.Add(op, /*is_get=*/false, /*completes_at_ack=*/at_landing, std::move(done));
     Watch(net_.node(state_->node), *state_);
     Event ev = NewEvent(Event::Kind::kPut, op);
     ev.region = fake_key->region();
     ev.addr = remote_addr;
+    if (at_landing) {
+      // Read where it lands; the completion comes with the ack.
+      ev.src = src.data();
+      ev.length = src.size();
+      net_.Send(std::move(ev));
+      return Ok();
+    }
     // Copied now: `src` is the caller's again as soon as this returns, and
     // the local completion says so at the next Progress.
     ev.data = net_.TakeBuffer();
@@ -890,7 +946,7 @@ class FakeEndpoint final : public Endpoint {
     }
     ROAM_ASSIGN_OR_RETURN(const FakeRemoteKey* fake_key, CheckOp(key, remote_addr, dst.size()));
     const std::uint64_t op = state_->next_op++;
-    state_->ops.Add(op, /*is_get=*/true, std::move(done), dst);
+    state_->ops.Add(op, /*is_get=*/true, /*completes_at_ack=*/true, std::move(done), dst);
     Watch(net_.node(state_->node), *state_);
     Event ev = NewEvent(Event::Kind::kGet, op);
     ev.region = fake_key->region();
@@ -927,7 +983,7 @@ class FakeEndpoint final : public Endpoint {
                              });
     Watch(net_.node(state_->node), *state_);
     Event ev = NewEvent(Event::Kind::kRequest, 0);
-    ev.header = {wire::MessageKind::kRequest, tag, id};
+    ev.MakeRare().header = {wire::MessageKind::kRequest, tag, id};
     ev.data.assign(payload.begin(), payload.end());
     net_.Send(std::move(ev));
     return Ok();
@@ -1246,6 +1302,7 @@ void FakeNetwork::Impl::RemoveRegion(NodeId node_id, std::uint64_t region) {
 }
 
 void FakeNetwork::Impl::CloseEndpoint(EndpointState& ep) {
+  KeepPutsOnWire(ep);
   ep.closed = true;
   Node& n = node(ep.node);
   auto it =
@@ -1258,6 +1315,21 @@ void FakeNetwork::Impl::CloseEndpoint(EndpointState& ep) {
   ep.ops.Clear();
   ep.flushes.clear();
 }
+
+void FakeNetwork::Impl::KeepPutsOnWire(const EndpointState& ep) {
+  // Only a put not yet answered can be on the wire still.
+  if (put_source_ != PutSource::kReadAtLanding || ep.ops.unacked() == 0) return;
+  inboxes_.at(ep.peer).ForEach([&ep](Queued& q) {
+    Event& ev = q.ev;
+    if (ev.kind != Event::Kind::kPut || ev.src == nullptr || ev.endpoint != ep.id) return;
+    ev.data.assign(ev.src, ev.src + ev.length);
+    ev.src = nullptr;
+  });
+}
+
+namespace {
+void KeepPutsOnWire(FakeNetwork::Impl& net, const EndpointState& ep) { net.KeepPutsOnWire(ep); }
+}  // namespace
 
 void FakeNetwork::Impl::CloseNode(NodeId id) {
   Node& n = node(id);
@@ -1336,7 +1408,7 @@ unsigned FakeNetwork::Impl::Progress(NodeId id) {
       continue;
     }
     const EndpointRef ep = slot->ep;
-    handled += CheckLiveness(ep, n.peer_timeout, t);
+    handled += CheckLiveness(*this, ep, n.peer_timeout, t);
     if (!ep->closed) handled += ep->requests.Expire(t, ep->peer_name);
   }
   if (ids.capacity() > endpoint_ids_.capacity()) endpoint_ids_.swap(ids);
@@ -1360,13 +1432,14 @@ bool FakeNetwork::Impl::Arm(NodeId id) {
   });
 }
 
-unsigned FakeNetwork::Impl::FailBrokenEndpoints(Node& n) const {
+unsigned FakeNetwork::Impl::FailBrokenEndpoints(Node& n) {
   unsigned handled = 0;
   for (const EndpointRef& ep : EndpointsOf(n)) {
     if (ep->closed || ep->failure) continue;
     if (auto reason = BreakReason(n.id, ep->peer)) {
-      handled += Fail(
-          ep, MakeError(Errc::kUnavailable, "node {} is unreachable: {}", ep->peer_name, *reason));
+      handled +=
+          Fail(*this, ep,
+               MakeError(Errc::kUnavailable, "node {} is unreachable: {}", ep->peer_name, *reason));
     }
   }
   return handled;
@@ -1382,7 +1455,9 @@ void FakeNetwork::Impl::Deliver(Node& n, Event& ev) {
   switch (ev.kind) {
     case Event::Kind::kPut: {
       answer.kind = Event::Kind::kPutAck;
-      if (Status written = WriteRegion(n, ev); !written.has_value()) answer.error = written.error();
+      if (Status written = WriteRegion(n, ev); !written.has_value()) {
+        answer.MakeRare().error = written.error();
+      }
       KeepBuffer(std::move(ev.data));
       Send(std::move(answer));
       return;
@@ -1393,15 +1468,15 @@ void FakeNetwork::Impl::Deliver(Node& n, Event& ev) {
       if (data.has_value()) {
         answer.data = std::move(*data);
       } else {
-        answer.error = std::move(data).error();
+        answer.MakeRare().error = std::move(data).error();
       }
       Send(std::move(answer));
       return;
     }
     case Event::Kind::kRequest: {
       answer.kind = Event::Kind::kReply;
-      auto [header, payload] = n.router.Dispatch(ev.header, ev.data);
-      answer.header = header;
+      auto [header, payload] = n.router.Dispatch(ev.MakeRare().header, ev.data);
+      answer.MakeRare().header = header;
       answer.data = std::move(payload);
       Send(std::move(answer));
       return;
@@ -1415,7 +1490,8 @@ void FakeNetwork::Impl::Deliver(Node& n, Event& ev) {
       if (found == nullptr) return;  // the requester is gone: drop the reply
       const EndpointRef ep = *found;
       ++ep->answers;
-      ep->requests.Complete(ev.header.request_id, ReplyResult(ev.header, ev.data));
+      const wire::MessageHeader& header = ev.MakeRare().header;
+      ep->requests.Complete(header.request_id, ReplyResult(header, ev.data));
       return;
     }
   }
