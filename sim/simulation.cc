@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -95,12 +96,63 @@ struct Node {
   // dissemination (the others).
   std::unique_ptr<gossip::Disseminator> gossip;
   std::unique_ptr<gossip::AntiTasks> anti;
-  transport::Bytes address;
-  transport::Bytes board_key;
   std::vector<Link> links;  // a few endpoints kept from earlier ticks
   std::size_t next_evict = 0;
   std::optional<policy::LoadLedger> ledger;
   std::mt19937_64 rng;
+};
+
+// Every node's address and its board's packed key, as the pool's bootstrap
+// hands them out: in one flat table, a record of two cache lines a node
+// (not two heap blocks), since every put of a large pool connects to a
+// peer drawn at random.
+class Directory {
+ public:
+  void Add(transport::ByteView address, transport::ByteView board_key) {
+    ROAM_CHECK(address.size() <= 255 && board_key.size() <= 255,
+               "an address of {} bytes or a key of {} is too long for the directory",
+               address.size(), board_key.size());
+    const std::size_t need = (2 + address.size() + board_key.size() + kLine - 1) / kLine;
+    if (need > lines_) Widen(need);
+    table_.resize((records_ + 1) * lines_);
+    std::byte* r = Record(records_);
+    r[0] = static_cast<std::byte>(address.size());
+    r[1] = static_cast<std::byte>(board_key.size());
+    std::copy(address.begin(), address.end(), r + 2);
+    std::copy(board_key.begin(), board_key.end(), r + 2 + address.size());
+    ++records_;
+  }
+  transport::ByteView address(std::uint32_t node) const {
+    const std::byte* r = Record(node);
+    return {r + 2, static_cast<std::size_t>(r[0])};
+  }
+  transport::ByteView board_key(std::uint32_t node) const {
+    const std::byte* r = Record(node);
+    return {r + 2 + static_cast<std::size_t>(r[0]), static_cast<std::size_t>(r[1])};
+  }
+
+ private:
+  static constexpr std::size_t kLine = 64;
+  struct alignas(kLine) Line {
+    std::array<std::byte, kLine> bytes;
+  };
+
+  std::byte* Record(std::size_t node) { return table_[node * lines_].bytes.data(); }
+  const std::byte* Record(std::size_t node) const { return table_[node * lines_].bytes.data(); }
+  // Records of `lines` lines, for a longer address or key than so far.
+  void Widen(std::size_t lines) {
+    std::vector<Line> wider(records_ * lines);
+    for (std::size_t r = 0; r < records_; ++r) {
+      std::copy_n(table_.begin() + static_cast<std::ptrdiff_t>(r * lines_), lines_,
+                  wider.begin() + static_cast<std::ptrdiff_t>(r * lines));
+    }
+    table_ = std::move(wider);
+    lines_ = lines;
+  }
+
+  std::vector<Line> table_;
+  std::size_t lines_ = 2;  // a record's: the fake transport's fit in two
+  std::size_t records_ = 0;
 };
 
 struct Event {
@@ -218,6 +270,7 @@ class Simulation {
     nodes_.resize(options_.nodes);
     for (std::uint32_t i = 0; i < options_.nodes; ++i) {
       Node& n = nodes_[i];
+      transport::Bytes board_key;
       n.sampler.emplace(
           i, 1,
           load::LoadSampler::Options{std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -235,7 +288,7 @@ class Simulation {
                                                .view_capacity = options_.view_capacity,
                                                .max_info_age = options_.policy.max_info_age,
                                                .seed = seed}));
-        ROAM_ASSIGN_OR_RETURN(n.board_key, n.anti->PackBoardKey());
+        ROAM_ASSIGN_OR_RETURN(board_key, n.anti->PackBoardKey());
       } else {
         ROAM_ASSIGN_OR_RETURN(n.gossip,
                               gossip::Disseminator::Create(*n.fabric, i,
@@ -243,9 +296,10 @@ class Simulation {
                                                             .fanout = options_.fanout,
                                                             .view_capacity = options_.view_capacity,
                                                             .seed = seed}));
-        ROAM_ASSIGN_OR_RETURN(n.board_key, n.gossip->PackBoardKey());
+        ROAM_ASSIGN_OR_RETURN(board_key, n.gossip->PackBoardKey());
       }
-      ROAM_ASSIGN_OR_RETURN(n.address, n.fabric->Address());
+      ROAM_ASSIGN_OR_RETURN(const transport::Bytes address, n.fabric->Address());
+      directory_.Add(address, board_key);
     }
     if (options_.strategy == Strategy::kCentral) {
       for (std::uint32_t i = 0; i < options_.nodes; ++i) by_load_.insert({0, i});
@@ -587,10 +641,10 @@ class Simulation {
                            [&](const Link& l) { return l.peer.node == peer; });
     if (it == n.links.end()) {
       Link link;
-      ROAM_ASSIGN_OR_RETURN(link.endpoint, n.fabric->Connect(nodes_[peer].address));
-      ROAM_ASSIGN_OR_RETURN(link.board, link.endpoint->UnpackKey(nodes_[peer].board_key));
+      ROAM_ASSIGN_OR_RETURN(link.endpoint, n.fabric->Connect(directory_.address(peer)));
+      ROAM_ASSIGN_OR_RETURN(link.board, link.endpoint->UnpackKey(directory_.board_key(peer)));
       link.peer = {peer, link.endpoint.get(), link.board.get()};
-      const std::size_t cache = 2 * std::size_t{options_.fanout};
+      const std::size_t cache = 3 * std::size_t{options_.fanout};
       std::size_t victim = n.links.size();
       for (std::size_t k = 0; k < n.links.size() && n.links.size() >= cache; ++k) {
         const std::size_t at = n.next_evict++ % n.links.size();
@@ -711,6 +765,7 @@ class Simulation {
   double now_ = 0;
 
   std::vector<Node> nodes_;
+  Directory directory_;
   std::vector<Process> procs_;
   std::vector<std::uint32_t> free_;
   std::uint64_t live_ = 0;

@@ -993,6 +993,27 @@ TEST_F(FakeNetworkTest, GarbageAddressesAndKeysAreCorruptOtherBackendsIncompatib
   EXPECT_TRUE(FailsWith(ep->UnpackKey(*short_key), Errc::kCorrupt));
 }
 
+TEST_F(FakeNetworkTest, KeysOfSeveralRegionsOfANodeEachUnpackToTheirOwn) {
+  auto a = AddNode("a");
+  auto b = AddNode("b");
+  auto first = Allocate(*b, 64);
+  auto second = Allocate(*b, 8192);
+  auto ep = Connect(*a, *b);
+  // Unpacked again and again, alternately: each key keeps its own region.
+  for (int round = 0; round < 3; ++round) {
+    for (const MemoryRegion* region : {first.get(), second.get()}) {
+      auto key = KeyFor(*ep, *region);
+      ASSERT_NE(key, nullptr);
+      EXPECT_EQ(key->base(), Addr(*region));
+      EXPECT_EQ(key->length(), region->size());
+      ASSERT_TRUE(ep->Put(ToBytes("k"), Addr(*region, region->size() - 1), *key).has_value());
+      Settle({a.get(), b.get()});
+      EXPECT_EQ(region->data()[region->size() - 1], std::byte{'k'});
+      region->data()[region->size() - 1] = std::byte{0};
+    }
+  }
+}
+
 TEST_F(FakeNetworkTest, AddressesOfUnknownNodesAreNotFound) {
   auto a = AddNode("a");
   auto b = AddNode("b");

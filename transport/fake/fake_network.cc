@@ -73,32 +73,49 @@ std::size_t PageSize() {
   return page;
 }
 
-// The last eight bytes, little-endian: where the caches of decoded addresses
-// and keys look first. The ids are the last field of a fake address and key,
-// so an address this network encoded ends with its node id and a key with
-// its region id, and the caches are vectors indexed by those ids: no hash of
-// the bytes, no bucket to miss. Any bytes may come here; a hit still compares
-// them in full.
-std::uint64_t TailId(ByteView bytes) {
-  return bytes.size() < 8 ? 0 : ReadU64(bytes, bytes.size() - 8);
+// Eight bytes, little-endian, `back` bytes before the end: where the cache
+// of decoded addresses and keys looks first. The ids are the last field of
+// a fake address and key, so an address this network encoded ends with its
+// node id, and a key with its owner's node id and then its region id; the
+// cache is a vector indexed by node id: no hash of the bytes, no bucket to
+// miss. Any bytes may come here; a hit still compares them in full.
+std::uint64_t IdBefore(ByteView bytes, std::size_t back) {
+  return bytes.size() < back ? 0 : ReadU64(bytes, bytes.size() - back);
 }
 
-// An address or key kept in a cache entry itself (one cache miss fewer
-// than bytes on the heap); longer ones are not cached.
-struct InlineBytes {
-  static constexpr std::size_t kMax = 96;
-  std::array<std::byte, kMax> data{};
-  std::uint8_t size = 0;
+// What Connect and UnpackKey decoded and checked before about one node:
+// its address (the first encoding seen) and the key of one of its regions
+// (the last unpacked), kept in the record itself. A simulated pool of
+// 100,000 nodes connects to a random peer and unpacks its board's key for
+// every put, and both read one record of two cache lines. Longer
+// addresses and keys are not kept.
+struct alignas(64) PeerCard {
+  static constexpr std::size_t kAddressMax = 45;
+  static constexpr std::size_t kKeyMax = 55;
 
-  static bool Fits(ByteView b) { return b.size() <= kMax; }
-  InlineBytes() = default;
-  explicit InlineBytes(ByteView b) : size(static_cast<std::uint8_t>(b.size())) {
-    std::copy(b.begin(), b.end(), data.begin());
+  std::uint8_t address_size = 0;  // 0: no address kept
+  std::uint8_t name_at = 0;       // the node's name, within the address
+  std::uint8_t name_size = 0;
+  std::array<std::byte, kAddressMax> address{};
+  std::uint64_t region = 0;  // the key's; 0: no key kept
+  std::uint64_t base = 0;
+  std::uint64_t length = 0;
+  std::uint8_t key_size = 0;
+  std::array<std::byte, kKeyMax> key{};
+
+  bool HasAddress(ByteView b) const {
+    return address_size != 0 && b.size() == address_size &&
+           std::equal(b.begin(), b.end(), address.begin());
   }
-  bool operator==(ByteView b) const {
-    return b.size() == size && std::equal(b.begin(), b.end(), data.begin());
+  bool HasKey(std::uint64_t id, ByteView b) const {
+    return region == id && region != 0 && b.size() == key_size &&
+           std::equal(b.begin(), b.end(), key.begin());
+  }
+  std::string_view name() const {
+    return {reinterpret_cast<const char*>(address.data()) + name_at, name_size};
   }
 };
+static_assert(sizeof(PeerCard) == 128);
 
 // Memory for Fabric::Allocate: zero-filled, faulted in, and not inherited
 // by a fork (MADV_DONTFORK). Regions up to kLargestCarved are carved, in
@@ -741,25 +758,16 @@ class FakeNetwork::Impl {
   std::string NodeName(NodeId id) const;
   Bytes NodeAddress(NodeId id) const;
   Result<std::unique_ptr<Endpoint>> Connect(NodeId self, ByteView address);
-  // An address or key decoded and checked before (most Connects of a
-  // simulated pool are to peers some node connected to before): its ids
-  // and, for an address, its name.
-  struct KnownAddress {
-    InlineBytes bytes;
-    NodeId peer = 0;
-    std::string name;
-  };
-  struct KnownKey {
-    InlineBytes bytes;
+  // A packed key's fields.
+  struct KeyIds {
     std::uint64_t base = 0;
     std::uint64_t length = 0;
     std::uint64_t network = 0;
     NodeId owner = 0;
     std::uint64_t region = 0;
   };
-  // Valid until the next call.
-  Result<const KnownKey*> DecodeKey(ByteView packed);
-  std::unique_ptr<Endpoint> NewEndpoint(NodeId self, NodeId peer, const std::string& name);
+  Result<KeyIds> DecodeKey(ByteView packed);
+  std::unique_ptr<Endpoint> NewEndpoint(NodeId self, NodeId peer, std::string_view name);
   Result<std::unique_ptr<MemoryRegion>> AddRegion(NodeId node_id, std::span<std::byte> memory,
                                                   bool owned);
   void RemoveRegion(NodeId node_id, std::uint64_t region);
@@ -819,14 +827,12 @@ class FakeNetwork::Impl {
   // By node id: killed or closed (BreakReason's common case without
   // touching either node).
   std::vector<std::uint8_t> down_ = std::vector<std::uint8_t>(1, 0);
-  std::vector<KnownAddress> known_addresses_;  // by node id (TailId)
-  std::vector<KnownKey> known_keys_;           // by region id (TailId)
+  std::vector<PeerCard> cards_;  // by node id (IdBefore)
   // As many as a tick of a simulated pool of 100,000 nodes has in flight
   // (400,000 puts), so that its puts allocate nothing in steady state.
   static constexpr std::size_t kSpareBuffers = std::size_t{1} << 20;
   std::vector<Bytes> spare_buffers_;
   std::vector<std::uint64_t> endpoint_ids_;  // Progress's scratch
-  std::optional<KnownKey> decoded_key_;      // DecodeKey's answer for a key not kept
   RegionArena arena_;
 };
 
@@ -898,7 +904,8 @@ class FakeEndpoint final : public Endpoint {
   }
 
   Result<std::unique_ptr<RemoteKey>> UnpackKey(ByteView packed) override {
-    ROAM_ASSIGN_OR_RETURN(const FakeNetwork::Impl::KnownKey* key, net_.DecodeKey(packed));
+    ROAM_ASSIGN_OR_RETURN(const FakeNetwork::Impl::KeyIds ids, net_.DecodeKey(packed));
+    const FakeNetwork::Impl::KeyIds* key = &ids;
     if (key->network != net_.network_id()) {
       return MakeError(Errc::kInvalidArgument, "key belongs to another fake network, not to {}'s",
                        state_->peer_name);
@@ -1202,13 +1209,13 @@ std::optional<std::string> FakeNetwork::Impl::BreakReason(NodeId self, NodeId pe
 }
 
 Result<std::unique_ptr<Endpoint>> FakeNetwork::Impl::Connect(NodeId self, ByteView address) {
-  const std::uint64_t tail = TailId(address);
-  if (tail != 0 && tail < known_addresses_.size() && known_addresses_[tail].bytes == address) {
-    const KnownAddress& known = known_addresses_[tail];
-    if (auto reason = BreakReason(self, known.peer)) {
-      return MakeError(Errc::kUnavailable, "node {} is unreachable: {}", known.name, *reason);
+  const std::uint64_t tail = IdBefore(address, 8);
+  if (tail != 0 && tail < cards_.size() && cards_[tail].HasAddress(address)) {
+    const PeerCard& card = cards_[tail];
+    if (auto reason = BreakReason(self, tail)) {
+      return MakeError(Errc::kUnavailable, "node {} is unreachable: {}", card.name(), *reason);
     }
-    return NewEndpoint(self, known.peer, known.name);
+    return NewEndpoint(self, tail, card.name());
   }
   ROAM_ASSIGN_OR_RETURN(wire::DecodedAddress decoded, wire::DecodeAddress(address, kBackend));
   if (decoded.backend_address.size() != kAddressIdBytes) {
@@ -1228,13 +1235,20 @@ Result<std::unique_ptr<Endpoint>> FakeNetwork::Impl::Connect(NodeId self, ByteVi
     return MakeError(Errc::kCorrupt, "fake address names {}, but node id {} is {}", decoded.name,
                      peer, found->name);
   }
-  // Checked: later Connects to it skip the decoding (an address that does
-  // not end with its id, as one this network encoded does, is not kept;
-  // nor is another encoding of a node already kept).
-  if (InlineBytes::Fits(address) && tail == peer) {
-    if (known_addresses_.size() <= peer) known_addresses_.resize(nodes_.size());
-    if (known_addresses_[peer].bytes.size == 0) {
-      known_addresses_[peer] = KnownAddress{InlineBytes(address), peer, decoded.name};
+  // Checked: later Connects to it skip the decoding. Kept: an address that
+  // ends with its id, as one this network encoded does, and holds the name
+  // as it is; the first encoding seen of a node.
+  const auto name_bytes = std::as_bytes(std::span(decoded.name));
+  const auto name_at =
+      std::search(address.begin(), address.end(), name_bytes.begin(), name_bytes.end());
+  if (address.size() <= PeerCard::kAddressMax && tail == peer && name_at != address.end()) {
+    if (cards_.size() <= peer) cards_.resize(nodes_.size());
+    PeerCard& card = cards_[peer];
+    if (card.address_size == 0) {
+      std::copy(address.begin(), address.end(), card.address.begin());
+      card.address_size = static_cast<std::uint8_t>(address.size());
+      card.name_at = static_cast<std::uint8_t>(name_at - address.begin());
+      card.name_size = static_cast<std::uint8_t>(name_bytes.size());
     }
   }
   if (auto reason = BreakReason(self, peer)) {
@@ -1244,7 +1258,7 @@ Result<std::unique_ptr<Endpoint>> FakeNetwork::Impl::Connect(NodeId self, ByteVi
 }
 
 std::unique_ptr<Endpoint> FakeNetwork::Impl::NewEndpoint(NodeId self, NodeId peer,
-                                                         const std::string& name) {
+                                                         std::string_view name) {
   auto state = std::make_shared<EndpointState>();
   state->id = next_endpoint_id_++;
   state->node = self;
@@ -1254,35 +1268,33 @@ std::unique_ptr<Endpoint> FakeNetwork::Impl::NewEndpoint(NodeId self, NodeId pee
   return std::make_unique<FakeEndpoint>(*this, std::move(state));
 }
 
-Result<const FakeNetwork::Impl::KnownKey*> FakeNetwork::Impl::DecodeKey(ByteView packed) {
-  const std::uint64_t tail = TailId(packed);
-  if (tail != 0 && tail < known_keys_.size() && known_keys_[tail].bytes == packed) {
-    return &known_keys_[tail];
+Result<FakeNetwork::Impl::KeyIds> FakeNetwork::Impl::DecodeKey(ByteView packed) {
+  const std::uint64_t region = IdBefore(packed, 8);
+  const std::uint64_t owner = IdBefore(packed, 16);
+  if (owner != 0 && owner < cards_.size() && cards_[owner].HasKey(region, packed)) {
+    const PeerCard& card = cards_[owner];
+    return KeyIds{card.base, card.length, network_id_, owner, region};
   }
   ROAM_ASSIGN_OR_RETURN(wire::DecodedKey key, wire::DecodeKey(packed, kBackend));
   if (key.backend_key.size() != kKeyIdBytes) {
     return MakeError(Errc::kCorrupt, "fake memory key holds {} bytes of ids, not {}",
                      key.backend_key.size(), kKeyIdBytes);
   }
-  const bool fits = InlineBytes::Fits(packed);
-  KnownKey known{fits ? InlineBytes(packed) : InlineBytes(),
-                 key.base,
-                 key.length,
-                 ReadU64(key.backend_key, 0),
-                 ReadU64(key.backend_key, 8),
-                 ReadU64(key.backend_key, 16)};
-  // Kept: a key of this network's regions that ends with its region id (as
-  // PackKey's do), the first encoding seen of it.
-  const std::uint64_t region = known.region;
-  if (fits && known.network == network_id_ && region == tail && region < next_region_id_) {
-    if (known_keys_.size() <= region) known_keys_.resize(next_region_id_);
-    if (known_keys_[region].bytes.size == 0) {
-      known_keys_[region] = std::move(known);
-      return &known_keys_[region];
-    }
+  const KeyIds ids{key.base, key.length, ReadU64(key.backend_key, 0), ReadU64(key.backend_key, 8),
+                   ReadU64(key.backend_key, 16)};
+  // Kept: a key of this network's regions that ends with its owner's and
+  // its region's ids (as PackKey's do), in place of the owner's last.
+  if (packed.size() <= PeerCard::kKeyMax && ids.network == network_id_ && ids.region == region &&
+      ids.owner == owner && region != 0 && region < next_region_id_ && Lookup(owner) != nullptr) {
+    if (cards_.size() <= owner) cards_.resize(nodes_.size());
+    PeerCard& card = cards_[owner];
+    std::copy(packed.begin(), packed.end(), card.key.begin());
+    card.key_size = static_cast<std::uint8_t>(packed.size());
+    card.region = region;
+    card.base = ids.base;
+    card.length = ids.length;
   }
-  decoded_key_ = std::move(known);
-  return &*decoded_key_;
+  return ids;
 }
 
 Result<std::unique_ptr<MemoryRegion>> FakeNetwork::Impl::AddRegion(NodeId node_id,
