@@ -126,6 +126,10 @@ class Directory {
     const std::byte* r = Record(node);
     return {r + 2, static_cast<std::size_t>(r[0])};
   }
+  // Asks the caches for `node`'s record.
+  void Prefetch(std::uint32_t node) const {
+    for (std::size_t l = 0; l < lines_; ++l) __builtin_prefetch(&table_[node * lines_ + l]);
+  }
   transport::ByteView board_key(std::uint32_t node) const {
     const std::byte* r = Record(node);
     return {r + 2 + static_cast<std::size_t>(r[0]), static_cast<std::size_t>(r[1])};
@@ -667,18 +671,25 @@ class Simulation {
   }
 
   // The node's gossip peers this tick: `fanout` distinct others drawn at
-  // random (the disseminator's own draw then takes them all).
+  // random (the disseminator's own draw then takes them all). The next
+  // node's are drawn now too, and their directory records asked for while
+  // this node connects and gossips (at 100,000 nodes each is a miss):
+  // rng_ serves only these draws, made in node order either way, so the
+  // stream is the same.
   Status ChooseLinks(std::uint32_t i, std::vector<gossip::BoardPeer>& out) {
     out.clear();
     Node& n = nodes_[i];
-    const std::uint32_t others = options_.nodes - 1;
-    const std::uint32_t want = std::min(options_.fanout, others);
-    std::vector<std::uint32_t>& chosen = chosen_;
-    chosen.clear();
-    while (chosen.size() < want) {
-      auto peer = std::uniform_int_distribution<std::uint32_t>(0, others - 1)(rng_);
-      if (peer >= i) ++peer;
-      if (std::find(chosen.begin(), chosen.end(), peer) == chosen.end()) chosen.push_back(peer);
+    const std::uint64_t tick = summary_.ticks;
+    if (!drawn_ || drawn_for_ != i || drawn_tick_ != tick) DrawPeers(i, next_chosen_);
+    std::swap(chosen_, next_chosen_);
+    const std::vector<std::uint32_t>& chosen = chosen_;
+    drawn_ = false;
+    if (i + 1 < options_.nodes) {
+      DrawPeers(i + 1, next_chosen_);
+      drawn_ = true;
+      drawn_for_ = i + 1;
+      drawn_tick_ = tick;
+      for (std::uint32_t peer : next_chosen_) directory_.Prefetch(peer);
     }
     // The chosen that are cached stay for this tick.
     for (Link& l : n.links) {
@@ -691,6 +702,17 @@ class Simulation {
       out.push_back(link->peer);
     }
     return Ok();
+  }
+
+  void DrawPeers(std::uint32_t i, std::vector<std::uint32_t>& chosen) {
+    const std::uint32_t others = options_.nodes - 1;
+    const std::uint32_t want = std::min(options_.fanout, others);
+    chosen.clear();
+    while (chosen.size() < want) {
+      auto peer = std::uniform_int_distribution<std::uint32_t>(0, others - 1)(rng_);
+      if (peer >= i) ++peer;
+      if (std::find(chosen.begin(), chosen.end(), peer) == chosen.end()) chosen.push_back(peer);
+    }
   }
 
   // Every other node, for node `i`'s anti-tasks: connected as they go.
@@ -781,6 +803,10 @@ class Simulation {
   std::vector<policy::Candidate> candidates_;
   std::vector<gossip::BoardPeer> peers_;
   std::vector<std::uint32_t> chosen_;
+  std::vector<std::uint32_t> next_chosen_;  // drawn for node drawn_for_ in drawn_tick_
+  bool drawn_ = false;
+  std::uint32_t drawn_for_ = 0;
+  std::uint64_t drawn_tick_ = 0;
   std::vector<double> slowdowns_;
   Histogram ages_;
   Histogram worst_;
