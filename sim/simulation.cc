@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -11,6 +12,9 @@
 #include <set>
 #include <utility>
 
+#include <time.h>
+
+#include "roam/base/check.h"
 #include "roam/gossip/anti_tasks.h"
 #include "roam/gossip/dissemination.h"
 #include "roam/load/sampler.h"
@@ -34,6 +38,12 @@ constexpr std::size_t kAgeBins = std::size_t{1} << 17;
 
 std::uint64_t Ns(double seconds) {
   return static_cast<std::uint64_t>(std::llround(std::max(seconds, 0.0) * 1e9));
+}
+
+double ProcessCpuSeconds() {
+  timespec t{};
+  if (::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t) != 0) return 0;
+  return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
 }
 
 std::uint64_t Mix(std::uint64_t x) {
@@ -86,12 +96,67 @@ struct Node {
   // dissemination (the others).
   std::unique_ptr<gossip::Disseminator> gossip;
   std::unique_ptr<gossip::AntiTasks> anti;
-  transport::Bytes address;
-  transport::Bytes board_key;
   std::vector<Link> links;  // a few endpoints kept from earlier ticks
   std::size_t next_evict = 0;
   std::optional<policy::LoadLedger> ledger;
   std::mt19937_64 rng;
+};
+
+// Every node's address and its board's packed key, as the pool's bootstrap
+// hands them out: in one flat table, a record of two cache lines a node
+// (not two heap blocks), since every put of a large pool connects to a
+// peer drawn at random.
+class Directory {
+ public:
+  void Add(transport::ByteView address, transport::ByteView board_key) {
+    ROAM_CHECK(address.size() <= 255 && board_key.size() <= 255,
+               "an address of {} bytes or a key of {} is too long for the directory",
+               address.size(), board_key.size());
+    const std::size_t need = (2 + address.size() + board_key.size() + kLine - 1) / kLine;
+    if (need > lines_) Widen(need);
+    table_.resize((records_ + 1) * lines_);
+    std::byte* r = Record(records_);
+    r[0] = static_cast<std::byte>(address.size());
+    r[1] = static_cast<std::byte>(board_key.size());
+    std::copy(address.begin(), address.end(), r + 2);
+    std::copy(board_key.begin(), board_key.end(), r + 2 + address.size());
+    ++records_;
+  }
+  transport::ByteView address(std::uint32_t node) const {
+    const std::byte* r = Record(node);
+    return {r + 2, static_cast<std::size_t>(r[0])};
+  }
+  // Asks the caches for `node`'s record.
+  void Prefetch(std::uint32_t node) const {
+    for (std::size_t l = 0; l < lines_; ++l) __builtin_prefetch(&table_[node * lines_ + l]);
+  }
+  transport::ByteView board_key(std::uint32_t node) const {
+    const std::byte* r = Record(node);
+    return {r + 2 + static_cast<std::size_t>(r[0]), static_cast<std::size_t>(r[1])};
+  }
+
+ private:
+  static constexpr std::size_t kLine = 64;
+  struct alignas(kLine) Line {
+    std::array<std::byte, kLine> bytes;
+  };
+
+  std::byte* Record(std::size_t node) { return table_[node * lines_].bytes.data(); }
+  const std::byte* Record(std::size_t node) const { return table_[node * lines_].bytes.data(); }
+  // Records of `lines` lines, for a longer address or key than so far.
+  void Widen(std::size_t lines) {
+    std::vector<Line> wider(records_ * lines);
+    for (std::size_t r = 0; r < records_; ++r) {
+      std::copy_n(table_.begin() + static_cast<std::ptrdiff_t>(r * lines_), lines_,
+                  wider.begin() + static_cast<std::ptrdiff_t>(r * lines));
+    }
+    table_ = std::move(wider);
+    lines_ = lines;
+  }
+
+  std::vector<Line> table_;
+  std::size_t lines_ = 2;  // a record's: the fake transport's fit in two
+  std::size_t records_ = 0;
 };
 
 struct Event {
@@ -159,6 +224,17 @@ Quantiles Exact(std::vector<double>& values) {
   return q;
 }
 
+// Dissemination puts from 4 buffers, one window a tick, and its puts read
+// at landing (one copy, no completion of their own) complete in the next
+// tick's Progress at the latest: it never runs out of buffers either way.
+// Anti-tasks seal a buffer for each put, several in some ticks, and would
+// find them busy more often if each were held until its ack: their puts
+// are copied at issue.
+transport::FakeNetwork::PutSource PutSourceFor(Strategy strategy) {
+  return strategy == Strategy::kAntiTask ? transport::FakeNetwork::PutSource::kCopiedAtIssue
+                                         : transport::FakeNetwork::PutSource::kReadAtLanding;
+}
+
 class Simulation {
  public:
   explicit Simulation(const Options& options)
@@ -174,7 +250,8 @@ class Simulation {
                                                 [this] {
                                                   return transport::FakeNetwork::Clock::time_point(
                                                       std::chrono::nanoseconds(Ns(now_)));
-                                                }}),
+                                                },
+                                            .put_source = PutSourceFor(options.strategy)}),
         rng_(Mix(options.seed ^ 0x73696d)),
         tick_ns_(Ns(options.tick)) {}
 
@@ -197,6 +274,7 @@ class Simulation {
     nodes_.resize(options_.nodes);
     for (std::uint32_t i = 0; i < options_.nodes; ++i) {
       Node& n = nodes_[i];
+      transport::Bytes board_key;
       n.sampler.emplace(
           i, 1,
           load::LoadSampler::Options{std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -214,7 +292,7 @@ class Simulation {
                                                .view_capacity = options_.view_capacity,
                                                .max_info_age = options_.policy.max_info_age,
                                                .seed = seed}));
-        ROAM_ASSIGN_OR_RETURN(n.board_key, n.anti->PackBoardKey());
+        ROAM_ASSIGN_OR_RETURN(board_key, n.anti->PackBoardKey());
       } else {
         ROAM_ASSIGN_OR_RETURN(n.gossip,
                               gossip::Disseminator::Create(*n.fabric, i,
@@ -222,9 +300,10 @@ class Simulation {
                                                             .fanout = options_.fanout,
                                                             .view_capacity = options_.view_capacity,
                                                             .seed = seed}));
-        ROAM_ASSIGN_OR_RETURN(n.board_key, n.gossip->PackBoardKey());
+        ROAM_ASSIGN_OR_RETURN(board_key, n.gossip->PackBoardKey());
       }
-      ROAM_ASSIGN_OR_RETURN(n.address, n.fabric->Address());
+      ROAM_ASSIGN_OR_RETURN(const transport::Bytes address, n.fabric->Address());
+      directory_.Add(address, board_key);
     }
     if (options_.strategy == Strategy::kCentral) {
       for (std::uint32_t i = 0; i < options_.nodes; ++i) by_load_.insert({0, i});
@@ -554,9 +633,11 @@ class Simulation {
   // A link from node `i` to `peer` for this tick: kept in a small cache
   // of the node's, connected now if it is not there. A pool of 100,000
   // nodes cannot hold an endpoint from every node to every other. A link
-  // handed out this tick is not dropped before the tick's puts complete
-  // (in the Progress that ends it): while every cached one was, the cache
-  // grows.
+  // handed out in this tick or the one before is not dropped, since its
+  // puts may not have completed: a put completes with its ack (the fake
+  // transport reads it where it lands), which reaches a node that
+  // progressed before its target only in the next tick's Progress. While
+  // every cached link is that recent, the cache grows.
   Result<Link*> LinkTo(std::uint32_t i, std::uint32_t peer) {
     Node& n = nodes_[i];
     const std::uint64_t tick = summary_.ticks;
@@ -564,20 +645,20 @@ class Simulation {
                            [&](const Link& l) { return l.peer.node == peer; });
     if (it == n.links.end()) {
       Link link;
-      ROAM_ASSIGN_OR_RETURN(link.endpoint, n.fabric->Connect(nodes_[peer].address));
-      ROAM_ASSIGN_OR_RETURN(link.board, link.endpoint->UnpackKey(nodes_[peer].board_key));
+      ROAM_ASSIGN_OR_RETURN(link.endpoint, n.fabric->Connect(directory_.address(peer)));
+      ROAM_ASSIGN_OR_RETURN(link.board, link.endpoint->UnpackKey(directory_.board_key(peer)));
       link.peer = {peer, link.endpoint.get(), link.board.get()};
-      const std::size_t cache = 2 * std::size_t{options_.fanout};
+      const std::size_t cache = 3 * std::size_t{options_.fanout};
       std::size_t victim = n.links.size();
       for (std::size_t k = 0; k < n.links.size() && n.links.size() >= cache; ++k) {
         const std::size_t at = n.next_evict++ % n.links.size();
-        if (n.links[at].used != tick) {
+        if (n.links[at].used + 1 < tick) {
           victim = at;
           break;
         }
       }
-      // What is dropped with an old link is at most the acks of its puts
-      // of earlier ticks (they completed in their Progress).
+      // An old link's puts have completed (in the Progress of the tick
+      // after theirs at the latest): nothing is dropped with it.
       if (victim == n.links.size()) {
         n.links.push_back(std::move(link));
       } else {
@@ -590,18 +671,25 @@ class Simulation {
   }
 
   // The node's gossip peers this tick: `fanout` distinct others drawn at
-  // random (the disseminator's own draw then takes them all).
+  // random (the disseminator's own draw then takes them all). The next
+  // node's are drawn now too, and their directory records asked for while
+  // this node connects and gossips (at 100,000 nodes each is a miss):
+  // rng_ serves only these draws, made in node order either way, so the
+  // stream is the same.
   Status ChooseLinks(std::uint32_t i, std::vector<gossip::BoardPeer>& out) {
     out.clear();
     Node& n = nodes_[i];
-    const std::uint32_t others = options_.nodes - 1;
-    const std::uint32_t want = std::min(options_.fanout, others);
-    std::vector<std::uint32_t>& chosen = chosen_;
-    chosen.clear();
-    while (chosen.size() < want) {
-      auto peer = std::uniform_int_distribution<std::uint32_t>(0, others - 1)(rng_);
-      if (peer >= i) ++peer;
-      if (std::find(chosen.begin(), chosen.end(), peer) == chosen.end()) chosen.push_back(peer);
+    const std::uint64_t tick = summary_.ticks;
+    if (!drawn_ || drawn_for_ != i || drawn_tick_ != tick) DrawPeers(i, next_chosen_);
+    std::swap(chosen_, next_chosen_);
+    const std::vector<std::uint32_t>& chosen = chosen_;
+    drawn_ = false;
+    if (i + 1 < options_.nodes) {
+      DrawPeers(i + 1, next_chosen_);
+      drawn_ = true;
+      drawn_for_ = i + 1;
+      drawn_tick_ = tick;
+      for (std::uint32_t peer : next_chosen_) directory_.Prefetch(peer);
     }
     // The chosen that are cached stay for this tick.
     for (Link& l : n.links) {
@@ -614,6 +702,17 @@ class Simulation {
       out.push_back(link->peer);
     }
     return Ok();
+  }
+
+  void DrawPeers(std::uint32_t i, std::vector<std::uint32_t>& chosen) {
+    const std::uint32_t others = options_.nodes - 1;
+    const std::uint32_t want = std::min(options_.fanout, others);
+    chosen.clear();
+    while (chosen.size() < want) {
+      auto peer = std::uniform_int_distribution<std::uint32_t>(0, others - 1)(rng_);
+      if (peer >= i) ++peer;
+      if (std::find(chosen.begin(), chosen.end(), peer) == chosen.end()) chosen.push_back(peer);
+    }
   }
 
   // Every other node, for node `i`'s anti-tasks: connected as they go.
@@ -688,6 +787,7 @@ class Simulation {
   double now_ = 0;
 
   std::vector<Node> nodes_;
+  Directory directory_;
   std::vector<Process> procs_;
   std::vector<std::uint32_t> free_;
   std::uint64_t live_ = 0;
@@ -703,6 +803,10 @@ class Simulation {
   std::vector<policy::Candidate> candidates_;
   std::vector<gossip::BoardPeer> peers_;
   std::vector<std::uint32_t> chosen_;
+  std::vector<std::uint32_t> next_chosen_;  // drawn for node drawn_for_ in drawn_tick_
+  bool drawn_ = false;
+  std::uint32_t drawn_for_ = 0;
+  std::uint64_t drawn_tick_ = 0;
   std::vector<double> slowdowns_;
   Histogram ages_;
   Histogram worst_;
@@ -755,8 +859,14 @@ Result<Summary> Run(const Options& options) {
   const auto started = std::chrono::steady_clock::now();
   auto sim = std::make_unique<Simulation>(options);
   ROAM_TRY(sim->Start());
+  const auto looping = std::chrono::steady_clock::now();
+  const double cpu_before = ProcessCpuSeconds();
   ROAM_TRY(sim->Loop());
+  const double cpu_after = ProcessCpuSeconds();
+  const auto looped = std::chrono::steady_clock::now();
   Summary summary = sim->Finish();
+  summary.loop_wall = looped - looping;
+  summary.loop_cpu = std::chrono::duration<double>(cpu_after - cpu_before);
   sim.reset();
   summary.wall = std::chrono::steady_clock::now() - started;
   return summary;

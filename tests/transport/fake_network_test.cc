@@ -250,6 +250,92 @@ TEST_F(FakeNetworkTest, APutLandsOnlyWhenTheTargetProgresses) {
   EXPECT_EQ(net_.in_flight(), 0u);
 }
 
+// PutSource::kReadAtLanding: the put reads its source when it lands, and
+// its completion comes with the ack.
+class ReadAtLandingTest : public FakeNetworkTest {
+ protected:
+  static FakeNetwork::Options ReadAtLanding(TimePoint* now) {
+    FakeNetwork::Options options = OptionsWithClock(now, 7);
+    options.put_source = FakeNetwork::PutSource::kReadAtLanding;
+    return options;
+  }
+  FakeNetwork landing_{ReadAtLanding(&now_)};
+};
+
+TEST_F(ReadAtLandingTest, APutReadsItsSourceWhereItLandsAndCompletesWithItsAck) {
+  auto a = AddNode(landing_, "a");
+  auto b = AddNode(landing_, "b");
+  auto region = Allocate(*b, 64);
+  auto ep = Connect(*a, *b);
+  auto key = KeyFor(*ep, *region);
+  Bytes src = ToBytes("hello");
+  auto put_done = NewSlot<Status>();
+  auto flushed = NewSlot<Status>();
+  ASSERT_TRUE(ep->Put(src, Addr(*region, 8), *key, Into(put_done)).has_value());
+  ASSERT_TRUE(ep->Flush(Into(flushed)).has_value());
+  // Until the target progresses the source is still the caller's.
+  for (int i = 0; i < 3; ++i) a->Progress();
+  EXPECT_FALSE(put_done->has_value());
+  EXPECT_EQ(region->data()[8], std::byte{0});
+  src[0] = std::byte{'J'};
+
+  EXPECT_EQ(b->Progress(), 1u);
+  EXPECT_EQ(ToString(region->bytes().subspan(8, 5)), "Jello");
+  EXPECT_FALSE(put_done->has_value());  // the ack is on its way back
+
+  a->Progress();
+  ASSERT_TRUE(put_done->has_value());
+  EXPECT_TRUE(put_done->value().has_value());
+  ASSERT_TRUE(flushed->has_value());
+  EXPECT_TRUE(flushed->value().has_value());
+  EXPECT_EQ(landing_.in_flight(), 0u);
+}
+
+TEST_F(ReadAtLandingTest, APutOnTheWireWhenItsEndpointIsDestroyedLandsAsItWas) {
+  auto a = AddNode(landing_, "a");
+  auto b = AddNode(landing_, "b");
+  auto region = Allocate(*b, 64);
+  auto ep = Connect(*a, *b);
+  auto key = KeyFor(*ep, *region);
+  auto src = std::make_unique<Bytes>(ToBytes("kept"));
+  auto put_done = NewSlot<Status>();
+  ASSERT_TRUE(ep->Put(*src, Addr(*region), *key, Into(put_done)).has_value());
+  key.reset();
+  ep.reset();
+  // The source is the caller's again once the endpoint is gone: the put
+  // copied it then.
+  (*src)[0] = std::byte{'X'};
+  src.reset();
+  EXPECT_EQ(landing_.in_flight(), 1u);
+  Settle({a.get(), b.get()});
+  EXPECT_EQ(ToString(region->bytes().subspan(0, 4)), "kept");
+  EXPECT_FALSE(put_done->has_value());
+  EXPECT_EQ(landing_.in_flight(), 0u);
+}
+
+TEST_F(ReadAtLandingTest, APutOnTheWireWhenItsEndpointFailsLandsAsItWas) {
+  auto a = AddNode(landing_, "a");  // peer_timeout: the default 5 s
+  auto b = AddNode(landing_, "b");
+  auto region = Allocate(*b, 64);
+  auto ep = Connect(*a, *b);
+  auto key = KeyFor(*ep, *region);
+  Bytes src = ToBytes("late");
+  auto put_done = NewSlot<Status>();
+  ASSERT_TRUE(ep->Put(src, Addr(*region), *key, Into(put_done)).has_value());
+  // b does not progress: past peer_timeout a declares it dead, and the
+  // put's completion hands the source back.
+  for (int i = 0; i < 7; ++i) {
+    now_ += 1s;
+    a->Progress();
+  }
+  ASSERT_TRUE(put_done->has_value());
+  EXPECT_TRUE(FailsWith(**put_done, Errc::kUnavailable));
+  src[0] = std::byte{'X'};
+  // The put was still on the wire: it lands when b progresses, as it was.
+  b->Progress();
+  EXPECT_EQ(ToString(region->bytes().subspan(0, 4)), "late");
+}
+
 TEST_F(FakeNetworkTest, AFlushWithNothingInFlightCompletesAtTheNextProgress) {
   auto a = AddNode("a");
   auto b = AddNode("b");
@@ -905,6 +991,27 @@ TEST_F(FakeNetworkTest, GarbageAddressesAndKeysAreCorruptOtherBackendsIncompatib
   auto short_key = wire::EncodeKey("fake", 4096, 16, some_id);
   ASSERT_TRUE(short_key.has_value());
   EXPECT_TRUE(FailsWith(ep->UnpackKey(*short_key), Errc::kCorrupt));
+}
+
+TEST_F(FakeNetworkTest, KeysOfSeveralRegionsOfANodeEachUnpackToTheirOwn) {
+  auto a = AddNode("a");
+  auto b = AddNode("b");
+  auto first = Allocate(*b, 64);
+  auto second = Allocate(*b, 8192);
+  auto ep = Connect(*a, *b);
+  // Unpacked again and again, alternately: each key keeps its own region.
+  for (int round = 0; round < 3; ++round) {
+    for (const MemoryRegion* region : {first.get(), second.get()}) {
+      auto key = KeyFor(*ep, *region);
+      ASSERT_NE(key, nullptr);
+      EXPECT_EQ(key->base(), Addr(*region));
+      EXPECT_EQ(key->length(), region->size());
+      ASSERT_TRUE(ep->Put(ToBytes("k"), Addr(*region, region->size() - 1), *key).has_value());
+      Settle({a.get(), b.get()});
+      EXPECT_EQ(region->data()[region->size() - 1], std::byte{'k'});
+      region->data()[region->size() - 1] = std::byte{0};
+    }
+  }
 }
 
 TEST_F(FakeNetworkTest, AddressesOfUnknownNodesAreNotFound) {

@@ -73,32 +73,49 @@ std::size_t PageSize() {
   return page;
 }
 
-// The last eight bytes, little-endian: where the caches of decoded addresses
-// and keys look first. The ids are the last field of a fake address and key,
-// so an address this network encoded ends with its node id and a key with
-// its region id, and the caches are vectors indexed by those ids: no hash of
-// the bytes, no bucket to miss. Any bytes may come here; a hit still compares
-// them in full.
-std::uint64_t TailId(ByteView bytes) {
-  return bytes.size() < 8 ? 0 : ReadU64(bytes, bytes.size() - 8);
+// Eight bytes, little-endian, `back` bytes before the end: where the cache
+// of decoded addresses and keys looks first. The ids are the last field of
+// a fake address and key, so an address this network encoded ends with its
+// node id, and a key with its owner's node id and then its region id; the
+// cache is a vector indexed by node id: no hash of the bytes, no bucket to
+// miss. Any bytes may come here; a hit still compares them in full.
+std::uint64_t IdBefore(ByteView bytes, std::size_t back) {
+  return bytes.size() < back ? 0 : ReadU64(bytes, bytes.size() - back);
 }
 
-// An address or key kept in a cache entry itself (one cache miss fewer
-// than bytes on the heap); longer ones are not cached.
-struct InlineBytes {
-  static constexpr std::size_t kMax = 96;
-  std::array<std::byte, kMax> data{};
-  std::uint8_t size = 0;
+// What Connect and UnpackKey decoded and checked before about one node:
+// its address (the first encoding seen) and the key of one of its regions
+// (the last unpacked), kept in the record itself. A simulated pool of
+// 100,000 nodes connects to a random peer and unpacks its board's key for
+// every put, and both read one record of two cache lines. Longer
+// addresses and keys are not kept.
+struct alignas(64) PeerCard {
+  static constexpr std::size_t kAddressMax = 45;
+  static constexpr std::size_t kKeyMax = 55;
 
-  static bool Fits(ByteView b) { return b.size() <= kMax; }
-  InlineBytes() = default;
-  explicit InlineBytes(ByteView b) : size(static_cast<std::uint8_t>(b.size())) {
-    std::copy(b.begin(), b.end(), data.begin());
+  std::uint8_t address_size = 0;  // 0: no address kept
+  std::uint8_t name_at = 0;       // the node's name, within the address
+  std::uint8_t name_size = 0;
+  std::array<std::byte, kAddressMax> address{};
+  std::uint64_t region = 0;  // the key's; 0: no key kept
+  std::uint64_t base = 0;
+  std::uint64_t length = 0;
+  std::uint8_t key_size = 0;
+  std::array<std::byte, kKeyMax> key{};
+
+  bool HasAddress(ByteView b) const {
+    return address_size != 0 && b.size() == address_size &&
+           std::equal(b.begin(), b.end(), address.begin());
   }
-  bool operator==(ByteView b) const {
-    return b.size() == size && std::equal(b.begin(), b.end(), data.begin());
+  bool HasKey(std::uint64_t id, ByteView b) const {
+    return region == id && region != 0 && b.size() == key_size &&
+           std::equal(b.begin(), b.end(), key.begin());
+  }
+  std::string_view name() const {
+    return {reinterpret_cast<const char*>(address.data()) + name_at, name_size};
   }
 };
+static_assert(sizeof(PeerCard) == 128);
 
 // Memory for Fabric::Allocate: zero-filled, faulted in, and not inherited
 // by a fork (MADV_DONTFORK). Regions up to kLargestCarved are carved, in
@@ -160,6 +177,10 @@ class RegionArena {
     }
     // A fork must not inherit them (Fabric::Allocate).
     (void)::madvise(p, bytes, MADV_DONTFORK);
+    // Huge pages where the kernel gives them on request (THP `madvise`
+    // mode): a simulated pool puts into boards all over its chunks, and
+    // with 4 KiB pages nearly every put misses the TLB.
+    (void)::madvise(p, bytes, MADV_HUGEPAGE);
     return static_cast<std::byte*>(p);
   }
 
@@ -179,6 +200,14 @@ struct Event {
     kRequest,   // initiator -> target: `header` and `data`
     kReply,     // target -> initiator: `header` and `data`
   };
+  // What few messages carry (an error, a request's or reply's header):
+  // apart, so that the puts and acks that make most of the traffic stay
+  // small and allocate nothing.
+  struct Rare {
+    std::optional<Error> error;
+    wire::MessageHeader header;
+  };
+
   Kind kind = Kind::kPut;
   NodeId from = 0;
   NodeId to = 0;
@@ -186,10 +215,21 @@ struct Event {
   std::uint64_t op = 0;        // the put or get, in the endpoint's issue order
   std::uint64_t region = 0;
   std::uint64_t addr = 0;
-  std::uint64_t length = 0;
+  std::uint64_t length = 0;  // a get's, and a put's read at landing
+  // A put's source, read at landing (PutSource::kReadAtLanding); null
+  // when `data` holds it.
+  const std::byte* src = nullptr;
   Bytes data;
-  std::optional<Error> error;
-  wire::MessageHeader header;
+  std::unique_ptr<Rare> rare;
+
+  const std::optional<Error>& error() const {
+    static const std::optional<Error> kNone;
+    return rare ? rare->error : kNone;
+  }
+  Rare& MakeRare() {
+    if (!rare) rare = std::make_unique<Rare>();
+    return *rare;
+  }
 };
 
 // A completion and the outcome it is to run with, collected while state is
@@ -208,16 +248,20 @@ class OpLog {
     bool is_get = false;
     bool pending = false;  // its completion (a put's: the local one) has not run
     bool unacked = false;  // not yet complete at the peer
+    // Its completion runs when the peer's answer comes: a get's, and a put's
+    // read at landing.
+    bool completes_at_ack = false;
     Completion done;
     std::span<std::byte> dst;  // a get's
   };
 
-  void Add(std::uint64_t id, bool is_get, Completion done, std::span<std::byte> dst = {}) {
+  void Add(std::uint64_t id, bool is_get, bool completes_at_ack, Completion done,
+           std::span<std::byte> dst = {}) {
     if (head_ == ops_.size()) {
       ops_.clear();
       head_ = 0;
     }
-    ops_.push_back({id, is_get, true, true, std::move(done), dst});
+    ops_.push_back({id, is_get, true, true, completes_at_ack, std::move(done), dst});
     ++pending_;
     ++unacked_;
   }
@@ -431,6 +475,13 @@ class Inbox {
     return ev;
   }
 
+  // Calls `visit` on every message, in no particular order.
+  template <typename F>
+  void ForEach(F visit) {
+    for (std::size_t i = head_; i < fifo_.size(); ++i) visit(fifo_[i]);
+    for (Queued& q : late_) visit(q);
+  }
+
   // Drops the messages `lost` says; returns how many.
   template <typename Pred>
   std::size_t EraseIf(Pred lost) {
@@ -554,8 +605,10 @@ Result<std::span<std::byte>> RegionRange(const Node& n, const Event& ev, std::ui
 }
 
 Status WriteRegion(const Node& n, const Event& ev) {
-  ROAM_ASSIGN_OR_RETURN(std::span<std::byte> target, RegionRange(n, ev, ev.data.size()));
-  if (!ev.data.empty()) std::memcpy(target.data(), ev.data.data(), ev.data.size());
+  const std::byte* from = ev.src != nullptr ? ev.src : ev.data.data();
+  const std::size_t size = ev.src != nullptr ? ev.length : ev.data.size();
+  ROAM_ASSIGN_OR_RETURN(std::span<std::byte> target, RegionRange(n, ev, size));
+  if (size != 0) std::memcpy(target.data(), from, size);
   return Ok();
 }
 
@@ -580,8 +633,14 @@ unsigned CompleteFlushes(const EndpointRef& ep) {
   return static_cast<unsigned>(calls.size());
 }
 
+// Copies into their messages the sources of `ep`'s puts that are still on
+// the wire and read at landing, before their completions hand the sources
+// back: they land later as they would have (FakeNetwork::Impl).
+void KeepPutsOnWire(FakeNetwork::Impl& net, const EndpointState& ep);
+
 // Breaks `ep` for good: everything pending on it completes with `error`.
-unsigned Fail(const EndpointRef& ep, const Error& error) {
+unsigned Fail(FakeNetwork::Impl& net, const EndpointRef& ep, const Error& error) {
+  KeepPutsOnWire(net, *ep);
   ep->failure = error;
   std::vector<Completion> ops;
   ep->ops.TakeAll(ops);
@@ -596,7 +655,8 @@ unsigned Fail(const EndpointRef& ep, const Error& error) {
 }
 
 // Fails `ep` if it has waited on its peer for `timeout` without an answer.
-unsigned CheckLiveness(const EndpointRef& ep, std::chrono::milliseconds timeout, TimePoint now) {
+unsigned CheckLiveness(FakeNetwork::Impl& net, const EndpointRef& ep,
+                       std::chrono::milliseconds timeout, TimePoint now) {
   if (ep->closed || ep->failure || !ep->waiting()) {
     ep->was_waiting = false;
     return 0;
@@ -609,8 +669,9 @@ unsigned CheckLiveness(const EndpointRef& ep, std::chrono::milliseconds timeout,
   }
   const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - ep->silent_since);
   if (silent < timeout) return 0;
-  return Fail(ep, MakeError(Errc::kUnavailable, "lost peer {}: no answer for {} ms", ep->peer_name,
-                            silent.count()));
+  return Fail(net, ep,
+              MakeError(Errc::kUnavailable, "lost peer {}: no answer for {} ms", ep->peer_name,
+                        silent.count()));
 }
 
 // A put's local completion, or a flush that may have nothing to wait for.
@@ -634,22 +695,26 @@ void OpDone(Node& n, const Event& ev) {
   OpLog::Op* op = ep->failure ? nullptr : ep->ops.Find(ev.op);
   if (op == nullptr || !op->unacked) return;  // already failed
   const bool is_get = op->is_get;
+  const bool run_done = op->completes_at_ack && op->pending;
   std::span<std::byte> dst = op->dst;
-  // A get keeps its entry until its completion is taken below.
-  if (!is_get) {
+  // An op whose completion runs now keeps its entry until it is taken below.
+  if (!run_done) {
     ep->ops.Ack(*op);
     ep->ops.Trim();
   }
   ++ep->answers;
-  if (ev.error) {
+  const std::optional<Error>& error = ev.error();
+  if (error) {
     for (EndpointState::PendingFlush& flush : ep->flushes) {
-      if (flush.before > ev.op && !flush.error) flush.error = ev.error;
+      if (flush.before > ev.op && !flush.error) flush.error = error;
     }
   }
-  if (is_get) {
+  if (run_done) {
     Status status = Ok();
-    if (ev.error) {
-      status = *ev.error;
+    if (error) {
+      status = *error;
+    } else if (!is_get) {
+      // A put read at landing: done when it landed.
     } else if (ev.data.size() != dst.size()) {
       status =
           MakeError(Errc::kInternal, "get answered {} bytes for {}", ev.data.size(), dst.size());
@@ -672,6 +737,7 @@ class FakeNetwork::Impl {
   explicit Impl(Options options)
       : network_id_(g_next_network_id.fetch_add(1, std::memory_order_relaxed)),
         now_(options.now ? std::move(options.now) : [] { return Clock::now(); }),
+        put_source_(options.put_source),
         rng_(options.seed) {}
 
   // FakeNetwork's operations.
@@ -684,31 +750,24 @@ class FakeNetwork::Impl {
   // For the fabrics, endpoints and regions.
   TimePoint now() const { return now_(); }
   std::uint64_t network_id() const { return network_id_; }
+  PutSource put_source() const { return put_source_; }
+  void KeepPutsOnWire(const EndpointState& ep);
   Node& node(NodeId id) { return *nodes_.at(id); }
   // The node with `id`, or null for an id never handed out.
   const Node* Lookup(NodeId id) const { return id < nodes_.size() ? nodes_[id].get() : nullptr; }
   std::string NodeName(NodeId id) const;
   Bytes NodeAddress(NodeId id) const;
   Result<std::unique_ptr<Endpoint>> Connect(NodeId self, ByteView address);
-  // An address or key decoded and checked before (most Connects of a
-  // simulated pool are to peers some node connected to before): its ids
-  // and, for an address, its name.
-  struct KnownAddress {
-    InlineBytes bytes;
-    NodeId peer = 0;
-    std::string name;
-  };
-  struct KnownKey {
-    InlineBytes bytes;
+  // A packed key's fields.
+  struct KeyIds {
     std::uint64_t base = 0;
     std::uint64_t length = 0;
     std::uint64_t network = 0;
     NodeId owner = 0;
     std::uint64_t region = 0;
   };
-  // Valid until the next call.
-  Result<const KnownKey*> DecodeKey(ByteView packed);
-  std::unique_ptr<Endpoint> NewEndpoint(NodeId self, NodeId peer, const std::string& name);
+  Result<KeyIds> DecodeKey(ByteView packed);
+  std::unique_ptr<Endpoint> NewEndpoint(NodeId self, NodeId peer, std::string_view name);
   Result<std::unique_ptr<MemoryRegion>> AddRegion(NodeId node_id, std::span<std::byte> memory,
                                                   bool owned);
   void RemoveRegion(NodeId node_id, std::uint64_t region);
@@ -741,11 +800,12 @@ class FakeNetwork::Impl {
   Result<NodeId> Find(std::string_view name) const;
   double Draw() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
   void FaultsChanged();
-  unsigned FailBrokenEndpoints(Node& n) const;
+  unsigned FailBrokenEndpoints(Node& n);
   void Deliver(Node& n, Event& ev);
 
   const std::uint64_t network_id_;
   const std::function<TimePoint()> now_;
+  const PutSource put_source_;
   std::mt19937_64 rng_;
   std::uint64_t next_node_id_ = 1;
   std::uint64_t next_endpoint_id_ = 1;
@@ -767,14 +827,12 @@ class FakeNetwork::Impl {
   // By node id: killed or closed (BreakReason's common case without
   // touching either node).
   std::vector<std::uint8_t> down_ = std::vector<std::uint8_t>(1, 0);
-  std::vector<KnownAddress> known_addresses_;  // by node id (TailId)
-  std::vector<KnownKey> known_keys_;           // by region id (TailId)
+  std::vector<PeerCard> cards_;  // by node id (IdBefore)
   // As many as a tick of a simulated pool of 100,000 nodes has in flight
   // (400,000 puts), so that its puts allocate nothing in steady state.
   static constexpr std::size_t kSpareBuffers = std::size_t{1} << 20;
   std::vector<Bytes> spare_buffers_;
   std::vector<std::uint64_t> endpoint_ids_;  // Progress's scratch
-  std::optional<KnownKey> decoded_key_;      // DecodeKey's answer for a key not kept
   RegionArena arena_;
 };
 
@@ -846,7 +904,8 @@ class FakeEndpoint final : public Endpoint {
   }
 
   Result<std::unique_ptr<RemoteKey>> UnpackKey(ByteView packed) override {
-    ROAM_ASSIGN_OR_RETURN(const FakeNetwork::Impl::KnownKey* key, net_.DecodeKey(packed));
+    ROAM_ASSIGN_OR_RETURN(const FakeNetwork::Impl::KeyIds ids, net_.DecodeKey(packed));
+    const FakeNetwork::Impl::KeyIds* key = &ids;
     if (key->network != net_.network_id()) {
       return MakeError(Errc::kInvalidArgument, "key belongs to another fake network, not to {}'s",
                        state_->peer_name);
@@ -865,11 +924,19 @@ class FakeEndpoint final : public Endpoint {
     }
     ROAM_ASSIGN_OR_RETURN(const FakeRemoteKey* fake_key, CheckOp(key, remote_addr, src.size()));
     const std::uint64_t op = state_->next_op++;
-    state_->ops.Add(op, /*is_get=*/false, std::move(done));
+    const bool at_landing = net_.put_source() == FakeNetwork::PutSource::kReadAtLanding;
+    state_->ops.Add(op, /*is_get=*/false, /*completes_at_ack=*/at_landing, std::move(done));
     Watch(net_.node(state_->node), *state_);
     Event ev = NewEvent(Event::Kind::kPut, op);
     ev.region = fake_key->region();
     ev.addr = remote_addr;
+    if (at_landing) {
+      // Read where it lands; the completion comes with the ack.
+      ev.src = src.data();
+      ev.length = src.size();
+      net_.Send(std::move(ev));
+      return Ok();
+    }
     // Copied now: `src` is the caller's again as soon as this returns, and
     // the local completion says so at the next Progress.
     ev.data = net_.TakeBuffer();
@@ -886,7 +953,7 @@ class FakeEndpoint final : public Endpoint {
     }
     ROAM_ASSIGN_OR_RETURN(const FakeRemoteKey* fake_key, CheckOp(key, remote_addr, dst.size()));
     const std::uint64_t op = state_->next_op++;
-    state_->ops.Add(op, /*is_get=*/true, std::move(done), dst);
+    state_->ops.Add(op, /*is_get=*/true, /*completes_at_ack=*/true, std::move(done), dst);
     Watch(net_.node(state_->node), *state_);
     Event ev = NewEvent(Event::Kind::kGet, op);
     ev.region = fake_key->region();
@@ -923,7 +990,7 @@ class FakeEndpoint final : public Endpoint {
                              });
     Watch(net_.node(state_->node), *state_);
     Event ev = NewEvent(Event::Kind::kRequest, 0);
-    ev.header = {wire::MessageKind::kRequest, tag, id};
+    ev.MakeRare().header = {wire::MessageKind::kRequest, tag, id};
     ev.data.assign(payload.begin(), payload.end());
     net_.Send(std::move(ev));
     return Ok();
@@ -1142,13 +1209,13 @@ std::optional<std::string> FakeNetwork::Impl::BreakReason(NodeId self, NodeId pe
 }
 
 Result<std::unique_ptr<Endpoint>> FakeNetwork::Impl::Connect(NodeId self, ByteView address) {
-  const std::uint64_t tail = TailId(address);
-  if (tail != 0 && tail < known_addresses_.size() && known_addresses_[tail].bytes == address) {
-    const KnownAddress& known = known_addresses_[tail];
-    if (auto reason = BreakReason(self, known.peer)) {
-      return MakeError(Errc::kUnavailable, "node {} is unreachable: {}", known.name, *reason);
+  const std::uint64_t tail = IdBefore(address, 8);
+  if (tail != 0 && tail < cards_.size() && cards_[tail].HasAddress(address)) {
+    const PeerCard& card = cards_[tail];
+    if (auto reason = BreakReason(self, tail)) {
+      return MakeError(Errc::kUnavailable, "node {} is unreachable: {}", card.name(), *reason);
     }
-    return NewEndpoint(self, known.peer, known.name);
+    return NewEndpoint(self, tail, card.name());
   }
   ROAM_ASSIGN_OR_RETURN(wire::DecodedAddress decoded, wire::DecodeAddress(address, kBackend));
   if (decoded.backend_address.size() != kAddressIdBytes) {
@@ -1168,13 +1235,20 @@ Result<std::unique_ptr<Endpoint>> FakeNetwork::Impl::Connect(NodeId self, ByteVi
     return MakeError(Errc::kCorrupt, "fake address names {}, but node id {} is {}", decoded.name,
                      peer, found->name);
   }
-  // Checked: later Connects to it skip the decoding (an address that does
-  // not end with its id, as one this network encoded does, is not kept;
-  // nor is another encoding of a node already kept).
-  if (InlineBytes::Fits(address) && tail == peer) {
-    if (known_addresses_.size() <= peer) known_addresses_.resize(nodes_.size());
-    if (known_addresses_[peer].bytes.size == 0) {
-      known_addresses_[peer] = KnownAddress{InlineBytes(address), peer, decoded.name};
+  // Checked: later Connects to it skip the decoding. Kept: an address that
+  // ends with its id, as one this network encoded does, and holds the name
+  // as it is; the first encoding seen of a node.
+  const auto name_bytes = std::as_bytes(std::span(decoded.name));
+  const auto name_at =
+      std::search(address.begin(), address.end(), name_bytes.begin(), name_bytes.end());
+  if (address.size() <= PeerCard::kAddressMax && tail == peer && name_at != address.end()) {
+    if (cards_.size() <= peer) cards_.resize(nodes_.size());
+    PeerCard& card = cards_[peer];
+    if (card.address_size == 0) {
+      std::copy(address.begin(), address.end(), card.address.begin());
+      card.address_size = static_cast<std::uint8_t>(address.size());
+      card.name_at = static_cast<std::uint8_t>(name_at - address.begin());
+      card.name_size = static_cast<std::uint8_t>(name_bytes.size());
     }
   }
   if (auto reason = BreakReason(self, peer)) {
@@ -1184,7 +1258,7 @@ Result<std::unique_ptr<Endpoint>> FakeNetwork::Impl::Connect(NodeId self, ByteVi
 }
 
 std::unique_ptr<Endpoint> FakeNetwork::Impl::NewEndpoint(NodeId self, NodeId peer,
-                                                         const std::string& name) {
+                                                         std::string_view name) {
   auto state = std::make_shared<EndpointState>();
   state->id = next_endpoint_id_++;
   state->node = self;
@@ -1194,35 +1268,33 @@ std::unique_ptr<Endpoint> FakeNetwork::Impl::NewEndpoint(NodeId self, NodeId pee
   return std::make_unique<FakeEndpoint>(*this, std::move(state));
 }
 
-Result<const FakeNetwork::Impl::KnownKey*> FakeNetwork::Impl::DecodeKey(ByteView packed) {
-  const std::uint64_t tail = TailId(packed);
-  if (tail != 0 && tail < known_keys_.size() && known_keys_[tail].bytes == packed) {
-    return &known_keys_[tail];
+Result<FakeNetwork::Impl::KeyIds> FakeNetwork::Impl::DecodeKey(ByteView packed) {
+  const std::uint64_t region = IdBefore(packed, 8);
+  const std::uint64_t owner = IdBefore(packed, 16);
+  if (owner != 0 && owner < cards_.size() && cards_[owner].HasKey(region, packed)) {
+    const PeerCard& card = cards_[owner];
+    return KeyIds{card.base, card.length, network_id_, owner, region};
   }
   ROAM_ASSIGN_OR_RETURN(wire::DecodedKey key, wire::DecodeKey(packed, kBackend));
   if (key.backend_key.size() != kKeyIdBytes) {
     return MakeError(Errc::kCorrupt, "fake memory key holds {} bytes of ids, not {}",
                      key.backend_key.size(), kKeyIdBytes);
   }
-  const bool fits = InlineBytes::Fits(packed);
-  KnownKey known{fits ? InlineBytes(packed) : InlineBytes(),
-                 key.base,
-                 key.length,
-                 ReadU64(key.backend_key, 0),
-                 ReadU64(key.backend_key, 8),
-                 ReadU64(key.backend_key, 16)};
-  // Kept: a key of this network's regions that ends with its region id (as
-  // PackKey's do), the first encoding seen of it.
-  const std::uint64_t region = known.region;
-  if (fits && known.network == network_id_ && region == tail && region < next_region_id_) {
-    if (known_keys_.size() <= region) known_keys_.resize(next_region_id_);
-    if (known_keys_[region].bytes.size == 0) {
-      known_keys_[region] = std::move(known);
-      return &known_keys_[region];
-    }
+  const KeyIds ids{key.base, key.length, ReadU64(key.backend_key, 0), ReadU64(key.backend_key, 8),
+                   ReadU64(key.backend_key, 16)};
+  // Kept: a key of this network's regions that ends with its owner's and
+  // its region's ids (as PackKey's do), in place of the owner's last.
+  if (packed.size() <= PeerCard::kKeyMax && ids.network == network_id_ && ids.region == region &&
+      ids.owner == owner && region != 0 && region < next_region_id_ && Lookup(owner) != nullptr) {
+    if (cards_.size() <= owner) cards_.resize(nodes_.size());
+    PeerCard& card = cards_[owner];
+    std::copy(packed.begin(), packed.end(), card.key.begin());
+    card.key_size = static_cast<std::uint8_t>(packed.size());
+    card.region = region;
+    card.base = ids.base;
+    card.length = ids.length;
   }
-  decoded_key_ = std::move(known);
-  return &*decoded_key_;
+  return ids;
 }
 
 Result<std::unique_ptr<MemoryRegion>> FakeNetwork::Impl::AddRegion(NodeId node_id,
@@ -1242,6 +1314,7 @@ void FakeNetwork::Impl::RemoveRegion(NodeId node_id, std::uint64_t region) {
 }
 
 void FakeNetwork::Impl::CloseEndpoint(EndpointState& ep) {
+  KeepPutsOnWire(ep);
   ep.closed = true;
   Node& n = node(ep.node);
   auto it =
@@ -1254,6 +1327,21 @@ void FakeNetwork::Impl::CloseEndpoint(EndpointState& ep) {
   ep.ops.Clear();
   ep.flushes.clear();
 }
+
+void FakeNetwork::Impl::KeepPutsOnWire(const EndpointState& ep) {
+  // Only a put not yet answered can be on the wire still.
+  if (put_source_ != PutSource::kReadAtLanding || ep.ops.unacked() == 0) return;
+  inboxes_.at(ep.peer).ForEach([&ep](Queued& q) {
+    Event& ev = q.ev;
+    if (ev.kind != Event::Kind::kPut || ev.src == nullptr || ev.endpoint != ep.id) return;
+    ev.data.assign(ev.src, ev.src + ev.length);
+    ev.src = nullptr;
+  });
+}
+
+namespace {
+void KeepPutsOnWire(FakeNetwork::Impl& net, const EndpointState& ep) { net.KeepPutsOnWire(ep); }
+}  // namespace
 
 void FakeNetwork::Impl::CloseNode(NodeId id) {
   Node& n = node(id);
@@ -1332,7 +1420,7 @@ unsigned FakeNetwork::Impl::Progress(NodeId id) {
       continue;
     }
     const EndpointRef ep = slot->ep;
-    handled += CheckLiveness(ep, n.peer_timeout, t);
+    handled += CheckLiveness(*this, ep, n.peer_timeout, t);
     if (!ep->closed) handled += ep->requests.Expire(t, ep->peer_name);
   }
   if (ids.capacity() > endpoint_ids_.capacity()) endpoint_ids_.swap(ids);
@@ -1356,13 +1444,14 @@ bool FakeNetwork::Impl::Arm(NodeId id) {
   });
 }
 
-unsigned FakeNetwork::Impl::FailBrokenEndpoints(Node& n) const {
+unsigned FakeNetwork::Impl::FailBrokenEndpoints(Node& n) {
   unsigned handled = 0;
   for (const EndpointRef& ep : EndpointsOf(n)) {
     if (ep->closed || ep->failure) continue;
     if (auto reason = BreakReason(n.id, ep->peer)) {
-      handled += Fail(
-          ep, MakeError(Errc::kUnavailable, "node {} is unreachable: {}", ep->peer_name, *reason));
+      handled +=
+          Fail(*this, ep,
+               MakeError(Errc::kUnavailable, "node {} is unreachable: {}", ep->peer_name, *reason));
     }
   }
   return handled;
@@ -1378,7 +1467,9 @@ void FakeNetwork::Impl::Deliver(Node& n, Event& ev) {
   switch (ev.kind) {
     case Event::Kind::kPut: {
       answer.kind = Event::Kind::kPutAck;
-      if (Status written = WriteRegion(n, ev); !written.has_value()) answer.error = written.error();
+      if (Status written = WriteRegion(n, ev); !written.has_value()) {
+        answer.MakeRare().error = written.error();
+      }
       KeepBuffer(std::move(ev.data));
       Send(std::move(answer));
       return;
@@ -1389,15 +1480,15 @@ void FakeNetwork::Impl::Deliver(Node& n, Event& ev) {
       if (data.has_value()) {
         answer.data = std::move(*data);
       } else {
-        answer.error = std::move(data).error();
+        answer.MakeRare().error = std::move(data).error();
       }
       Send(std::move(answer));
       return;
     }
     case Event::Kind::kRequest: {
       answer.kind = Event::Kind::kReply;
-      auto [header, payload] = n.router.Dispatch(ev.header, ev.data);
-      answer.header = header;
+      auto [header, payload] = n.router.Dispatch(ev.MakeRare().header, ev.data);
+      answer.MakeRare().header = header;
       answer.data = std::move(payload);
       Send(std::move(answer));
       return;
@@ -1411,7 +1502,8 @@ void FakeNetwork::Impl::Deliver(Node& n, Event& ev) {
       if (found == nullptr) return;  // the requester is gone: drop the reply
       const EndpointRef ep = *found;
       ++ep->answers;
-      ep->requests.Complete(ev.header.request_id, ReplyResult(ev.header, ev.data));
+      const wire::MessageHeader& header = ev.MakeRare().header;
+      ep->requests.Complete(header.request_id, ReplyResult(header, ev.data));
       return;
     }
   }

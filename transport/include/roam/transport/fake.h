@@ -44,11 +44,28 @@ class FakeNetwork final {
  public:
   using Clock = std::chrono::steady_clock;
 
+  // When a put reads its source, and so when its local completion runs.
+  enum class PutSource : std::uint8_t {
+    // Copied when the put is issued; the local completion runs at the
+    // initiator's next Progress, whether or not the target progresses (as
+    // UCX's eager protocols).
+    kCopiedAtIssue,
+    // Read when the put lands, straight into the target's memory; the local
+    // completion runs with the ack, in the initiator's first Progress after
+    // the target's (as a rendezvous over UCX tcp): `src` stays the
+    // caller's until then. One copy of the data instead of two, and no
+    // completion of its own: the simulator's choice. A put still on the
+    // wire when its endpoint fails or is destroyed is copied then, and
+    // lands as it would have.
+    kReadAtLanding,
+  };
+
   struct Options {
     std::uint64_t seed = 1;
     // The clock delays and request deadlines are measured on; the simulator
     // passes its virtual clock. Default: steady_clock.
     std::function<Clock::time_point()> now;
+    PutSource put_source = PutSource::kCopiedAtIssue;
   };
 
   struct LinkFaults {
