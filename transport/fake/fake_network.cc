@@ -33,6 +33,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "roam/base/check.h"
 #include "roam/base/deadline.h"
 #include "roam/transport/fake.h"
 #include "transport/requests.h"
@@ -800,6 +801,8 @@ class FakeNetwork::Impl {
   Result<NodeId> Find(std::string_view name) const;
   double Draw() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
   void FaultsChanged();
+  // Moves what was sent into the inboxes, in send order.
+  void Distribute();
   unsigned FailBrokenEndpoints(Node& n);
   void Deliver(Node& n, Event& ev);
 
@@ -823,6 +826,12 @@ class FakeNetwork::Impl {
   // Messages to each node, by id (as nodes_): apart from the nodes, so that
   // a send touches the target's inbox and not its node too.
   std::vector<Inbox> inboxes_ = std::vector<Inbox>(1);
+  // Messages sent and not yet in their inboxes, in send order. Send only
+  // appends here; Distribute moves them into their inboxes before anything
+  // looks at one (Progress, Arm, faults; in_flight counts both). In a
+  // large pool each inbox is a miss: pushed in a loop of their own, the
+  // misses overlap, where a push at each send waited for its own.
+  std::vector<Queued> sent_;
   std::size_t queued_ = 0;  // messages in all inboxes
   // By node id: killed or closed (BreakReason's common case without
   // touching either node).
@@ -1168,6 +1177,7 @@ void FakeNetwork::Impl::FaultsChanged() {
   // there is nothing to look at: closing every fabric of a large network
   // after a quiet moment stays linear in its size.
   if (queued_ == 0) return;
+  Distribute();
   for (Inbox& inbox : inboxes_) {
     if (inbox.empty()) continue;
     queued_ -= inbox.EraseIf(
@@ -1176,7 +1186,7 @@ void FakeNetwork::Impl::FaultsChanged() {
 }
 
 std::size_t FakeNetwork::Impl::in_flight() const {
-  std::size_t total = 0;
+  std::size_t total = sent_.size();
   for (const Inbox& inbox : inboxes_) total += inbox.size();
   return total;
 }
@@ -1331,6 +1341,7 @@ void FakeNetwork::Impl::CloseEndpoint(EndpointState& ep) {
 void FakeNetwork::Impl::KeepPutsOnWire(const EndpointState& ep) {
   // Only a put not yet answered can be on the wire still.
   if (put_source_ != PutSource::kReadAtLanding || ep.ops.unacked() == 0) return;
+  Distribute();
   inboxes_.at(ep.peer).ForEach([&ep](Queued& q) {
     Event& ev = q.ev;
     if (ev.kind != Event::Kind::kPut || ev.src == nullptr || ev.endpoint != ep.id) return;
@@ -1368,9 +1379,22 @@ void FakeNetwork::Impl::Send(Event&& ev) {
     at = std::max<TimePoint>(at + link.faults.delay, link.last_delivery);
     link.last_delivery = at;
   }
-  Inbox& inbox = inboxes_.at(ev.to);
-  inbox.Push(at, next_seq_++, std::move(ev));
+  ROAM_CHECK(ev.to < inboxes_.size(), "a message to node {}, which never was", ev.to);
+  sent_.push_back({at, next_seq_++, std::move(ev)});
   ++queued_;
+}
+
+void FakeNetwork::Impl::Distribute() {
+  // Ahead of each push, the inbox a few messages on: in a large pool its
+  // header is a miss, and the pushes do not wait on one another, so the
+  // misses overlap.
+  constexpr std::size_t kAhead = 8;
+  for (std::size_t i = 0; i < sent_.size(); ++i) {
+    if (i + kAhead < sent_.size()) __builtin_prefetch(&inboxes_[sent_[i + kAhead].ev.to]);
+    Queued& q = sent_[i];
+    inboxes_[q.ev.to].Push(q.at, q.seq, std::move(q.ev));
+  }
+  sent_.clear();
 }
 
 unsigned FakeNetwork::Impl::Progress(NodeId id) {
@@ -1391,6 +1415,7 @@ unsigned FakeNetwork::Impl::Progress(NodeId id) {
   }
   // Messages due by now and sent before this call (the same reasoning).
   const std::uint64_t limit = next_seq_;
+  Distribute();
   Inbox& inbox = inboxes_[id];
   while (!inbox.empty() && !n.closed) {
     const Queued& first = inbox.Front();
@@ -1432,6 +1457,7 @@ bool FakeNetwork::Impl::Arm(NodeId id) {
   if (n.closed) return true;
   if (!n.ready.empty()) return false;
   const TimePoint t = now();
+  Distribute();
   if (const Inbox& inbox = inboxes_[id]; !inbox.empty() && inbox.Front().at <= t) return false;
   // Or an endpoint about to fail, or a request past its deadline.
   return std::ranges::none_of(n.endpoints, [&](const EndpointSlot& slot) {
