@@ -14,7 +14,7 @@ namespace {
 class Registry {
  public:
   static Registry& Get() {
-    static Registry* const registry = new Registry;
+    static auto* const registry = new Registry;
     return *registry;
   }
 
