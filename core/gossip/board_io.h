@@ -7,7 +7,7 @@
 //
 // Thread-safety: one thread, the fabric's. Completions may run after the
 // object is gone: they find its counters through a process-wide registry
-// (below), and do nothing once it is gone.
+// (board_io.cc), and do nothing once it is gone.
 #pragma once
 
 #include <cstddef>
