@@ -5,14 +5,13 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <ctime>
 #include <limits>
 #include <memory>
 #include <optional>
 #include <queue>
 #include <set>
 #include <utility>
-
-#include <time.h>
 
 #include "roam/base/check.h"
 #include "roam/gossip/anti_tasks.h"
@@ -41,7 +40,7 @@ std::uint64_t Ns(double seconds) {
 }
 
 double ProcessCpuSeconds() {
-  timespec t{};
+  std::timespec t{};
   if (::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t) != 0) return 0;
   return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
 }

@@ -6,7 +6,8 @@
 // endpoint fails; the other buffers keep the node writing.
 //
 // Thread-safety: one thread, the fabric's. Completions may run after the
-// object is gone (they touch only state they share with it).
+// object is gone: they find its counters through a process-wide registry
+// (board_io.cc), and do nothing once it is gone.
 #pragma once
 
 #include <cstddef>
@@ -47,13 +48,35 @@ class BoardIo final {
   // A refusal at issue is returned; a failure at completion is counted.
   Status Put(std::size_t buffer, const BoardPeer& peer);
   // Puts that completed with an error.
-  std::uint64_t failures() const { return shared_->failures; }
+  std::uint64_t failures() const { return counters_->failures; }
 
- private:
-  struct Shared {
+  // What the completions of this object's puts update.
+  struct Counters {
     std::vector<std::uint64_t> in_flight;  // puts reading each buffer
     std::uint64_t failures = 0;
   };
+  // Names a BoardIo's counters in the registry: a slot, and the slot's
+  // generation when it was taken (a later BoardIo may reuse the slot).
+  struct Handle {
+    std::uint32_t slot = 0;
+    std::uint32_t generation = 0;
+  };
+  // Holds a slot of the registry for its lifetime (movable).
+  class Registration {
+   public:
+    explicit Registration(Counters* counters);
+    Registration(Registration&& other) noexcept;
+    Registration& operator=(Registration&&) = delete;
+    Registration(const Registration&) = delete;
+    ~Registration();
+    Handle handle() const { return handle_; }
+
+   private:
+    Handle handle_;
+    bool held_ = true;
+  };
+
+ private:
   BoardIo(load::BoardShape shape, std::uint32_t writer,
           std::unique_ptr<transport::MemoryRegion> board,
           std::unique_ptr<transport::MemoryRegion> out, std::size_t buffers);
@@ -64,7 +87,13 @@ class BoardIo final {
   load::BoardReader reader_;
   std::unique_ptr<transport::MemoryRegion> out_;
   std::uint64_t sequence_ = 0;
-  std::shared_ptr<Shared> shared_;
+  // A completion names the counters by a Handle, not by a shared_ptr: a
+  // std::function keeps a callable inline only when it is trivially
+  // copyable and at most two words (libstdc++), so a shared_ptr costs a
+  // heap block for every put, and a simulated pool puts 400,000 times a
+  // tick. The counters stay where they are while the object moves.
+  std::unique_ptr<Counters> counters_;
+  Registration registration_;
 };
 
 }  // namespace roam::gossip::internal

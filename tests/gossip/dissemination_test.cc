@@ -145,6 +145,59 @@ TEST_F(DisseminationTest, ALostPeerCostsOnlyFailedPuts) {
   EXPECT_EQ(Knowing(2, 2500), 8u);
 }
 
+// A put's completion that runs after its writer is gone does nothing; not
+// even to a writer made since, which may hold the same registry slot.
+TEST(DisseminationLifetimeTest, ACompletionAfterItsWriterIsGoneTouchesNoOtherWriter) {
+  transport::FakeNetwork net;
+  auto a = net.AddNode({.name = "a"});
+  auto b = net.AddNode({.name = "b"});
+  ASSERT_TRUE(a.has_value() && b.has_value());
+  const Disseminator::Options options{
+      .shape = {.window = 4, .slots = 8}, .fanout = 1, .view_capacity = 4, .seed = 1};
+  auto target = Disseminator::Create(**b, 1, options);
+  ASSERT_TRUE(target.has_value());
+  auto key = (*target)->PackBoardKey();
+  ASSERT_TRUE(key.has_value());
+  auto address = (*b)->Address();
+  ASSERT_TRUE(address.has_value());
+  auto ep = (*a)->Connect(*address);
+  ASSERT_TRUE(ep.has_value());
+  auto board = (*ep)->UnpackKey(*key);
+  ASSERT_TRUE(board.has_value());
+  const std::vector<BoardPeer> peers{{1, ep->get(), board->get()}};
+  const load::LoadVector own(0, 1, 1, 1, 500, 1000, 1024, 0, 0, load::kAccepting);
+
+  // Four puts in flight (one a tick, from each of the four buffers), their
+  // writer destroyed before any completes.
+  auto first = Disseminator::Create(**a, 0, options);
+  ASSERT_TRUE(first.has_value());
+  for (int tick = 0; tick < 4; ++tick) ASSERT_TRUE((*first)->Tick(own, peers).has_value());
+  first->reset();
+  auto second = Disseminator::Create(**a, 0, options);
+  ASSERT_TRUE(second.has_value());
+  // The four puts land and their acks come back: the completions run.
+  for (int round = 0; round < 4; ++round) {
+    (*b)->Progress();
+    (*a)->Progress();
+  }
+  EXPECT_EQ(net.in_flight(), 0u);
+  // Had they counted on the second writer, its buffers would read as busy
+  // (or its failures as more than none).
+  for (int tick = 0; tick < 8; ++tick) {
+    ASSERT_TRUE((*second)->Tick(own, peers).has_value());
+    for (int round = 0; round < 2; ++round) {
+      (*b)->Progress();
+      (*a)->Progress();
+    }
+  }
+  const DisseminationCounts c = (*second)->counts();
+  EXPECT_EQ(c.puts, 8u);
+  EXPECT_EQ(c.busy_ticks, 0u);
+  EXPECT_EQ(c.put_failures, 0u);
+  board->reset();
+  ep->reset();
+}
+
 TEST(DisseminationOptionsTest, AZeroFanoutOrBadShapeIsRefused) {
   transport::FakeNetwork net;
   auto fabric = net.AddNode({.name = "n0"});
