@@ -7,10 +7,11 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <system_error>
+
+#include "launch/daemon/launcher.h"
 
 namespace roam::daemon {
 namespace {
@@ -60,15 +61,7 @@ std::string ExpandNodeName(std::string_view pattern, std::string_view node) {
 
 Result<std::filesystem::path> ControlSocketPath() {
   if (const char* env = std::getenv("ROAM_SOCKET"); env != nullptr && env[0] != '\0') {
-    // Under Slurm, the name of the node this task runs on; elsewhere the
-    // host's.
-    std::string node;
-    if (const char* slurm = std::getenv("SLURMD_NODENAME"); slurm != nullptr) node = slurm;
-    if (node.empty()) {
-      char host[HOST_NAME_MAX + 1] = {};
-      if (gethostname(host, sizeof(host) - 1) == 0) node = host;
-    }
-    return std::filesystem::path(ExpandNodeName(env, node));
+    return std::filesystem::path(ExpandNodeName(env, TaskNodeName()));
   }
   if (Exists(kSystemSocket)) return std::filesystem::path(kSystemSocket);
   const std::filesystem::path local = std::filesystem::path(kLocalPoolRoot) / "local" / "n1.sock";

@@ -20,12 +20,22 @@ std::string Environment(const char* name) {
 
 bool StartedByPmixLauncher() { return !Environment("PMIX_NAMESPACE").empty(); }
 
+std::string HostName() {
+  char host[HOST_NAME_MAX + 1] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) return {};
+  return host;
+}
+
+std::string TaskNodeName() {
+  std::string node = Environment("SLURMD_NODENAME");
+  return node.empty() ? HostName() : node;
+}
+
 LauncherPlace PlaceOf(const transport::PmixBootstrap& boot) {
   LauncherPlace place;
   place.slurm_node = Environment("SLURMD_NODENAME");
   place.launcher_host = boot.hostname();
-  char host[HOST_NAME_MAX + 1] = {};
-  if (gethostname(host, sizeof(host) - 1) == 0) place.host = host;
+  place.host = HostName();
   place.local_rank = boot.local_rank();
   place.local_size = boot.local_size();
   return place;

@@ -26,6 +26,13 @@ namespace roam::daemon {
 // A PMIx launcher started this process (it always sets PMIX_NAMESPACE).
 bool StartedByPmixLauncher();
 
+// This host's name (gethostname); empty if it has none.
+std::string HostName();
+
+// The name of the node a task of a launcher runs on, as `roam` expands %n
+// in $ROAM_SOCKET: $SLURMD_NODENAME under Slurm, else HostName().
+std::string TaskNodeName();
+
 // Where the launcher placed a rank, as LauncherNodeName reads it.
 struct LauncherPlace {
   std::string slurm_node;     // $SLURMD_NODENAME; empty outside Slurm

@@ -41,23 +41,29 @@ int main() {
   const auto value = [](const char* round, int r) {
     return std::string(round) + " of " + std::to_string(r);
   };
+  // Fences, then checks that every rank's value is the one of `round`;
+  // false if the fence failed.
+  const auto fence_and_check = [&](const char* round) {
+    if (auto fenced = boot.Fence(std::chrono::seconds(30)); !fenced) {
+      Fail(tag(std::string("fence of the ") + round + " round: " + fenced.error().ToString()));
+      return false;
+    }
+    for (int r = 0; r < size; ++r) {
+      auto got = boot.Get(r, "roam.test.value");
+      if (!got || Text(*got) != value(round, r)) {
+        Fail(tag(std::string(round) + " round, rank " + std::to_string(r) + ": " +
+                 (got ? "'" + Text(*got) + "'" : got.error().ToString())));
+      }
+    }
+    return true;
+  };
 
   if (!boot.Put("roam.test.value", Bytes(value("first", rank)))) Fail(tag("put"));
   if (auto early = boot.Get(rank, "roam.test.value");
       early || early.error().code() != Errc::kNotFound) {
     Fail(tag("a Get before any Fence answered"));
   }
-  if (auto fenced = boot.Fence(std::chrono::seconds(30)); !fenced) {
-    Fail(tag("fence 1: " + fenced.error().ToString()));
-    return 1;
-  }
-  for (int r = 0; r < size; ++r) {
-    auto got = boot.Get(r, "roam.test.value");
-    if (!got || Text(*got) != value("first", r)) {
-      Fail(tag("round 1, rank " + std::to_string(r) + ": " +
-               (got ? "'" + Text(*got) + "'" : got.error().ToString())));
-    }
-  }
+  if (!fence_and_check("first")) return 1;
   if (auto missing = boot.Get((rank + 1) % size, "roam.test.never-put");
       missing || missing.error().code() != Errc::kNotFound) {
     Fail(tag("a key nobody put was not kNotFound"));
@@ -72,17 +78,7 @@ int main() {
   if (auto own = boot.Get(rank, "roam.test.value"); !own || Text(*own) != value("first", rank)) {
     Fail(tag("its own Get between Put and Fence did not answer the last fence's value"));
   }
-  if (auto fenced = boot.Fence(std::chrono::seconds(30)); !fenced) {
-    Fail(tag("fence 2: " + fenced.error().ToString()));
-    return 1;
-  }
-  for (int r = 0; r < size; ++r) {
-    auto got = boot.Get(r, "roam.test.value");
-    if (!got || Text(*got) != value("second", r)) {
-      Fail(tag("round 2, rank " + std::to_string(r) + ": " +
-               (got ? "'" + Text(*got) + "'" : got.error().ToString())));
-    }
-  }
+  if (!fence_and_check("second")) return 1;
   if (failures == 0) {
     std::printf("rank %d of %d ok (local %d of %d on '%s')\n", rank, size, boot.local_rank(),
                 boot.local_size(), boot.hostname().c_str());

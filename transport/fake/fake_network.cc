@@ -54,6 +54,21 @@ constexpr std::size_t kKeyIdBytes = 24;
 // another FakeNetwork is refused instead of naming a stranger's node.
 std::atomic<std::uint64_t> g_next_network_id{1};
 
+// A vector read from index `head` on: once every element is read it is
+// emptied; once the read front is at least `min_dead` elements and half of
+// it, that front is erased, so that the vector neither grows without bound
+// nor moves its live part on every read.
+template <typename T>
+void DropFront(std::vector<T>& items, std::size_t& head, std::size_t min_dead) {
+  if (head == items.size()) {
+    items.clear();
+    head = 0;
+  } else if (head >= min_dead && head * 2 >= items.size()) {
+    items.erase(items.begin(), items.begin() + static_cast<std::ptrdiff_t>(head));
+    head = 0;
+  }
+}
+
 void AppendU64(Bytes& out, std::uint64_t v) {
   for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::byte>(v >> (8 * i)));
 }
@@ -322,13 +337,7 @@ class OpLog {
   // front is most of the vector.
   void Trim() {
     while (head_ < ops_.size() && !ops_[head_].pending && !ops_[head_].unacked) ++head_;
-    if (head_ == ops_.size()) {
-      ops_.clear();
-      head_ = 0;
-    } else if (head_ >= 64 && head_ * 2 >= ops_.size()) {
-      ops_.erase(ops_.begin(), ops_.begin() + static_cast<std::ptrdiff_t>(head_));
-      head_ = 0;
-    }
+    DropFront(ops_, head_, 64);
   }
 
  private:
@@ -461,13 +470,7 @@ class Inbox {
     if (head_ != fifo_.size() && front == &fifo_[head_]) {
       Event ev = std::move(fifo_[head_].ev);
       ++head_;
-      if (head_ == fifo_.size()) {
-        fifo_.clear();
-        head_ = 0;
-      } else if (head_ >= 1024 && head_ * 2 >= fifo_.size()) {
-        fifo_.erase(fifo_.begin(), fifo_.begin() + static_cast<std::ptrdiff_t>(head_));
-        head_ = 0;
-      }
+      DropFront(fifo_, head_, 1024);
       return ev;
     }
     std::pop_heap(late_.begin(), late_.end(), LaterFirst{});
